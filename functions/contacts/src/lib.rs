@@ -1,0 +1,242 @@
+//! Component `contacts`: lead capture from landing-page forms, the staff
+//! contact API, timeline, consent, export and erasure.
+//!
+//! `handle` is the whole component as a plain async function over
+//! `http::Request<Bytes>` and the domain crate's ports: the native test
+//! host calls it directly, and the Spin entry point below is only an
+//! adapter that builds those from Spin's request and stores.
+
+use http::Method;
+use kizuna::Ctx;
+use kizuna::auth::{Actor, Scope};
+use kizuna::contacts_api;
+use kizuna::error::ApiError;
+use kizuna::forms;
+use kizuna::http::{Request, Response, error_response, json_response, path_segments};
+use kizuna::ids::ContactId;
+use kizuna::ports::{Db, Kv};
+
+/// Routes a request under `/v1/contacts` or `/v1/forms`.
+pub async fn handle<D: Db, K: Kv>(request: Request, ctx: &Ctx<'_, D, K>) -> Response {
+    match route(&request, ctx).await {
+        Ok(response) => response,
+        Err(error) => {
+            let mut response = error_response(&error);
+            // A browser script on an allowed origin must be able to read
+            // why its form post was refused.
+            if is_form_post(&request) {
+                let origins = &ctx.config.allowed_origins;
+                let origin = kizuna::http::header_str(request.headers(), "origin");
+                forms::apply_cors(&mut response, origin, origins);
+            }
+            response
+        }
+    }
+}
+
+fn is_form_post(request: &Request) -> bool {
+    request.method() == Method::POST && request.uri().path().starts_with("/v1/forms/")
+}
+
+async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<Response, ApiError> {
+    let segments = path_segments(request)?;
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let method = request.method();
+    let keys = &ctx.config.api_keys;
+    let authorize = |scope: Scope| -> Result<Actor, ApiError> { keys.authorize(request.headers(), scope) };
+    let contact_id = |text: &str| -> Result<String, ApiError> {
+        ContactId::parse(text)
+            .map(|id| id.as_str().to_owned())
+            .ok_or_else(contacts_api::not_found)
+    };
+    match segments.as_slice() {
+        ["v1", "forms", "unsubscribe"] => match *method {
+            Method::POST => unsubscribe(request, ctx).await,
+            _ => Err(ApiError::MethodNotAllowed("POST")),
+        },
+        ["v1", "forms", form_id] => {
+            let form_id = forms::parse_form_id(form_id)?;
+            match *method {
+                Method::POST => forms::submit(ctx, &form_id, request).await,
+                Method::OPTIONS => forms::preflight(ctx, &form_id, request).await,
+                _ => Err(ApiError::MethodNotAllowed("POST, OPTIONS")),
+            }
+        }
+        ["v1", "forms", form_id, "settings"] => {
+            let form_id = forms::parse_form_id(form_id)?;
+            authorize(Scope::FormsAdmin)?;
+            match *method {
+                Method::GET => {
+                    let settings = forms::load_settings(ctx.kv, &form_id).await?;
+                    Ok(json_response(
+                        http::StatusCode::OK,
+                        &serde_json::json!({
+                            "form_id": form_id,
+                            "configured": settings.is_some(),
+                            "settings": settings.unwrap_or_default(),
+                        }),
+                    ))
+                }
+                Method::PUT => {
+                    let settings: forms::FormSettings = kizuna::http::read_json(request)?;
+                    let settings = settings.validate()?;
+                    forms::save_settings(ctx.kv, &form_id, &settings).await?;
+                    Ok(json_response(
+                        http::StatusCode::OK,
+                        &serde_json::json!({ "form_id": form_id, "configured": true, "settings": settings }),
+                    ))
+                }
+                _ => Err(ApiError::MethodNotAllowed("GET, PUT")),
+            }
+        }
+        ["v1", "contacts"] => match *method {
+            Method::GET => {
+                authorize(Scope::ContactsRead)?;
+                contacts_api::list(ctx, request).await
+            }
+            Method::POST => {
+                let actor = authorize(Scope::ContactsWrite)?;
+                contacts_api::create_or_update(ctx, &actor, request).await
+            }
+            _ => Err(ApiError::MethodNotAllowed("GET, POST")),
+        },
+        ["v1", "contacts", id] => match *method {
+            Method::GET => {
+                authorize(Scope::ContactsRead)?;
+                contacts_api::get(ctx.db, &contact_id(id)?).await
+            }
+            Method::PATCH => {
+                let actor = authorize(Scope::ContactsWrite)?;
+                contacts_api::patch(ctx, &actor, &contact_id(id)?, request).await
+            }
+            Method::DELETE => {
+                let actor = authorize(Scope::ContactsErase)?;
+                contacts_api::erase(ctx, &actor, &contact_id(id)?).await
+            }
+            _ => Err(ApiError::MethodNotAllowed("GET, PATCH, DELETE")),
+        },
+        ["v1", "contacts", id, "tags", tag] => {
+            let actor = authorize(Scope::ContactsWrite)?;
+            let present = match *method {
+                Method::PUT => true,
+                Method::DELETE => false,
+                _ => return Err(ApiError::MethodNotAllowed("PUT, DELETE")),
+            };
+            contacts_api::set_tag(ctx, &actor, &contact_id(id)?, tag, present, request).await
+        }
+        ["v1", "contacts", id, "interactions"] => match *method {
+            Method::POST => {
+                let actor = authorize(Scope::ContactsWrite)?;
+                contacts_api::add_interaction(ctx, &actor, &contact_id(id)?, request).await
+            }
+            _ => Err(ApiError::MethodNotAllowed("POST")),
+        },
+        ["v1", "contacts", id, "timeline"] => match *method {
+            Method::GET => {
+                authorize(Scope::ContactsRead)?;
+                contacts_api::timeline_page(ctx.db, &contact_id(id)?, request).await
+            }
+            _ => Err(ApiError::MethodNotAllowed("GET")),
+        },
+        ["v1", "contacts", id, "consents"] => match *method {
+            Method::POST => {
+                let actor = authorize(Scope::ContactsWrite)?;
+                contacts_api::change_consent(ctx, &actor, &contact_id(id)?, request).await
+            }
+            _ => Err(ApiError::MethodNotAllowed("POST")),
+        },
+        ["v1", "contacts", id, "unsubscribe-link"] => match *method {
+            Method::GET => {
+                authorize(Scope::ContactsRead)?;
+                contacts_api::unsubscribe_link(ctx, &contact_id(id)?).await
+            }
+            _ => Err(ApiError::MethodNotAllowed("GET")),
+        },
+        ["v1", "contacts", id, "export"] => match *method {
+            Method::GET => {
+                authorize(Scope::ContactsRead)?;
+                contacts_api::export(ctx.db, &contact_id(id)?).await
+            }
+            _ => Err(ApiError::MethodNotAllowed("GET")),
+        },
+        _ => Err(ApiError::NotFound("no such route".into())),
+    }
+}
+
+/// `POST /v1/forms/unsubscribe?token=…` (RFC 8058 one-click; the token may
+/// also come as a form or JSON field). Anonymous: the token is the proof.
+async fn unsubscribe<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<Response, ApiError> {
+    kizuna::http::check_size(request.body(), forms::FORM_BODY_LIMIT)?;
+    let query = kizuna::http::query_pairs(request);
+    let mut token = kizuna::http::query_param(&query, "token").map(str::to_owned);
+    if token.is_none() && !request.body().is_empty() {
+        token = forms::read_fields(request)?
+            .into_iter()
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v);
+    }
+    let token = token.ok_or_else(|| ApiError::invalid("token", "is required"))?;
+    let contact = kizuna::privacy::verify_unsubscribe_token(&ctx.config.unsubscribe_secret, &token)
+        .ok_or_else(|| ApiError::invalid("token", "this unsubscribe link is not valid"))?;
+    let now = ctx.clock.now();
+    kizuna::db::transaction(ctx.db, async || -> Result<(), ApiError> {
+        Ok(kizuna::privacy::unsubscribe(ctx.db, &contact, now).await?)
+    })
+    .await?;
+    let sender = forms::Sender::from_request(request);
+    if sender.wants_json {
+        Ok(json_response(http::StatusCode::OK, &serde_json::json!({ "status": "unsubscribed" })))
+    } else {
+        Ok(forms::html_response(
+            http::StatusCode::OK,
+            "Unsubscribed",
+            "配信を停止しました。You have been unsubscribed.",
+        ))
+    }
+}
+
+/// The Spin adapter: Spin request and stores in, `handle` in the middle.
+#[cfg(target_arch = "wasm32")]
+mod entrypoint {
+    use bytes::Bytes;
+    use futures::StreamExt as _;
+    use kizuna::http::{MAX_BODY_BYTES, error_response};
+    use kizuna::ports::SystemClock;
+    use kizuna::spin_ports::{SpinDb, SpinKv, read_variables};
+    use spin_sdk::http::body::IncomingBodyExt as _;
+    use spin_sdk::http::{IntoResponse, Request};
+
+    #[spin_sdk::http_service]
+    async fn contacts(request: Request) -> impl IntoResponse {
+        let (parts, body) = request.into_parts();
+        // Read at most one byte past the largest body any route takes, so
+        // an oversized upload is refused without being held in memory.
+        let mut stream = body.stream();
+        let mut buffer = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => buffer.extend_from_slice(&bytes),
+                Err(_) => break,
+            }
+            if buffer.len() > MAX_BODY_BYTES {
+                buffer.truncate(MAX_BODY_BYTES + 1);
+                break;
+            }
+        }
+        let request = http::Request::from_parts(parts, Bytes::from(buffer));
+        match run(request).await {
+            Ok(response) => response,
+            Err(cause) => error_response(&kizuna::error::ApiError::Unexpected(cause)),
+        }
+    }
+
+    async fn run(request: kizuna::http::Request) -> anyhow::Result<kizuna::http::Response> {
+        let variables = read_variables(kizuna::config::VARIABLE_NAMES).await;
+        let config = kizuna::config::Config::from_variables(&variables)?;
+        let db = SpinDb::open_default().await?;
+        kizuna::db::prepare(&db).await?;
+        let kv = SpinKv::open_default().await?;
+        let ctx = kizuna::Ctx { db: &db, kv: &kv, clock: &SystemClock, config: &config };
+        Ok(super::handle(request, &ctx).await)
+    }
+}

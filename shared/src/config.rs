@@ -1,0 +1,114 @@
+//! Settings read from Spin variables (natively: `SPIN_VARIABLE_*`), parsed
+//! once per request. A missing secret fails loudly; everything else has a
+//! documented default.
+
+use crate::auth::ApiKeys;
+use crate::phone::Region;
+use anyhow::Context as _;
+use std::collections::BTreeMap;
+
+/// Every variable a component may read; adapters fetch exactly these.
+pub const VARIABLE_NAMES: &[&str] = &[
+    "api_keys",
+    "unsubscribe_secret",
+    "default_phone_region",
+    "allowed_origins",
+    "default_thank_you_url",
+    "form_rate_limit_per_minute",
+    "public_base_url",
+];
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub api_keys: ApiKeys,
+    pub unsubscribe_secret: Vec<u8>,
+    pub default_phone_region: Region,
+    /// Origins (`https://lp.example.jp`) that may post forms from a
+    /// browser script and be redirected to; forms may add their own.
+    pub allowed_origins: Vec<String>,
+    pub default_thank_you_url: Option<String>,
+    pub form_rate_limit_per_minute: u32,
+    pub public_base_url: String,
+}
+
+impl Config {
+    pub fn from_variables(vars: &BTreeMap<String, String>) -> anyhow::Result<Config> {
+        let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let api_keys = ApiKeys::parse(get("api_keys").context("variable `api_keys` is not set")?)?;
+        let unsubscribe_secret = get("unsubscribe_secret")
+            .context("variable `unsubscribe_secret` is not set")?
+            .as_bytes()
+            .to_vec();
+        if unsubscribe_secret.len() < 16 {
+            anyhow::bail!("variable `unsubscribe_secret` must be at least 16 bytes");
+        }
+        let default_phone_region = Region::parse(get("default_phone_region").unwrap_or("JP"))
+            .map_err(|e| anyhow::anyhow!("variable `default_phone_region`: {e}"))?;
+        let allowed_origins = get("allowed_origins")
+            .map(|v| {
+                v.split([',', ' '])
+                    .filter_map(normalise_origin)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let default_thank_you_url = get("default_thank_you_url").map(str::to_owned);
+        let form_rate_limit_per_minute = match get("form_rate_limit_per_minute") {
+            None => 10,
+            Some(v) => v
+                .parse()
+                .ok()
+                .filter(|n| *n > 0)
+                .context("variable `form_rate_limit_per_minute` must be a positive number")?,
+        };
+        let public_base_url = get("public_base_url")
+            .unwrap_or("http://127.0.0.1:3000")
+            .trim_end_matches('/')
+            .to_owned();
+        Ok(Config {
+            api_keys,
+            unsubscribe_secret,
+            default_phone_region,
+            allowed_origins,
+            default_thank_you_url,
+            form_rate_limit_per_minute,
+            public_base_url,
+        })
+    }
+}
+
+/// `scheme://host[:port]` of an absolute http(s) URL, lower-cased, or
+/// `None` for anything else. Comparing these strings is how redirects and
+/// CORS decide; no path, user-info or odd scheme gets through.
+pub fn normalise_origin(url: &str) -> Option<String> {
+    let url = url.trim();
+    let (scheme, rest) = url.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next()?;
+    if authority.is_empty()
+        || authority.contains('@')
+        || authority.contains('\\')
+        || !authority
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+    {
+        return None;
+    }
+    Some(format!("{scheme}://{}", authority.to_ascii_lowercase()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_are_scheme_host_port_only() {
+        assert_eq!(normalise_origin("https://LP.example.jp/thanks?x=1").as_deref(), Some("https://lp.example.jp"));
+        assert_eq!(normalise_origin("http://localhost:8080").as_deref(), Some("http://localhost:8080"));
+        for bad in ["javascript:alert(1)", "//evil.example", "https://a@evil.example/", "ftp://x.jp", "https://", "https://evil.example\\@good.jp"] {
+            assert_eq!(normalise_origin(bad), None, "case {bad:?}");
+        }
+    }
+}

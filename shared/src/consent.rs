@@ -1,0 +1,241 @@
+//! Marketing consent per channel: an append-only log whose latest row per
+//! channel is the current state. Each row keeps the proof Japan's Act on
+//! Specified Electronic Mail asks a sender to keep: when, where (form and
+//! page), which wording, and from which (truncated) address.
+
+use crate::error::ApiError;
+use crate::ids::new_id;
+use crate::ports::Db;
+use anyhow::Context as _;
+use serde_json::{Map, Value as Json, json};
+use time::OffsetDateTime;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    Email,
+    Sms,
+    Phone,
+    Post,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 4] = [Channel::Email, Channel::Sms, Channel::Phone, Channel::Post];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Email => "email",
+            Channel::Sms => "sms",
+            Channel::Phone => "phone",
+            Channel::Post => "post",
+        }
+    }
+}
+
+impl TryFrom<&str> for Channel {
+    type Error = ApiError;
+    fn try_from(value: &str) -> Result<Self, ApiError> {
+        Channel::ALL
+            .into_iter()
+            .find(|c| c.as_str() == value)
+            .ok_or_else(|| ApiError::invalid("channel", "one of email, sms, phone, post"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Granted,
+    Withdrawn,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Granted => "granted",
+            Status::Withdrawn => "withdrawn",
+        }
+    }
+}
+
+impl TryFrom<&str> for Status {
+    type Error = ApiError;
+    fn try_from(value: &str) -> Result<Self, ApiError> {
+        match value {
+            "granted" => Ok(Status::Granted),
+            "withdrawn" => Ok(Status::Withdrawn),
+            _ => Err(ApiError::invalid("status", "one of granted, withdrawn")),
+        }
+    }
+}
+
+/// Why consent changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Form,
+    Unsubscribed,
+    Bounced,
+    Complaint,
+    Manual,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Form => "form",
+            Reason::Unsubscribed => "unsubscribed",
+            Reason::Bounced => "bounced",
+            Reason::Complaint => "complaint",
+            Reason::Manual => "manual",
+        }
+    }
+}
+
+impl TryFrom<&str> for Reason {
+    type Error = ApiError;
+    fn try_from(value: &str) -> Result<Self, ApiError> {
+        [
+            Reason::Form,
+            Reason::Unsubscribed,
+            Reason::Bounced,
+            Reason::Complaint,
+            Reason::Manual,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == value)
+        .ok_or_else(|| {
+            ApiError::invalid("reason", "one of form, unsubscribed, bounced, complaint, manual")
+        })
+    }
+}
+
+/// One consent change to record.
+#[derive(Debug, Clone)]
+pub struct ConsentChange<'a> {
+    pub channel: Channel,
+    pub status: Status,
+    pub reason: Reason,
+    pub form_id: Option<&'a str>,
+    pub page_url: Option<&'a str>,
+    pub text_version: Option<&'a str>,
+    pub ip_truncated: Option<&'a str>,
+}
+
+/// Appends a consent change and its timeline entry.
+pub async fn record(
+    db: &impl Db,
+    contact_id: &str,
+    change: &ConsentChange<'_>,
+    actor: &str,
+    now: OffsetDateTime,
+) -> anyhow::Result<String> {
+    let id = new_id(now);
+    let at = crate::timestamp::format(now);
+    db.execute(
+        "INSERT INTO consents (id, contact_id, channel, status, reason, form_id, page_url,
+                               text_version, ip_truncated, recorded_at, recorded_by)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        &[
+            id.as_str().into(),
+            contact_id.into(),
+            change.channel.as_str().into(),
+            change.status.as_str().into(),
+            change.reason.as_str().into(),
+            change.form_id.into(),
+            change.page_url.into(),
+            change.text_version.into(),
+            change.ip_truncated.into(),
+            at.as_str().into(),
+            actor.into(),
+        ],
+    )
+    .await
+    .context("failed to record consent")?;
+    let kind = match change.status {
+        Status::Granted => crate::timeline::Kind::ConsentGranted,
+        Status::Withdrawn => crate::timeline::Kind::ConsentWithdrawn,
+    };
+    crate::timeline::append(
+        db,
+        contact_id,
+        &crate::timeline::Entry {
+            kind,
+            channel: Some(change.channel.as_str()),
+            subject: None,
+            body: None,
+            data: Some(json!({
+                "channel": change.channel.as_str(),
+                "reason": change.reason.as_str(),
+                "form_id": change.form_id,
+                "text_version": change.text_version,
+            })),
+            occurred_at: now,
+        },
+        actor,
+        now,
+    )
+    .await?;
+    Ok(id)
+}
+
+/// The current state per channel: `{"email": {"status": "granted", …}}`.
+pub async fn current(db: &impl Db, contact_id: &str) -> anyhow::Result<Json> {
+    let rows = db
+        .execute(
+            "SELECT channel, status, reason, form_id, page_url, text_version, recorded_at
+             FROM consents c
+             WHERE contact_id = ?1 AND id = (
+                 SELECT id FROM consents WHERE contact_id = c.contact_id AND channel = c.channel
+                 ORDER BY recorded_at DESC, id DESC LIMIT 1)
+             ORDER BY channel",
+            &[contact_id.into()],
+        )
+        .await
+        .context("failed to read consents")?;
+    let mut out = Map::new();
+    for row in rows.iter() {
+        out.insert(
+            row.str("channel")?.to_owned(),
+            json!({
+                "status": row.str("status")?,
+                "reason": row.str("reason")?,
+                "form_id": row.opt_str("form_id")?,
+                "page": row.opt_str("page_url")?,
+                "text_version": row.opt_str("text_version")?,
+                "recorded_at": row.str("recorded_at")?,
+            }),
+        );
+    }
+    Ok(Json::Object(out))
+}
+
+/// Whether the latest email consent is a grant.
+pub async fn email_granted(db: &impl Db, contact_id: &str) -> anyhow::Result<bool> {
+    let current = current(db, contact_id).await?;
+    Ok(current["email"]["status"] == "granted")
+}
+
+/// Keeps the network, not the host: IPv4 to /24, IPv6 to /48. Enough to
+/// show where consent came from without storing who exactly.
+pub fn truncate_ip(ip: &str) -> Option<String> {
+    let addr: std::net::IpAddr = ip.trim().parse().ok()?;
+    Some(match addr {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            format!("{a}.{b}.{c}.0/24")
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2])
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncates_addresses() {
+        assert_eq!(truncate_ip("203.0.113.77").as_deref(), Some("203.0.113.0/24"));
+        assert_eq!(truncate_ip("2001:db8:abcd:12::1").as_deref(), Some("2001:db8:abcd::/48"));
+        assert_eq!(truncate_ip("not-an-ip"), None);
+    }
+}

@@ -1,0 +1,579 @@
+//! The staff-facing contact use cases behind `/v1/contacts`: create or
+//! update, look-ups (email, any common phone format, prefix search),
+//! partial updates without mass assignment, tags, interactions, consent,
+//! export and erasure. Each write runs in one `BEGIN IMMEDIATE`
+//! transaction, with its `Idempotency-Key` answer saved alongside.
+
+use crate::Ctx;
+use crate::auth::Actor;
+use crate::consent::{self, ConsentChange};
+use crate::contact::{self, FirstTouch, WritePolicy};
+use crate::db::transaction;
+use crate::email::Email;
+use crate::error::{ApiError, FieldError};
+use crate::http::{Request, Response, decode_cursor, encode_cursor, json_response, page_limit, query_param};
+use crate::idempotency::{self, IdempotencyKey, NextAction};
+use crate::ids::new_id;
+use crate::phone::Phone;
+use crate::ports::{Db, Kv, Value};
+use crate::profile::{self, Profile};
+use crate::tags::{self, Tag};
+use crate::text::search_fold;
+use crate::timeline::{self, Entry, Kind};
+use crate::timestamp;
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Map, Value as Json, json};
+
+/// The answer of a write, before it is saved for replays.
+pub struct WriteAnswer {
+    pub status: StatusCode,
+    pub body: Json,
+    pub contact_id: Option<String>,
+}
+
+/// Runs `work` in one transaction, replaying a saved answer when the
+/// request repeats an `Idempotency-Key`.
+pub async fn write<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    actor: &Actor,
+    request: &Request,
+    work: impl AsyncFnOnce() -> Result<WriteAnswer, ApiError>,
+) -> Result<Response, ApiError> {
+    let key = IdempotencyKey::from_headers(request.headers())?;
+    let hash = idempotency::request_hash(request.method().as_str(), request.uri().path(), request.body());
+    let actor_label = actor.label();
+    let (status, body) = transaction(ctx.db, async || -> Result<(StatusCode, String), ApiError> {
+        if let Some(key) = &key {
+            if let NextAction::Replay { status, body } = idempotency::check(ctx.db, &actor_label, key, &hash).await? {
+                return Ok((StatusCode::from_u16(status).context("stored status")?, body));
+            }
+        }
+        let answer = work().await?;
+        let body = answer.body.to_string();
+        if let Some(key) = &key {
+            let now = timestamp::format(ctx.clock.now());
+            idempotency::save(
+                ctx.db, &actor_label, key, &hash, answer.status.as_u16(), &body,
+                answer.contact_id.as_deref(), &now,
+            )
+            .await?;
+        }
+        Ok((answer.status, body))
+    })
+    .await?;
+    Ok(http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Bytes::from(body))
+        .expect("static headers are valid"))
+}
+
+/// `POST /v1/contacts` body. Unknown fields (counters, ids, timestamps)
+/// are refused: no mass assignment.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactInput {
+    email: Option<String>,
+    phone: Option<String>,
+    external_id: Option<String>,
+    name: Option<String>,
+    family_name: Option<String>,
+    given_name: Option<String>,
+    family_name_kana: Option<String>,
+    given_name_kana: Option<String>,
+    company: Option<String>,
+    postal_code: Option<String>,
+    address: Option<String>,
+    birthday: Option<String>,
+    #[serde(default)]
+    attributes: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+struct ParsedInput {
+    profile: Profile,
+    external_id: Option<String>,
+    tags: Vec<Tag>,
+}
+
+fn parse_input(input: ContactInput, region: crate::phone::Region) -> Result<ParsedInput, ApiError> {
+    let mut profile = Profile::default();
+    let mut errors = Vec::new();
+    let fields = [
+        ("email", input.email),
+        ("phone", input.phone),
+        ("name", input.name),
+        ("family_name", input.family_name),
+        ("given_name", input.given_name),
+        ("family_name_kana", input.family_name_kana),
+        ("given_name_kana", input.given_name_kana),
+        ("company", input.company),
+        ("postal_code", input.postal_code),
+        ("address", input.address),
+        ("birthday", input.birthday),
+    ];
+    for (field, value) in fields {
+        if let Some(value) = value {
+            profile::parse_field(&mut profile, field, &value, region, &mut errors);
+        }
+    }
+    if input.attributes.len() > profile::MAX_ATTRIBUTES_PER_SUBMISSION {
+        errors.push(FieldError::new("attributes", "at most 50 attributes per request"));
+    } else {
+        for (key, value) in &input.attributes {
+            profile::add_attribute(&mut profile, key, value, &mut errors);
+        }
+    }
+    let external_id = input
+        .external_id
+        .and_then(|v| profile::check_text("external_id", &v, 128, &mut errors));
+    let mut tags = Vec::new();
+    for tag in input.tags.iter().take(50) {
+        match Tag::parse(tag) {
+            Ok(t) => tags.push(t),
+            Err(_) => errors.push(FieldError::new("tags", "each 1 to 64 characters, without `/`")),
+        }
+    }
+    if profile.is_empty_identity() && external_id.is_none() && errors.is_empty() {
+        errors.push(FieldError::new("email", "an email, a phone number or an external_id is required"));
+    }
+    profile.fill_display_name();
+    if errors.is_empty() {
+        Ok(ParsedInput { profile, external_id, tags })
+    } else {
+        Err(ApiError::Validation(errors))
+    }
+}
+
+/// `POST /v1/contacts`: 201 with the new contact, or 200 with the updated
+/// one. Staff values overwrite stored ones.
+pub async fn create_or_update<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, actor: &Actor, request: &Request) -> Result<Response, ApiError> {
+    let input: ContactInput = crate::http::read_json(request)?;
+    let parsed = parse_input(input, ctx.config.default_phone_region)?;
+    write(ctx, actor, request, async || {
+        let now = ctx.clock.now();
+        let at = timestamp::format(now);
+        let label = actor.label();
+        let existing = contact::resolve(ctx.db, &parsed.profile, parsed.external_id.as_deref()).await?;
+        let (id, status) = match existing {
+            Some(id) => {
+                if !contact::exists(ctx.db, &id).await? {
+                    return Err(ApiError::Conflict("that identity belongs to an erased contact".into()));
+                }
+                let changed = contact::update(
+                    ctx.db, &id, &parsed.profile, parsed.external_id.as_deref(),
+                    WritePolicy::Overwrite, &label, &at,
+                )
+                .await?;
+                if !changed.is_empty() {
+                    let entry = Entry {
+                        kind: Kind::ContactUpdated,
+                        channel: None,
+                        subject: None,
+                        body: None,
+                        data: Some(json!({ "fields": changed })),
+                        occurred_at: now,
+                    };
+                    timeline::append(ctx.db, &id, &entry, &label, now).await?;
+                }
+                (id, StatusCode::OK)
+            }
+            None => {
+                let id = new_id(now);
+                let source = match actor {
+                    Actor::Key(name) => format!("api:{name}"),
+                    other => other.label(),
+                };
+                let touch = FirstTouch { source, ..FirstTouch::default() };
+                contact::insert(ctx.db, &id, &parsed.profile, parsed.external_id.as_deref(), &touch, &label, &at).await?;
+                let entry = Entry {
+                    kind: Kind::ContactCreated,
+                    channel: None,
+                    subject: None,
+                    body: None,
+                    data: None,
+                    occurred_at: now,
+                };
+                timeline::append(ctx.db, &id, &entry, &label, now).await?;
+                (id, StatusCode::CREATED)
+            }
+        };
+        for tag in &parsed.tags {
+            tags::add(ctx.db, &id, tag, &label, now).await?;
+        }
+        let view = contact::load(ctx.db, &id).await?.context("contact just written")?;
+        Ok(WriteAnswer { status, body: serde_json::to_value(view).context("view")?, contact_id: Some(id) })
+    })
+    .await
+}
+
+/// `GET /v1/contacts/{id}`.
+pub async fn get(db: &impl Db, id: &str) -> Result<Response, ApiError> {
+    let view = contact::load(db, id).await?.ok_or_else(not_found)?;
+    Ok(json_response(StatusCode::OK, &view))
+}
+
+pub fn not_found() -> ApiError {
+    ApiError::NotFound("no contact with this id".into())
+}
+
+fn summary(row: crate::ports::Row<'_>) -> anyhow::Result<Json> {
+    Ok(json!({
+        "id": row.str("id")?,
+        "email": row.opt_str("email")?,
+        "phone": row.opt_str("phone")?,
+        "name": row.opt_str("name")?,
+        "family_name_kana": row.opt_str("family_name_kana")?,
+        "given_name_kana": row.opt_str("given_name_kana")?,
+        "company": row.opt_str("company")?,
+        "lifecycle_stage": row.str("lifecycle_stage")?,
+        "created_at": row.str("created_at")?,
+    }))
+}
+
+const SUMMARY_COLUMNS: &str =
+    "c.id, c.email, c.phone, c.name, c.family_name_kana, c.given_name_kana, c.company, c.lifecycle_stage, c.created_at";
+
+/// `GET /v1/contacts?email=|phone=|q=`: keyset-paginated by id (creation
+/// order). Erased contacts are never listed.
+pub async fn list<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, request: &Request) -> Result<Response, ApiError> {
+    let pairs = crate::http::query_pairs(request);
+    let limit = page_limit(&pairs)?;
+    let after = match query_param(&pairs, "cursor") {
+        Some(c) => Some(decode_cursor(c, 1)?.remove(0)),
+        None => None,
+    };
+    let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
+    let filters = ["email", "phone", "q"]
+        .into_iter()
+        .filter(|f| query_param(&pairs, f).is_some())
+        .count();
+    if filters > 1 {
+        return Err(ApiError::invalid("query", "use one of email, phone or q"));
+    }
+    let (sql, params): (String, Vec<Value>) = if let Some(email) = query_param(&pairs, "email") {
+        let email = Email::parse(email).map_err(|e| ApiError::invalid("email", e.to_string()))?;
+        (
+            format!("SELECT {SUMMARY_COLUMNS} FROM contacts c WHERE c.email = ?1 AND (?2 IS NULL OR c.id > ?2) ORDER BY c.id LIMIT ?3"),
+            vec![email.as_str().into(), after.into(), fetch.into()],
+        )
+    } else if let Some(phone) = query_param(&pairs, "phone") {
+        let phone = Phone::parse(phone, ctx.config.default_phone_region)
+            .map_err(|e| ApiError::invalid("phone", e.to_string()))?;
+        (
+            format!("SELECT {SUMMARY_COLUMNS} FROM contacts c WHERE c.phone = ?1 AND (?2 IS NULL OR c.id > ?2) ORDER BY c.id LIMIT ?3"),
+            vec![phone.as_str().into(), after.into(), fetch.into()],
+        )
+    } else if let Some(q) = query_param(&pairs, "q") {
+        let term = search_fold(q);
+        if term.is_empty() || term.chars().count() > 100 {
+            return Err(ApiError::invalid("q", "1 to 100 characters"));
+        }
+        // The range [term, term + U+10FFFF) is a prefix match that uses
+        // the (term, contact_id) primary key, unlike LIKE.
+        let upper = format!("{term}\u{10FFFF}");
+        (
+            format!(
+                "SELECT {SUMMARY_COLUMNS} FROM contacts c WHERE c.id IN (
+                     SELECT contact_id FROM contact_search WHERE term >= ?1 AND term < ?2)
+                   AND (?3 IS NULL OR c.id > ?3) AND c.erased_at IS NULL
+                 ORDER BY c.id LIMIT ?4"
+            ),
+            vec![term.into(), upper.into(), after.into(), fetch.into()],
+        )
+    } else {
+        (
+            format!("SELECT {SUMMARY_COLUMNS} FROM contacts c WHERE c.erased_at IS NULL AND (?1 IS NULL OR c.id > ?1) ORDER BY c.id LIMIT ?2"),
+            vec![after.into(), fetch.into()],
+        )
+    };
+    let rows = ctx.db.execute(&sql, &params).await.context("failed to list contacts")?;
+    let mut items = Vec::new();
+    let mut next_cursor = None;
+    for (index, row) in rows.iter().enumerate() {
+        if index == limit {
+            next_cursor = items
+                .last()
+                .and_then(|last: &Json| last["id"].as_str())
+                .map(|id| encode_cursor(&[id]));
+            break;
+        }
+        items.push(summary(row)?);
+    }
+    Ok(json_response(StatusCode::OK, &json!({ "items": items, "next_cursor": next_cursor })))
+}
+
+/// Fields `PATCH` may change; `null` clears one.
+const PATCHABLE: &[&str] = &[
+    "email", "phone", "external_id", "name", "family_name", "given_name", "family_name_kana",
+    "given_name_kana", "company", "postal_code", "address", "birthday", "attributes",
+];
+
+/// `PATCH /v1/contacts/{id}`: only editable fields; any other field
+/// (counters, ids, timestamps, stage) is a 422 naming it.
+pub async fn patch<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, actor: &Actor, id: &str, request: &Request) -> Result<Response, ApiError> {
+    let body: Map<String, Json> = crate::http::read_json(request)?;
+    let mut errors = Vec::new();
+    let mut profile = Profile::default();
+    let mut clear: Vec<&str> = Vec::new();
+    let mut external_id = None;
+    for (key, value) in &body {
+        let Some(field) = PATCHABLE.iter().find(|f| **f == key.as_str()) else {
+            errors.push(FieldError::new(key.clone(), "cannot be changed"));
+            continue;
+        };
+        match (*field, value) {
+            (_, Json::Null) if *field != "attributes" => clear.push(field),
+            ("attributes", Json::Object(map)) => {
+                for (k, v) in map {
+                    match v {
+                        Json::String(s) => profile::add_attribute(&mut profile, k, s, &mut errors),
+                        _ => errors.push(FieldError::new(format!("attributes.{k}"), "must be a string")),
+                    }
+                }
+            }
+            ("external_id", Json::String(s)) => {
+                external_id = profile::check_text("external_id", s, 128, &mut errors);
+            }
+            (field, Json::String(s)) if field != "attributes" => {
+                if s.trim().is_empty() {
+                    clear.push(field);
+                } else {
+                    profile::parse_field(&mut profile, field, s, ctx.config.default_phone_region, &mut errors);
+                }
+            }
+            (field, _) => errors.push(FieldError::new(field, "has the wrong type")),
+        }
+    }
+    if body.is_empty() {
+        errors.push(FieldError::new("body", "name at least one field to change"));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    write(ctx, actor, request, async || {
+        if !contact::exists(ctx.db, id).await? {
+            return Err(not_found());
+        }
+        let now = ctx.clock.now();
+        let at = timestamp::format(now);
+        let label = actor.label();
+        let mut changed =
+            contact::update(ctx.db, id, &profile, external_id.as_deref(), WritePolicy::Overwrite, &label, &at).await?;
+        if !clear.is_empty() {
+            let sets: Vec<String> = clear.iter().map(|f| format!("{f} = NULL")).collect();
+            // `clear` holds names from PATCHABLE only, never caller text.
+            let sql = format!(
+                "UPDATE contacts SET {}, updated_at = ?2, updated_by = ?3 WHERE id = ?1 RETURNING email, phone, external_id",
+                sets.join(", ")
+            );
+            let rows = ctx.db.execute(&sql, &[id.into(), at.as_str().into(), label.as_str().into()]).await.map_err(contact::identity_conflict)?;
+            let row = rows.first().context("patched contact")?;
+            if row.opt_str("email")?.is_none() && row.opt_str("phone")?.is_none() && row.opt_str("external_id")?.is_none() {
+                return Err(ApiError::invalid("email", "a contact keeps at least an email, a phone or an external_id"));
+            }
+            contact::refresh_search_terms(ctx.db, id).await?;
+            changed.extend(clear.iter().map(|f| (*f).to_owned()));
+        }
+        if !changed.is_empty() {
+            let entry = Entry {
+                kind: Kind::ContactUpdated,
+                channel: None,
+                subject: None,
+                body: None,
+                data: Some(json!({ "fields": changed })),
+                occurred_at: now,
+            };
+            timeline::append(ctx.db, id, &entry, &label, now).await?;
+        }
+        let view = contact::load(ctx.db, id).await?.context("patched contact")?;
+        Ok(WriteAnswer { status: StatusCode::OK, body: serde_json::to_value(view).context("view")?, contact_id: Some(id.to_owned()) })
+    })
+    .await
+}
+
+/// `PUT` (add) or `DELETE` (remove) `/v1/contacts/{id}/tags/{tag}`.
+pub async fn set_tag<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, actor: &Actor, id: &str, tag: &str, present: bool, request: &Request) -> Result<Response, ApiError> {
+    let tag = Tag::parse(tag)?;
+    write(ctx, actor, request, async || {
+        if !contact::exists(ctx.db, id).await? {
+            return Err(not_found());
+        }
+        let now = ctx.clock.now();
+        let label = actor.label();
+        let changed = if present {
+            tags::add(ctx.db, id, &tag, &label, now).await?
+        } else {
+            tags::remove(ctx.db, id, &tag, &label, now).await?
+        };
+        Ok(WriteAnswer {
+            status: StatusCode::OK,
+            body: json!({ "contact_id": id, "tag": tag.as_str(), "present": present, "changed": changed }),
+            contact_id: Some(id.to_owned()),
+        })
+    })
+    .await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InteractionInput {
+    kind: String,
+    channel: Option<String>,
+    subject: Option<String>,
+    body: Option<String>,
+    occurred_at: Option<String>,
+}
+
+/// `POST /v1/contacts/{id}/interactions`: an inquiry, call, email, visit
+/// or note, at `occurred_at` (default now; not more than 5 minutes ahead).
+pub async fn add_interaction<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, actor: &Actor, id: &str, request: &Request) -> Result<Response, ApiError> {
+    let input: InteractionInput = crate::http::read_json(request)?;
+    let now = ctx.clock.now();
+    let mut errors = Vec::new();
+    let kind = Kind::parse_recordable(&input.kind).map_err(|e| errors.push(FieldError::new("kind", e.to_string()))).ok();
+    let channel = match input.channel.as_deref() {
+        None => None,
+        Some(c) if timeline::CHANNELS.contains(&c) => Some(c),
+        Some(_) => {
+            errors.push(FieldError::new("channel", format!("one of {}", timeline::CHANNELS.join(", "))));
+            None
+        }
+    };
+    let subject = input.subject.as_deref().and_then(|s| profile::check_text("subject", s, 200, &mut errors));
+    let body = input.body.as_deref().and_then(|s| profile::check_text("body", s, 10_000, &mut errors));
+    let occurred_at = match input.occurred_at.as_deref() {
+        None => now,
+        Some(text) => match timestamp::parse(text) {
+            Some(t) if t <= now + time::Duration::minutes(5) => t,
+            Some(_) => {
+                errors.push(FieldError::new("occurred_at", "cannot be in the future"));
+                now
+            }
+            None => {
+                errors.push(FieldError::new("occurred_at", "an RFC 3339 timestamp"));
+                now
+            }
+        },
+    };
+    if subject.is_none() && body.is_none() && errors.is_empty() {
+        errors.push(FieldError::new("body", "a subject or a body is required"));
+    }
+    let (Some(kind), true) = (kind, errors.is_empty()) else {
+        return Err(ApiError::Validation(errors));
+    };
+    write(ctx, actor, request, async || {
+        if !contact::exists(ctx.db, id).await? {
+            return Err(not_found());
+        }
+        let entry = Entry { kind, channel, subject: subject.as_deref(), body: body.as_deref(), data: None, occurred_at };
+        let entry_id = timeline::append(ctx.db, id, &entry, &actor.label(), now).await?;
+        Ok(WriteAnswer {
+            status: StatusCode::CREATED,
+            body: json!({
+                "id": entry_id, "contact_id": id, "kind": kind.as_str(), "channel": channel,
+                "subject": subject, "body": body, "occurred_at": timestamp::format(occurred_at),
+            }),
+            contact_id: Some(id.to_owned()),
+        })
+    })
+    .await
+}
+
+/// `GET /v1/contacts/{id}/timeline`.
+pub async fn timeline_page(db: &impl Db, id: &str, request: &Request) -> Result<Response, ApiError> {
+    let pairs = crate::http::query_pairs(request);
+    let limit = page_limit(&pairs)?;
+    if !contact::exists(db, id).await? {
+        return Err(not_found());
+    }
+    let page = timeline::page(db, id, limit, query_param(&pairs, "cursor")).await?;
+    Ok(json_response(StatusCode::OK, &page))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsentInput {
+    channel: String,
+    status: String,
+    reason: Option<String>,
+    text_version: Option<String>,
+}
+
+/// `POST /v1/contacts/{id}/consents`: grant or withdraw one channel.
+pub async fn change_consent<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, actor: &Actor, id: &str, request: &Request) -> Result<Response, ApiError> {
+    let input: ConsentInput = crate::http::read_json(request)?;
+    let channel = consent::Channel::try_from(input.channel.as_str())?;
+    let status = consent::Status::try_from(input.status.as_str())?;
+    let reason = consent::Reason::try_from(input.reason.as_deref().unwrap_or("manual"))?;
+    let mut errors = Vec::new();
+    let text_version = input.text_version.as_deref().and_then(|v| profile::check_text("text_version", v, 64, &mut errors));
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    write(ctx, actor, request, async || {
+        if !contact::exists(ctx.db, id).await? {
+            return Err(not_found());
+        }
+        let change = ConsentChange {
+            channel,
+            status,
+            reason,
+            form_id: None,
+            page_url: None,
+            text_version: text_version.as_deref(),
+            ip_truncated: None,
+        };
+        consent::record(ctx.db, id, &change, &actor.label(), ctx.clock.now()).await?;
+        let current = consent::current(ctx.db, id).await?;
+        Ok(WriteAnswer {
+            status: StatusCode::CREATED,
+            body: json!({ "contact_id": id, "consents": current }),
+            contact_id: Some(id.to_owned()),
+        })
+    })
+    .await
+}
+
+/// `GET /v1/contacts/{id}/unsubscribe-link`.
+pub async fn unsubscribe_link<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, id: &str) -> Result<Response, ApiError> {
+    if !contact::exists(ctx.db, id).await? {
+        return Err(not_found());
+    }
+    let token = crate::privacy::unsubscribe_token(&ctx.config.unsubscribe_secret, id)?;
+    let url = format!("{}/v1/forms/unsubscribe?token={token}", ctx.config.public_base_url);
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "contact_id": id, "token": token, "url": url, "method": "POST" }),
+    ))
+}
+
+/// `GET /v1/contacts/{id}/export`.
+pub async fn export(db: &impl Db, id: &str) -> Result<Response, ApiError> {
+    let document = crate::privacy::export(db, id).await?.ok_or_else(not_found)?;
+    Ok(json_response(StatusCode::OK, &document))
+}
+
+/// `DELETE /v1/contacts/{id}`: erasure, then a WAL checkpoint so old page
+/// images with the erased values leave the `-wal` file too.
+pub async fn erase<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, actor: &Actor, id: &str) -> Result<Response, ApiError> {
+    let now = ctx.clock.now();
+    let erased = transaction(ctx.db, async || -> Result<bool, ApiError> {
+        Ok(crate::privacy::erase(ctx.db, id, &actor.label(), now).await?)
+    })
+    .await?;
+    if !erased {
+        return Err(not_found());
+    }
+    if let Err(e) = crate::db::checkpoint_truncate(ctx.db).await {
+        eprintln!("checkpoint after erasure did not complete: {e}");
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "contact_id": id, "erased": true, "erased_at": timestamp::format(now) }),
+    ))
+}

@@ -1,0 +1,135 @@
+//! Opening a request's database connection: per-connection pragmas, the
+//! numbered migrations (tracked by `PRAGMA user_version`), and the one
+//! `BEGIN IMMEDIATE` transaction a write request runs in.
+//!
+//! Durability: the migration switches the file to WAL, so readers never
+//! wait for writers and a commit appends to the log instead of rewriting
+//! pages. Each connection sets `synchronous = FULL`: a 2xx means the lead,
+//! order or ledger entry is on disk, even after a power cut, at the price
+//! of one fsync per commit. `secure_delete` overwrites deleted content so
+//! that an erased person's data does not linger in free pages.
+
+use crate::ports::{Db, DbError, Value};
+use anyhow::Context as _;
+
+/// The migrations, in order. Migration `n` (1-based) brings the schema to
+/// `user_version = n`. Append only: never edit one that has shipped.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_contacts.sql")];
+
+/// The schema version this build expects.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Prepares a freshly opened connection: pragmas first, then migrations if
+/// the file is behind. Call once per request, before any other statement.
+pub async fn prepare(db: &impl Db) -> anyhow::Result<()> {
+    // A writer waits up to 5 s for the lock instead of failing at once;
+    // transactions are short, so a wait beyond that means something is wrong.
+    for pragma in [
+        "PRAGMA busy_timeout = 5000",
+        "PRAGMA foreign_keys = ON",
+        "PRAGMA synchronous = FULL",
+        "PRAGMA secure_delete = ON",
+    ] {
+        db.execute(pragma, &[])
+            .await
+            .with_context(|| format!("failed to set `{pragma}`"))?;
+    }
+    migrate(db).await
+}
+
+async fn user_version(db: &impl Db) -> anyhow::Result<i64> {
+    let rows = db
+        .execute("PRAGMA user_version", &[])
+        .await
+        .context("failed to read the schema version")?;
+    match rows.rows.first().and_then(|r| r.first()) {
+        Some(Value::Integer(v)) => Ok(*v),
+        other => anyhow::bail!("unexpected user_version result: {other:?}"),
+    }
+}
+
+/// Applies the migrations the file lacks. Two requests may race here on a
+/// fresh file: the version is re-read inside `BEGIN IMMEDIATE`, which only
+/// one connection holds at a time, so each migration runs exactly once.
+pub async fn migrate(db: &impl Db) -> anyhow::Result<()> {
+    if user_version(db).await? >= SCHEMA_VERSION {
+        return Ok(());
+    }
+    // WAL is a property of the file and cannot change inside a transaction.
+    db.execute("PRAGMA journal_mode = WAL", &[])
+        .await
+        .context("failed to switch to WAL")?;
+    transaction(db, async || {
+        let current = user_version(db).await?;
+        if current > SCHEMA_VERSION {
+            anyhow::bail!(
+                "database schema {current} is newer than this build ({SCHEMA_VERSION})"
+            );
+        }
+        for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            for statement in split_statements(sql) {
+                db.execute(statement, &[])
+                    .await
+                    .with_context(|| format!("migration {} failed", index + 1))?;
+            }
+        }
+        db.execute(&format!("PRAGMA user_version = {SCHEMA_VERSION}"), &[])
+            .await
+            .context("failed to record the schema version")?;
+        Ok(())
+    })
+    .await
+}
+
+/// Spin's `execute` runs one statement at a time, so a migration file is
+/// split on `;` at line ends. Migrations therefore keep `;` out of string
+/// literals and triggers.
+fn split_statements(sql: &str) -> impl Iterator<Item = &str> {
+    sql.split(";\n")
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && !s.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with("--")))
+}
+
+/// Runs `work` inside `BEGIN IMMEDIATE … COMMIT`, rolling back on error.
+/// IMMEDIATE takes the write lock up front, so a read-then-write inside
+/// cannot interleave with another writer, and a lock wait happens at
+/// `BEGIN` (bounded by `busy_timeout`) rather than as a deadlock later.
+pub async fn transaction<D, T, E>(db: &D, work: impl AsyncFnOnce() -> Result<T, E>) -> Result<T, E>
+where
+    D: Db,
+    E: From<anyhow::Error>,
+{
+    db.execute("BEGIN IMMEDIATE", &[])
+        .await
+        .context("failed to begin a transaction")?;
+    match work().await {
+        Ok(value) => {
+            if let Err(e) = db.execute("COMMIT", &[]).await {
+                rollback(db).await;
+                return Err(anyhow::Error::from(e).context("failed to commit").into());
+            }
+            Ok(value)
+        }
+        Err(e) => {
+            rollback(db).await;
+            Err(e)
+        }
+    }
+}
+
+async fn rollback(db: &impl Db) {
+    // The work's own error is what the caller needs; a failed rollback
+    // (e.g. SQLite already rolled back) is only worth a log line, and the
+    // connection is dropped at the end of the request either way.
+    if let Err(e) = db.execute("ROLLBACK", &[]).await {
+        eprintln!("rollback failed: {e}");
+    }
+}
+
+/// After erasing personal data: copy the WAL into the main file and
+/// truncate the log, so no old page image with the erased values stays in
+/// `-wal`. Best effort: with readers active the checkpoint may stop early;
+/// the next checkpoint then finishes the job.
+pub async fn checkpoint_truncate(db: &impl Db) -> Result<(), DbError> {
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)", &[]).await.map(|_| ())
+}

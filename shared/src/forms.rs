@@ -1,0 +1,591 @@
+//! Public lead capture: `POST /v1/forms/{form_id}` from landing pages.
+//! Owns the form's settings (kept in the key-value store: read on every
+//! submission, written rarely), the submission's parsing, the per-client
+//! rate limit (in SQLite: Spin's key-value store syncs the disk on every
+//! write), the honeypot, CORS and the redirect policy. A stored lead
+//! never depends on the caller being able to read the answer.
+
+use crate::Ctx;
+use crate::config::normalise_origin;
+use crate::consent::{self, ConsentChange};
+use crate::contact::{self, FirstTouch, UTM_FIELDS, WritePolicy};
+use crate::db::transaction;
+use crate::error::{ApiError, FieldError};
+use crate::http::{Request, Response, body_text, check_size, header_str, media_type};
+use crate::ids::new_id;
+use crate::ports::{Db, Kv};
+use crate::profile::{self, MAX_ATTRIBUTES_PER_SUBMISSION, Profile};
+use crate::tags::{self, Tag};
+use crate::timeline::{self, Entry, Kind};
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{StatusCode, header};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json, json};
+use sha2::{Digest, Sha256};
+
+/// Form bodies above this are refused before they are parsed.
+pub const FORM_BODY_LIMIT: usize = 16 * 1024;
+
+/// A form id from the path: 1 to 64 of `a-z A-Z 0-9 _ -`. `unsubscribe`
+/// is the one-click unsubscribe endpoint, not a form.
+pub fn parse_form_id(text: &str) -> Result<String, ApiError> {
+    let valid = !text.is_empty()
+        && text.len() <= 64
+        && text != "unsubscribe"
+        && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(ApiError::NotFound("no such form".into()))
+    }
+}
+
+/// Per-form settings; a form without them uses the defaults from variables.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FormSettings {
+    #[serde(default)]
+    pub thank_you_url: Option<String>,
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    #[serde(default)]
+    pub required_fields: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub consent_text_version: Option<String>,
+}
+
+/// Fields a form may name as required.
+const REQUIRABLE: &[&str] = &[
+    "email", "phone", "name", "family_name", "given_name", "family_name_kana",
+    "given_name_kana", "company", "postal_code", "address", "birthday", "consent_email",
+];
+
+impl FormSettings {
+    /// Checks and normalises settings sent by an admin.
+    pub fn validate(mut self) -> Result<FormSettings, ApiError> {
+        let mut errors = Vec::new();
+        if let Some(url) = &self.thank_you_url {
+            if url.len() > 2000 || normalise_origin(url).is_none() {
+                errors.push(FieldError::new("thank_you_url", "an absolute http(s) URL"));
+            }
+        }
+        let mut origins = Vec::new();
+        for origin in &self.allowed_origins {
+            match normalise_origin(origin) {
+                Some(o) => origins.push(o),
+                None => errors.push(FieldError::new("allowed_origins", "each an http(s) origin like https://lp.example.jp")),
+            }
+        }
+        self.allowed_origins = origins;
+        for field in &self.required_fields {
+            if !REQUIRABLE.contains(&field.as_str()) {
+                errors.push(FieldError::new(
+                    "required_fields",
+                    format!("each one of {}", REQUIRABLE.join(", ")),
+                ));
+                break;
+            }
+        }
+        for tag in &self.tags {
+            if Tag::parse(tag).is_err() {
+                errors.push(FieldError::new("tags", "each 1 to 64 characters, without `/`"));
+                break;
+            }
+        }
+        if self.tags.len() > 20 || self.required_fields.len() > 20 || self.allowed_origins.len() > 20 {
+            errors.push(FieldError::new("settings", "at most 20 entries per list"));
+        }
+        if let Some(version) = &self.consent_text_version {
+            if version.is_empty() || version.len() > 64 {
+                errors.push(FieldError::new("consent_text_version", "1 to 64 characters"));
+            }
+        }
+        if errors.is_empty() {
+            Ok(self)
+        } else {
+            Err(ApiError::Validation(errors))
+        }
+    }
+}
+
+fn settings_key(form_id: &str) -> String {
+    format!("forms/{form_id}/settings")
+}
+
+pub async fn load_settings(kv: &impl Kv, form_id: &str) -> anyhow::Result<Option<FormSettings>> {
+    match kv.get(&settings_key(form_id)).await? {
+        None => Ok(None),
+        Some(bytes) => Ok(Some(
+            serde_json::from_slice(&bytes).context("stored form settings are not valid")?,
+        )),
+    }
+}
+
+pub async fn save_settings(kv: &impl Kv, form_id: &str, settings: &FormSettings) -> anyhow::Result<()> {
+    kv.set(&settings_key(form_id), &serde_json::to_vec(settings).context("settings")?)
+        .await
+}
+
+/// What the request says about its sender, beyond the body.
+#[derive(Debug, Clone, Default)]
+pub struct Sender {
+    pub client_ip: Option<String>,
+    pub origin: Option<String>,
+    pub referer: Option<String>,
+    pub wants_json: bool,
+}
+
+impl Sender {
+    /// Spin puts the peer address in `spin-client-addr` (`ip:port`).
+    pub fn from_request(request: &Request) -> Sender {
+        let headers = request.headers();
+        let client_ip = header_str(headers, "spin-client-addr").map(|addr| {
+            addr.parse::<std::net::SocketAddr>()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_else(|_| addr.to_owned())
+        });
+        let accept = header_str(headers, "accept").unwrap_or("").to_ascii_lowercase();
+        let is_json_body = media_type(headers).as_deref() == Some("application/json");
+        let wants_json = accept.contains("application/json")
+            || accept.contains("application/problem+json")
+            || (is_json_body && !accept.contains("text/html"));
+        Sender {
+            client_ip,
+            origin: header_str(headers, "origin").map(str::to_owned),
+            referer: header_str(headers, "referer").map(str::to_owned),
+            wants_json,
+        }
+    }
+}
+
+/// A parsed submission, before anything is stored.
+#[derive(Debug, Clone, Default)]
+pub struct Submission {
+    pub profile: Profile,
+    pub consent_email: bool,
+    pub consent_text_version: Option<String>,
+    pub utm: std::collections::BTreeMap<&'static str, String>,
+    pub page: Option<String>,
+    pub honeypot_filled: bool,
+    pub redirect: Option<String>,
+    /// What was sent, for the timeline (control fields left out).
+    pub fields: Map<String, Json>,
+}
+
+/// Reads the body into field pairs: urlencoded or a flat JSON object.
+pub fn read_fields(request: &Request) -> Result<Vec<(String, String)>, ApiError> {
+    check_size(request.body(), FORM_BODY_LIMIT)?;
+    let media = media_type(request.headers());
+    match media.as_deref() {
+        Some("application/x-www-form-urlencoded") => {
+            let text = body_text(request.body())?;
+            Ok(form_urlencoded::parse(text.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect())
+        }
+        Some("application/json") => {
+            let object: Map<String, Json> = crate::http::parse_json(request.body())?;
+            let mut pairs = Vec::with_capacity(object.len());
+            let mut errors = Vec::new();
+            for (key, value) in object {
+                match value {
+                    Json::Null => {}
+                    Json::String(s) => pairs.push((key, s)),
+                    Json::Bool(b) => pairs.push((key, b.to_string())),
+                    Json::Number(n) => pairs.push((key, n.to_string())),
+                    Json::Array(_) | Json::Object(_) => {
+                        errors.push(FieldError::new(key, "must be a string, number or boolean"))
+                    }
+                }
+            }
+            if errors.is_empty() { Ok(pairs) } else { Err(ApiError::Validation(errors)) }
+        }
+        other => Err(ApiError::UnsupportedMediaType(format!(
+            "a form posts application/x-www-form-urlencoded or application/json{}",
+            other.map(|o| format!(", not {o}")).unwrap_or_default()
+        ))),
+    }
+}
+
+fn truthy(value: &str) -> bool {
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "on" | "1" | "true" | "yes" | "y" | "checked" | "agree"
+    )
+}
+
+/// Turns field pairs into a submission, collecting every invalid field.
+pub fn parse_submission(
+    pairs: Vec<(String, String)>,
+    region: crate::phone::Region,
+) -> Result<Submission, ApiError> {
+    let mut submission = Submission::default();
+    let mut errors = Vec::new();
+    let mut extra_fields = 0usize;
+    for (key, value) in pairs {
+        match key.as_str() {
+            "_hp" => submission.honeypot_filled |= !value.trim().is_empty(),
+            "_redirect" => submission.redirect = Some(value.trim().to_owned()).filter(|v| !v.is_empty()),
+            "consent_email" => submission.consent_email = truthy(&value),
+            "consent_text_version" => {
+                submission.consent_text_version =
+                    profile::check_text("consent_text_version", &value, 64, &mut errors)
+            }
+            "page" => submission.page = profile::check_text("page", &value, 2000, &mut errors),
+            _ if key.starts_with('_') => {} // other control fields (CSRF tokens etc.) are not data
+            _ => {
+                if let Some(utm) = UTM_FIELDS.iter().find(|u| **u == key) {
+                    if let Some(v) = profile::check_text(utm, &value, 200, &mut errors) {
+                        submission.utm.insert(utm, v);
+                    }
+                } else if !profile::parse_field(&mut submission.profile, &key, &value, region, &mut errors) {
+                    extra_fields += 1;
+                    if extra_fields <= MAX_ATTRIBUTES_PER_SUBMISSION {
+                        profile::add_attribute(&mut submission.profile, &key, &value, &mut errors);
+                    }
+                }
+            }
+        }
+        if !key.starts_with('_') && submission.fields.len() < 200 {
+            submission.fields.insert(key, Json::String(value));
+        }
+    }
+    if extra_fields > MAX_ATTRIBUTES_PER_SUBMISSION {
+        errors.push(FieldError::new(
+            "attributes",
+            format!("at most {MAX_ATTRIBUTES_PER_SUBMISSION} fields besides the known ones"),
+        ));
+    }
+    submission.profile.fill_display_name();
+    if errors.is_empty() {
+        Ok(submission)
+    } else {
+        Err(ApiError::Validation(errors))
+    }
+}
+
+/// How the caller is answered once the submission is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// 303 to this URL (browser form posts).
+    Redirect(String),
+    /// 200 with a minimal thank-you page (browser, no thank-you URL known).
+    ThankYouPage,
+    /// 202 `{"status":"accepted"}`.
+    Accepted,
+}
+
+/// The origins allowed for this form: the variable's plus the form's own.
+fn allowed_origins(config_origins: &[String], settings: &FormSettings) -> Vec<String> {
+    let mut all = config_origins.to_vec();
+    all.extend(settings.allowed_origins.iter().cloned());
+    all
+}
+
+/// Handles one submission end to end; see the module doc for the rules.
+pub async fn submit<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, form_id: &str, request: &Request) -> Result<Response, ApiError> {
+    let sender = Sender::from_request(request);
+    let pairs = read_fields(request)?;
+    let submission = parse_submission(pairs, ctx.config.default_phone_region)?;
+    let settings = load_settings(ctx.kv, form_id).await?.unwrap_or_default();
+    let origins = allowed_origins(&ctx.config.allowed_origins, &settings);
+
+    let mut errors = Vec::new();
+    if !submission.honeypot_filled {
+        if submission.profile.is_empty_identity() {
+            errors.push(FieldError::new("email", "an email or a phone number is required"));
+        }
+        for field in &settings.required_fields {
+            let present = match field.as_str() {
+                "email" => submission.profile.email.is_some(),
+                "phone" => submission.profile.phone.is_some(),
+                "postal_code" => submission.profile.postal_code.is_some(),
+                "birthday" => submission.profile.birthday.is_some(),
+                "consent_email" => submission.consent_email,
+                other => submission.profile.text(other).is_some(),
+            };
+            if !present {
+                errors.push(FieldError::new(field.clone(), "is required"));
+            }
+        }
+    }
+    if let Some(target) = &submission.redirect {
+        if !normalise_origin(target).is_some_and(|o| origins.contains(&o)) {
+            errors.push(FieldError::new("_redirect", "not an allowed redirect target"));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+
+    let now = ctx.clock.now();
+    let limit = ctx.config.form_rate_limit_per_minute;
+    let bucket = rate_limit_bucket(sender.client_ip.as_deref(), form_id);
+    let window = now.unix_timestamp().div_euclid(60);
+    let stored = transaction(ctx.db, async || -> Result<bool, ApiError> {
+        if !take_rate_limit_slot(ctx.db, &bucket, window, limit).await? {
+            return Ok(false);
+        }
+        if !submission.honeypot_filled {
+            store_submission(ctx.db, form_id, &submission, &settings, &sender, now).await?;
+        }
+        Ok(true)
+    })
+    .await?;
+    if !stored {
+        let retry_after_seconds = u64::try_from(60 - now.unix_timestamp().rem_euclid(60)).unwrap_or(60);
+        return Err(ApiError::RateLimited { retry_after_seconds });
+    }
+
+    let answer = if sender.wants_json {
+        Answer::Accepted
+    } else if let Some(url) = submission
+        .redirect
+        .clone()
+        .or(settings.thank_you_url.clone())
+        .or(ctx.config.default_thank_you_url.clone())
+    {
+        Answer::Redirect(url)
+    } else {
+        Answer::ThankYouPage
+    };
+    let mut response = answer_response(&answer);
+    apply_cors(&mut response, sender.origin.as_deref(), &origins);
+    Ok(response)
+}
+
+/// The stored part of a submission, inside the caller's transaction.
+async fn store_submission(
+    db: &impl Db,
+    form_id: &str,
+    submission: &Submission,
+    settings: &FormSettings,
+    sender: &Sender,
+    now: time::OffsetDateTime,
+) -> Result<(), ApiError> {
+    let actor = crate::auth::Actor::Form(form_id.to_owned()).label();
+    let at = crate::timestamp::format(now);
+    let page = submission.page.clone().or_else(|| {
+        sender
+            .referer
+            .as_deref()
+            .map(|r| r.chars().take(2000).collect())
+    });
+    let id = match contact::resolve(db, &submission.profile, None).await? {
+        Some(id) => {
+            contact::update(db, &id, &submission.profile, None, WritePolicy::FillEmpty, &actor, &at).await?;
+            id
+        }
+        None => {
+            let id = new_id(now);
+            let touch = FirstTouch {
+                source: format!("form:{form_id}"),
+                form_id: Some(form_id.to_owned()),
+                page: page.clone(),
+                utm: submission.utm.clone(),
+            };
+            contact::insert(db, &id, &submission.profile, None, &touch, &actor, &at).await?;
+            id
+        }
+    };
+    for tag in &settings.tags {
+        if let Ok(tag) = Tag::parse(tag) {
+            tags::add(db, &id, &tag, &actor, now).await?;
+        }
+    }
+    let entry = Entry {
+        kind: Kind::FormSubmitted,
+        channel: Some("web"),
+        subject: None,
+        body: None,
+        data: Some(json!({
+            "form_id": form_id,
+            "page": page,
+            "utm": submission.utm,
+            "fields": submission.fields,
+            "consent_email": submission.consent_email,
+        })),
+        occurred_at: now,
+    };
+    timeline::append(db, &id, &entry, &actor, now).await?;
+    if submission.consent_email && submission.profile.email.is_some() {
+        let ip = sender.client_ip.as_deref().and_then(consent::truncate_ip);
+        let version = submission
+            .consent_text_version
+            .as_deref()
+            .or(settings.consent_text_version.as_deref());
+        let change = ConsentChange {
+            channel: consent::Channel::Email,
+            status: consent::Status::Granted,
+            reason: consent::Reason::Form,
+            form_id: Some(form_id),
+            page_url: page.as_deref(),
+            text_version: version,
+            ip_truncated: ip.as_deref(),
+        };
+        consent::record(db, &id, &change, &actor, now).await?;
+    }
+    Ok(())
+}
+
+/// A digest of client and form, so the table never holds an IP address.
+fn rate_limit_bucket(client_ip: Option<&str>, form_id: &str) -> String {
+    let digest = Sha256::digest(format!("{}\n{form_id}", client_ip.unwrap_or("unknown")));
+    hex::encode(&digest[..16])
+}
+
+/// Counts a hit in the client's current one-minute window; false once the
+/// window holds more than `limit`. Windows older than ten minutes are
+/// swept when a bucket starts a new one, which keeps the table small
+/// without a scheduled job.
+async fn take_rate_limit_slot(db: &impl Db, bucket: &str, window: i64, limit: u32) -> anyhow::Result<bool> {
+    let rows = db
+        .execute(
+            "INSERT INTO rate_limits (bucket, window_start, hits) VALUES (?1, ?2, 1)
+             ON CONFLICT (bucket) DO UPDATE SET
+                 hits = CASE WHEN window_start = excluded.window_start THEN hits + 1 ELSE 1 END,
+                 window_start = excluded.window_start
+             RETURNING hits",
+            &[bucket.into(), window.into()],
+        )
+        .await
+        .context("failed to count a form submission")?;
+    let hits = rows.first().context("rate limit upsert returned nothing")?.i64("hits")?;
+    if hits == 1 {
+        db.execute("DELETE FROM rate_limits WHERE window_start < ?1", &[(window - 10).into()])
+            .await
+            .context("failed to sweep rate-limit windows")?;
+    }
+    Ok(hits <= i64::from(limit))
+}
+
+fn answer_response(answer: &Answer) -> Response {
+    match answer {
+        Answer::Accepted => crate::http::json_response(StatusCode::ACCEPTED, &json!({"status": "accepted"})),
+        Answer::Redirect(url) => {
+            let mut response = crate::http::empty_response(StatusCode::SEE_OTHER);
+            crate::http::set_header(&mut response, header::LOCATION, url);
+            response
+        }
+        Answer::ThankYouPage => html_response(StatusCode::OK, "Thank you", "ありがとうございました。Thank you, we have received your submission."),
+    }
+}
+
+/// A minimal page for browsers when no thank-you URL is configured.
+pub fn html_response(status: StatusCode, title: &str, message: &str) -> Response {
+    let page = format!(
+        "<!doctype html><html lang=\"ja\"><meta charset=\"utf-8\"><title>{title}</title><p>{message}</p></html>"
+    );
+    http::Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+        .body(Bytes::from(page))
+        .expect("static headers are valid")
+}
+
+/// Lets an allowed origin's script read the answer.
+pub fn apply_cors(response: &mut Response, origin: Option<&str>, allowed: &[String]) {
+    response
+        .headers_mut()
+        .insert(header::VARY, http::HeaderValue::from_static("Origin"));
+    let Some(origin) = origin else { return };
+    if normalise_origin(origin).is_some_and(|o| allowed.contains(&o) && o == origin.to_ascii_lowercase()) {
+        crate::http::set_header(response, header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    }
+}
+
+/// Answers a CORS preflight: 204 with the allowances for an allowed
+/// origin, 403 for any other.
+pub async fn preflight<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, form_id: &str, request: &Request) -> Result<Response, ApiError> {
+    let settings = load_settings(ctx.kv, form_id).await?.unwrap_or_default();
+    let origins = allowed_origins(&ctx.config.allowed_origins, &settings);
+    let origin = header_str(request.headers(), "origin");
+    let allowed = origin
+        .and_then(normalise_origin)
+        .is_some_and(|o| origins.contains(&o));
+    if !allowed {
+        return Err(ApiError::Forbidden("this origin may not post to this form".into()));
+    }
+    let mut response = crate::http::empty_response(StatusCode::NO_CONTENT);
+    apply_cors(&mut response, origin, &origins);
+    for (name, value) in [
+        (header::ACCESS_CONTROL_ALLOW_METHODS, "POST, OPTIONS"),
+        (header::ACCESS_CONTROL_ALLOW_HEADERS, "Content-Type, Accept"),
+        (header::ACCESS_CONTROL_MAX_AGE, "600"),
+    ] {
+        crate::http::set_header(&mut response, name, value);
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phone::Region;
+
+    fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+        items.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn parses_known_fields_utm_and_attributes() {
+        let s = parse_submission(
+            pairs(&[
+                ("email", " Taro@Example.JP "),
+                ("phone", "090-1234-5678"),
+                ("family_name", "山田"),
+                ("given_name", "太郎"),
+                ("utm_source", "google"),
+                ("consent_email", "on"),
+                ("interest", "shoes"),
+                ("interest", "bags"),
+                ("_token", "csrf"),
+            ]),
+            Region::JP,
+        )
+        .unwrap();
+        assert_eq!(s.profile.email.unwrap().as_str(), "taro@example.jp");
+        assert_eq!(s.profile.phone.unwrap().as_str(), "+819012345678");
+        assert_eq!(s.profile.texts["name"], "山田 太郎");
+        assert_eq!(s.utm["utm_source"], "google");
+        assert!(s.consent_email);
+        assert_eq!(s.profile.attributes["interest"], "shoes, bags");
+        assert!(!s.fields.contains_key("_token"));
+    }
+
+    #[test]
+    fn rejects_too_many_extra_fields_and_bad_values() {
+        let many: Vec<(String, String)> = (0..200).map(|i| (format!("f{i}"), "x".to_owned())).collect();
+        assert!(matches!(parse_submission(many, Region::JP), Err(ApiError::Validation(_))));
+        let Err(ApiError::Validation(errors)) =
+            parse_submission(pairs(&[("email", "nope"), ("phone", "12")]), Region::JP)
+        else {
+            panic!("expected validation errors");
+        };
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["email", "phone"]);
+    }
+
+    #[test]
+    fn settings_validation() {
+        let ok = FormSettings {
+            thank_you_url: Some("https://lp.example.jp/thanks".into()),
+            allowed_origins: vec!["https://LP.example.jp/".into()],
+            required_fields: vec!["name".into()],
+            tags: vec!["spring".into()],
+            consent_text_version: Some("v3".into()),
+        }
+        .validate()
+        .unwrap();
+        assert_eq!(ok.allowed_origins, ["https://lp.example.jp"]);
+        let bad = FormSettings {
+            thank_you_url: Some("javascript:alert(1)".into()),
+            required_fields: vec!["order_count".into()],
+            ..Default::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

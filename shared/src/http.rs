@@ -1,0 +1,255 @@
+//! HTTP plumbing every component shares, over plain `http` types: reading
+//! bodies (size, content type, UTF-8, JSON), query strings, responses and
+//! problem documents, and opaque keyset cursors. No framework, no runtime.
+
+use crate::error::{ApiError, FieldError};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub type Request = http::Request<Bytes>;
+pub type Response = http::Response<Bytes>;
+
+/// The most any component reads of a body. The Spin adapters stop reading
+/// one byte past it, so larger bodies never reach memory in full; each
+/// route then applies its own, smaller limit.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Default limit for API bodies.
+pub const API_BODY_LIMIT: usize = 64 * 1024;
+
+pub fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+    let bytes = serde_json::to_vec(body).expect("response bodies always serialise");
+    http::Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Bytes::from(bytes))
+        .expect("static headers are valid")
+}
+
+pub fn empty_response(status: StatusCode) -> Response {
+    http::Response::builder()
+        .status(status)
+        .body(Bytes::new())
+        .expect("static headers are valid")
+}
+
+/// The problem document for `error`. Unexpected errors are logged here
+/// with their cause chain (which never carries request bodies).
+pub fn error_response(error: &ApiError) -> Response {
+    if let ApiError::Unexpected(cause) = error {
+        eprintln!("unexpected error: {cause:#}");
+    }
+    let problem = error.to_problem();
+    let mut response = http::Response::builder()
+        .status(problem.status)
+        .header(header::CONTENT_TYPE, "application/problem+json");
+    match error {
+        ApiError::Unauthorized => {
+            response = response.header(header::WWW_AUTHENTICATE, "Bearer");
+        }
+        ApiError::RateLimited {
+            retry_after_seconds,
+        } => {
+            response = response.header(header::RETRY_AFTER, retry_after_seconds.to_string());
+        }
+        ApiError::MethodNotAllowed(allow) => {
+            response = response.header(header::ALLOW, *allow);
+        }
+        _ => {}
+    }
+    response
+        .body(Bytes::from(
+            serde_json::to_vec(&problem).expect("problems always serialise"),
+        ))
+        .expect("static headers are valid")
+}
+
+/// The media type of the body, lower-cased, without parameters.
+pub fn media_type(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let media = value.split(';').next()?.trim().to_ascii_lowercase();
+    (!media.is_empty()).then_some(media)
+}
+
+/// Refuses bodies over `limit` bytes.
+pub fn check_size(body: &Bytes, limit: usize) -> Result<(), ApiError> {
+    if body.len() > limit {
+        return Err(ApiError::PayloadTooLarge(limit));
+    }
+    Ok(())
+}
+
+/// The body as UTF-8 text.
+pub fn body_text(body: &Bytes) -> Result<&str, ApiError> {
+    std::str::from_utf8(body).map_err(|_| ApiError::BadRequest("the body is not valid UTF-8".into()))
+}
+
+/// Reads a JSON API body into `T`: size, content type, UTF-8, syntax
+/// (400), then shape (422, naming the field where serde can).
+pub fn read_json<T: DeserializeOwned>(request: &Request) -> Result<T, ApiError> {
+    check_size(request.body(), API_BODY_LIMIT)?;
+    match media_type(request.headers()).as_deref() {
+        Some("application/json") => {}
+        Some(other) => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "expected application/json, got {other}"
+            )));
+        }
+        None => {
+            return Err(ApiError::UnsupportedMediaType(
+                "expected a Content-Type of application/json".into(),
+            ));
+        }
+    }
+    parse_json(request.body())
+}
+
+/// Parses JSON bytes into `T` with the same 400 / 422 split as `read_json`.
+pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let text = body_text(body)?;
+    if text.trim().is_empty() {
+        return Err(ApiError::BadRequest("the body is empty".into()));
+    }
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    match serde_path_to_error(&mut deserializer) {
+        Ok(value) => Ok(value),
+        Err(e) => match e.classify() {
+            serde_json::error::Category::Data => Err(ApiError::Validation(vec![FieldError::new(
+                "body",
+                shorten(&e.to_string()),
+            )])),
+            _ => Err(ApiError::BadRequest(format!(
+                "the body is not valid JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ))),
+        },
+    }
+}
+
+fn serde_path_to_error<T: DeserializeOwned>(
+    deserializer: &mut serde_json::Deserializer<serde_json::de::StrRead<'_>>,
+) -> Result<T, serde_json::Error> {
+    let value = T::deserialize(&mut *deserializer)?;
+    deserializer.end()?;
+    Ok(value)
+}
+
+// serde's messages can quote the offending input; keep them short.
+fn shorten(message: &str) -> String {
+    message.chars().take(200).collect()
+}
+
+/// The query string's pairs, percent-decoded.
+pub fn query_pairs(request: &Request) -> Vec<(String, String)> {
+    request
+        .uri()
+        .query()
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn query_param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The path split into segments, percent-decoded, trailing slash ignored.
+pub fn path_segments(request: &Request) -> Result<Vec<String>, ApiError> {
+    request
+        .uri()
+        .path()
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_decode(s)
+                .ok_or_else(|| ApiError::BadRequest("the path is not valid UTF-8".into()))
+        })
+        .collect()
+}
+
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Page size from `limit`: default 50, at most 200.
+pub fn page_limit(pairs: &[(String, String)]) -> Result<usize, ApiError> {
+    match query_param(pairs, "limit") {
+        None => Ok(50),
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=200).contains(&n) => Ok(n),
+            _ => Err(ApiError::invalid("limit", "must be a whole number from 1 to 200")),
+        },
+    }
+}
+
+/// An opaque keyset cursor: the sort key of the last row served.
+pub fn encode_cursor(parts: &[&str]) -> String {
+    URL_SAFE_NO_PAD.encode(parts.join("\u{1f}"))
+}
+
+pub fn decode_cursor(cursor: &str, expected_parts: usize) -> Result<Vec<String>, ApiError> {
+    let bad = || ApiError::invalid("cursor", "not a cursor this API returned");
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let parts: Vec<String> = text.split('\u{1f}').map(str::to_owned).collect();
+    if parts.len() != expected_parts {
+        return Err(bad());
+    }
+    Ok(parts)
+}
+
+pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+pub fn set_header(response: &mut Response, name: http::HeaderName, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        response.headers_mut().insert(name, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let c = encode_cursor(&["2026-11-22T00:00:00.000000Z", "abc"]);
+        assert_eq!(decode_cursor(&c, 2).unwrap(), vec!["2026-11-22T00:00:00.000000Z", "abc"]);
+        assert!(decode_cursor("!!!", 2).is_err());
+        assert!(decode_cursor(&c, 1).is_err());
+    }
+
+    #[test]
+    fn decodes_percent_encoded_segments() {
+        assert_eq!(percent_decode("vip%20tier").as_deref(), Some("vip tier"));
+        assert_eq!(percent_decode("%E3%81%82").as_deref(), Some("あ"));
+        assert_eq!(percent_decode("%FF"), None);
+        assert_eq!(percent_decode("100%").as_deref(), Some("100%"));
+    }
+}

@@ -1,0 +1,102 @@
+//! Replaying a retried write: the first answer to an `Idempotency-Key` is
+//! saved in the same transaction as its effect; a repeat with the same
+//! body gets that answer back and changes nothing, a repeat with another
+//! body is refused (422).
+
+use crate::error::ApiError;
+use crate::ports::Db;
+use anyhow::Context as _;
+use http::HeaderMap;
+use sha2::{Digest, Sha256};
+
+/// A key a client sent: 1 to 255 visible ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn from_headers(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+        let Some(value) = headers.get("idempotency-key") else {
+            return Ok(None);
+        };
+        let text = value.to_str().unwrap_or("").trim();
+        if text.is_empty() || text.len() > 255 || !text.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(ApiError::invalid(
+                "Idempotency-Key",
+                "1 to 255 visible ASCII characters",
+            ));
+        }
+        Ok(Some(IdempotencyKey(text.to_owned())))
+    }
+}
+
+/// What to do with a request that carries a key.
+pub enum NextAction {
+    Start,
+    Replay { status: u16, body: String },
+}
+
+/// Digest of what makes two requests "the same": method, path and body.
+pub fn request_hash(method: &str, path: &str, body: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(method.as_bytes());
+    hasher.update([0]);
+    hasher.update(path.as_bytes());
+    hasher.update([0]);
+    hasher.update(body);
+    hex::encode(hasher.finalize())
+}
+
+/// Looks the key up inside the caller's transaction.
+pub async fn check(db: &impl Db, actor: &str, key: &IdempotencyKey, hash: &str) -> Result<NextAction, ApiError> {
+    let rows = db
+        .execute(
+            "SELECT request_hash, response_status, response_body FROM idempotency_keys
+             WHERE actor = ?1 AND key = ?2",
+            &[actor.into(), key.0.as_str().into()],
+        )
+        .await
+        .context("failed to read an idempotency key")?;
+    let Some(row) = rows.first() else {
+        return Ok(NextAction::Start);
+    };
+    if row.str("request_hash")? != hash {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            "this key was already used for a different request",
+        ));
+    }
+    Ok(NextAction::Replay {
+        status: u16::try_from(row.i64("response_status")?).context("stored status")?,
+        body: row.str("response_body")?.to_owned(),
+    })
+}
+
+/// Saves the answer, in the same transaction as the effect.
+#[allow(clippy::too_many_arguments)]
+pub async fn save(
+    db: &impl Db,
+    actor: &str,
+    key: &IdempotencyKey,
+    hash: &str,
+    status: u16,
+    body: &str,
+    contact_id: Option<&str>,
+    now: &str,
+) -> anyhow::Result<()> {
+    db.execute(
+        "INSERT INTO idempotency_keys (actor, key, request_hash, response_status, response_body, contact_id, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        &[
+            actor.into(),
+            key.0.as_str().into(),
+            hash.into(),
+            i64::from(status).into(),
+            body.into(),
+            contact_id.into(),
+            now.into(),
+        ],
+    )
+    .await
+    .context("failed to save an idempotency key")?;
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! Kizuna's domain crate: every rule of the CRM, independent of HTTP
+//! frameworks and of the Spin runtime.
+//!
+//! Layout:
+//! - `ports`, `spin_ports`: the storage ports (`Db`, `Kv`, `Clock`) and
+//!   their Spin implementations (feature `spin`).
+//! - `db`: per-connection pragmas, migrations, the write transaction.
+//! - `http`, `error`, `auth`, `config`: request plumbing, problem
+//!   documents, API keys with scopes, settings from variables.
+//! - `email`, `phone`, `profile`, `text`, `timestamp`, `ids`: values that
+//!   parse, and the profile built from them.
+//! - `contact`, `consent`, `timeline`, `tags`: the customer record.
+//! - `forms`: public lead capture, form settings, rate limits, CORS.
+//! - `contacts_api`: the staff-facing contact use cases.
+//! - `privacy`: export, erasure and unsubscribe links.
+//! - `idempotency`: replaying a retried write's first answer.
+
+pub mod auth;
+pub mod config;
+pub mod consent;
+pub mod contact;
+pub mod contacts_api;
+pub mod db;
+pub mod email;
+pub mod error;
+pub mod forms;
+pub mod http;
+pub mod idempotency;
+pub mod ids;
+pub mod phone;
+pub mod ports;
+pub mod privacy;
+pub mod profile;
+#[cfg(feature = "spin")]
+pub mod spin_ports;
+pub mod tags;
+pub mod text;
+pub mod timeline;
+pub mod timestamp;
+
+use config::Config;
+use ports::{Clock, Db, Kv};
+
+/// Everything a request's handler reaches: its stores, the clock and the
+/// settings. Built once per request by the component's adapter.
+pub struct Ctx<'a, D: Db, K: Kv> {
+    pub db: &'a D,
+    pub kv: &'a K,
+    pub clock: &'a dyn Clock,
+    pub config: &'a Config,
+}

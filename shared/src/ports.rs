@@ -1,0 +1,174 @@
+//! The storage ports the domain talks through: a SQL database (`Db`), a
+//! key-value store (`Kv`) and a `Clock`. Two implementations exist: Spin's
+//! (`crate::spin_ports`, behind the `spin` feature) and rusqlite's, in the
+//! `kizuna-tests` host. The same SQL runs on both.
+
+use anyhow::Context as _;
+use time::OffsetDateTime;
+
+/// A SQLite value, as both Spin's and rusqlite's APIs carry it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value::Text(v.to_owned())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Value::Text(v)
+    }
+}
+impl From<&String> for Value {
+    fn from(v: &String) -> Self {
+        Value::Text(v.clone())
+    }
+}
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Integer(v)
+    }
+}
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Value::Integer(i64::from(v))
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+/// The rows a statement returned, with their column names.
+#[derive(Debug, Clone, Default)]
+pub struct Rows {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Value>>,
+}
+
+impl Rows {
+    pub fn iter(&self) -> impl Iterator<Item = Row<'_>> {
+        self.rows.iter().map(|values| Row {
+            columns: &self.columns,
+            values,
+        })
+    }
+    pub fn first(&self) -> Option<Row<'_>> {
+        self.iter().next()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+}
+
+/// One row, read by column name so that a reordered `SELECT` cannot
+/// silently shift values into the wrong fields.
+#[derive(Debug, Clone, Copy)]
+pub struct Row<'a> {
+    columns: &'a [String],
+    values: &'a [Value],
+}
+
+impl<'a> Row<'a> {
+    pub fn value(&self, column: &str) -> anyhow::Result<&'a Value> {
+        let index = self
+            .columns
+            .iter()
+            .position(|c| c == column)
+            .with_context(|| format!("column `{column}` missing from result"))?;
+        Ok(&self.values[index])
+    }
+    pub fn opt_str(&self, column: &str) -> anyhow::Result<Option<&'a str>> {
+        match self.value(column)? {
+            Value::Null => Ok(None),
+            Value::Text(s) => Ok(Some(s)),
+            other => anyhow::bail!("column `{column}`: expected text, got {other:?}"),
+        }
+    }
+    pub fn str(&self, column: &str) -> anyhow::Result<&'a str> {
+        self.opt_str(column)?
+            .with_context(|| format!("column `{column}` is NULL"))
+    }
+    pub fn opt_i64(&self, column: &str) -> anyhow::Result<Option<i64>> {
+        match self.value(column)? {
+            Value::Null => Ok(None),
+            Value::Integer(i) => Ok(Some(*i)),
+            other => anyhow::bail!("column `{column}`: expected integer, got {other:?}"),
+        }
+    }
+    pub fn i64(&self, column: &str) -> anyhow::Result<i64> {
+        self.opt_i64(column)?
+            .with_context(|| format!("column `{column}` is NULL"))
+    }
+}
+
+/// Why a statement failed. Constraint violations are told apart so that
+/// they can become client answers (see [`DbError::is_unique_violation`]).
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("constraint violated: {0}")]
+    Constraint(String),
+    #[error("database busy: {0}")]
+    Busy(String),
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+impl DbError {
+    /// Classifies a driver message. Both Spin's host and rusqlite pass
+    /// SQLite's own message text through, so one classifier serves both.
+    pub fn from_message(message: String) -> Self {
+        if message.contains("constraint failed") {
+            DbError::Constraint(message)
+        } else if message.contains("database is locked") || message.contains("database is busy") {
+            DbError::Busy(message)
+        } else {
+            DbError::Other(message)
+        }
+    }
+    /// True when the unique index named by `index_columns`
+    /// (e.g. `"contacts.email"`) rejected the write.
+    pub fn is_unique_violation(&self, index_columns: &str) -> bool {
+        matches!(self, DbError::Constraint(m) if m.contains("UNIQUE") && m.contains(index_columns))
+    }
+}
+
+/// The SQL database. One value is one connection, opened per request.
+#[allow(async_fn_in_trait)] // components are single-threaded; the native host blocks per thread
+pub trait Db {
+    async fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError>;
+}
+
+/// The key-value store: read often, written rarely, safe to rebuild.
+#[allow(async_fn_in_trait)]
+pub trait Kv {
+    async fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>>;
+    async fn set(&self, key: &str, value: &[u8]) -> anyhow::Result<()>;
+    async fn delete(&self, key: &str) -> anyhow::Result<()>;
+}
+
+/// Where "now" comes from, so tests can move time.
+pub trait Clock {
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The wall clock. WASI 0.2+ exposes it, so Spin and native builds share it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}

@@ -1,0 +1,225 @@
+//! The person's rights over their data: a machine-readable export of
+//! everything stored (APPI disclosure), erasure that really removes it,
+//! and signed one-click unsubscribe links.
+//!
+//! Erasure keeps the contact row as an anonymous tombstone (id and
+//! timestamps only) so that what accounting must keep (orders, points,
+//! from later components) stays attached to something, unlinked from the
+//! person. `secure_delete` (see `db`) zeroes the freed bytes, and a
+//! truncating WAL checkpoint afterwards removes old page images.
+
+use crate::consent::{self, ConsentChange};
+use crate::error::ApiError;
+use crate::ids::new_id;
+use crate::ports::Db;
+use crate::timeline;
+use crate::timestamp;
+use anyhow::Context as _;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use serde_json::{Value as Json, json};
+use sha2::Sha256;
+use time::OffsetDateTime;
+
+/// Everything stored about a contact.
+pub async fn export(db: &impl Db, id: &str) -> Result<Option<Json>, ApiError> {
+    let Some(contact) = crate::contact::load(db, id).await? else {
+        return Ok(None);
+    };
+    let consents = db
+        .execute(
+            "SELECT channel, status, reason, form_id, page_url, text_version, ip_truncated, recorded_at, recorded_by
+             FROM consents WHERE contact_id = ?1 ORDER BY recorded_at, id",
+            &[id.into()],
+        )
+        .await
+        .context("failed to read consents")?;
+    let consent_log: Vec<Json> = consents
+        .iter()
+        .map(|r| {
+            Ok(json!({
+                "channel": r.str("channel")?,
+                "status": r.str("status")?,
+                "reason": r.str("reason")?,
+                "form_id": r.opt_str("form_id")?,
+                "page": r.opt_str("page_url")?,
+                "text_version": r.opt_str("text_version")?,
+                "ip_truncated": r.opt_str("ip_truncated")?,
+                "recorded_at": r.str("recorded_at")?,
+                "recorded_by": r.str("recorded_by")?,
+            }))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let interactions = db
+        .execute(
+            "SELECT id, kind, channel, subject, body, data, occurred_at, recorded_at, recorded_by
+             FROM interactions WHERE contact_id = ?1 ORDER BY occurred_at, id",
+            &[id.into()],
+        )
+        .await
+        .context("failed to read interactions")?;
+    let timeline: Vec<Json> = interactions
+        .iter()
+        .map(timeline::entry_json)
+        .collect::<anyhow::Result<_>>()?;
+    let erasures = db
+        .execute(
+            "SELECT erased_at, erased_by, erased FROM erasures WHERE contact_id = ?1 ORDER BY erased_at",
+            &[id.into()],
+        )
+        .await
+        .context("failed to read erasures")?;
+    let erasures: Vec<Json> = erasures
+        .iter()
+        .map(|r| {
+            Ok(json!({
+                "erased_at": r.str("erased_at")?,
+                "erased_by": r.str("erased_by")?,
+                "erased": serde_json::from_str::<Json>(r.str("erased")?)?,
+            }))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Some(json!({
+        "format": "kizuna-contact-export/1",
+        "contact": contact,
+        "consent_log": consent_log,
+        "timeline": timeline,
+        "erasures": erasures,
+    })))
+}
+
+/// Removes the person's data for good, inside the caller's transaction.
+/// Returns false when there is no live contact with `id`.
+pub async fn erase(db: &impl Db, id: &str, actor: &str, now: OffsetDateTime) -> anyhow::Result<bool> {
+    if !crate::contact::exists(db, id).await? {
+        return Ok(false);
+    }
+    let count = |sql: &'static str| async move {
+        let rows = db.execute(sql, &[id.into()]).await.context("failed to count")?;
+        rows.first().context("count")?.i64("n")
+    };
+    let interactions = count("SELECT count(*) AS n FROM interactions WHERE contact_id = ?1").await?;
+    let consents = count("SELECT count(*) AS n FROM consents WHERE contact_id = ?1").await?;
+    let tags = count("SELECT count(*) AS n FROM contact_tags WHERE contact_id = ?1").await?;
+    let at = timestamp::format(now);
+    for (sql, what) in [
+        (
+            "UPDATE contacts SET email = NULL, phone = NULL, external_id = NULL, name = NULL,
+                family_name = NULL, given_name = NULL, family_name_kana = NULL, given_name_kana = NULL,
+                company = NULL, postal_code = NULL, address = NULL, birthday = NULL, attributes = '{}',
+                first_page = NULL, utm_source = NULL, utm_medium = NULL, utm_campaign = NULL,
+                utm_term = NULL, utm_content = NULL, source = 'erased', first_form_id = NULL,
+                lifecycle_stage = 'erased'
+             WHERE id = ?1",
+            "profile",
+        ),
+        ("DELETE FROM contact_search WHERE contact_id = ?1", "search terms"),
+        ("DELETE FROM contact_tags WHERE contact_id = ?1", "tags"),
+        ("DELETE FROM consents WHERE contact_id = ?1", "consents"),
+        // Kind and time stay (they say nothing about who), contents go.
+        (
+            "UPDATE interactions SET channel = NULL, subject = NULL, body = NULL, data = NULL WHERE contact_id = ?1",
+            "interactions",
+        ),
+        ("DELETE FROM idempotency_keys WHERE contact_id = ?1", "saved answers"),
+    ] {
+        db.execute(sql, &[id.into()])
+            .await
+            .with_context(|| format!("failed to erase {what}"))?;
+    }
+    db.execute(
+        "UPDATE contacts SET erased_at = ?2, updated_at = ?2, updated_by = ?3 WHERE id = ?1",
+        &[id.into(), at.as_str().into(), actor.into()],
+    )
+    .await
+    .context("failed to mark the contact erased")?;
+    let erased = json!({
+        "profile": ["email", "phone", "external_id", "names", "kana", "company", "postal_code",
+                    "address", "birthday", "attributes", "first_touch_page_and_utm"],
+        "interactions_emptied": interactions,
+        "consent_records_deleted": consents,
+        "tags_deleted": tags,
+    });
+    db.execute(
+        "INSERT INTO erasures (id, contact_id, erased_at, erased_by, erased) VALUES (?1, ?2, ?3, ?4, ?5)",
+        &[new_id(now).into(), id.into(), at.as_str().into(), actor.into(), erased.to_string().into()],
+    )
+    .await
+    .context("failed to record the erasure")?;
+    Ok(true)
+}
+
+const UNSUBSCRIBE_CONTEXT: &[u8] = b"kizuna-unsubscribe-v1";
+
+fn unsubscribe_mac(secret: &[u8], contact: &uuid::Uuid) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(UNSUBSCRIBE_CONTEXT);
+    mac.update(contact.as_bytes());
+    mac
+}
+
+/// A token naming the contact, signed with the unsubscribe secret:
+/// base64url(contact uuid ‖ first 16 bytes of HMAC-SHA256).
+pub fn unsubscribe_token(secret: &[u8], contact_id: &str) -> anyhow::Result<String> {
+    let uuid = uuid::Uuid::parse_str(contact_id).context("contact id is not a UUID")?;
+    let tag = unsubscribe_mac(secret, &uuid).finalize().into_bytes();
+    let mut bytes = uuid.as_bytes().to_vec();
+    bytes.extend_from_slice(&tag[..16]);
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// The contact a token names, if its signature holds (constant-time).
+pub fn verify_unsubscribe_token(secret: &[u8], token: &str) -> Option<String> {
+    let bytes = URL_SAFE_NO_PAD.decode(token.trim()).ok()?;
+    if bytes.len() != 32 {
+        return None;
+    }
+    let uuid = uuid::Uuid::from_slice(&bytes[..16]).ok()?;
+    unsubscribe_mac(secret, &uuid)
+        .verify_truncated_left(&bytes[16..])
+        .ok()?;
+    Some(uuid.hyphenated().to_string())
+}
+
+/// Withdraws email consent for the token's contact, inside the caller's
+/// transaction. Idempotent: a second click records nothing new.
+pub async fn unsubscribe(db: &impl Db, contact_id: &str, now: OffsetDateTime) -> anyhow::Result<()> {
+    if !crate::contact::exists(db, contact_id).await? {
+        return Ok(());
+    }
+    let current = consent::current(db, contact_id).await?;
+    if current["email"]["status"] == "withdrawn" {
+        return Ok(());
+    }
+    let change = ConsentChange {
+        channel: consent::Channel::Email,
+        status: consent::Status::Withdrawn,
+        reason: consent::Reason::Unsubscribed,
+        form_id: None,
+        page_url: None,
+        text_version: None,
+        ip_truncated: None,
+    };
+    let actor = crate::auth::Actor::Unsubscribe.label();
+    consent::record(db, contact_id, &change, &actor, now).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_verify_only_with_their_secret_and_contact() {
+        let secret = b"0123456789abcdef0123456789abcdef";
+        let id = "0190f5d2-7c1e-7a4b-9f00-123456789abc";
+        let token = unsubscribe_token(secret, id).unwrap();
+        assert_eq!(verify_unsubscribe_token(secret, &token).as_deref(), Some(id));
+        assert_eq!(verify_unsubscribe_token(b"another-secret-of-16+", &token), None);
+        let mut forged = URL_SAFE_NO_PAD.decode(&token).unwrap();
+        forged[0] ^= 1;
+        assert_eq!(verify_unsubscribe_token(secret, &URL_SAFE_NO_PAD.encode(forged)), None);
+        assert_eq!(verify_unsubscribe_token(secret, "garbage"), None);
+    }
+}

@@ -1,0 +1,35 @@
+//! Timestamps as stored and shown: RFC 3339 in UTC with fixed-width
+//! microseconds, so that stored text sorts in time order.
+
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::{OffsetDateTime, UtcOffset};
+
+/// Formats `at` as `2026-11-22T06:00:00.000000Z`.
+pub fn format(at: OffsetDateTime) -> String {
+    at.to_offset(UtcOffset::UTC)
+        .format(format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+        ))
+        .expect("a UTC date-time always formats")
+}
+
+/// Parses any RFC 3339 timestamp (any offset) into UTC.
+pub fn parse(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text.trim(), &Rfc3339)
+        .ok()
+        .map(|t| t.to_offset(UtcOffset::UTC))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_fixed_width_utc_and_reads_any_offset() {
+        let t = parse("2026-11-22T15:04:05+09:00").unwrap();
+        assert_eq!(format(t), "2026-11-22T06:04:05.000000Z");
+        assert!(parse("2026-11-22").is_none());
+        assert!(parse("yesterday").is_none());
+    }
+}
