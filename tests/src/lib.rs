@@ -1,1 +1,15 @@
-//! Native host.
+//! The native host: runs Kizuna's components in-process exactly as Spin
+//! would, so tests, benches and local runs need no Wasm runtime.
+//!
+//! - `manifest`: reads `spin.toml` (routes, per-component stores and
+//!   variables) and resolves variables from `SPIN_VARIABLE_*` like Spin.
+//! - `stores`: the `Db` and `Kv` ports over rusqlite, one connection per
+//!   request as Spin opens them.
+//! - `host`: routes a request to the component's own `handle`, and serves
+//!   over HTTP on loopback for end-to-end and load tests.
+
+pub mod host;
+pub mod manifest;
+pub mod stores;
+
+pub use host::{Host, ManualClock, Server};

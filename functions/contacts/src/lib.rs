@@ -224,10 +224,11 @@ mod entrypoint {
             }
         }
         let request = http::Request::from_parts(parts, Bytes::from(buffer));
-        match run(request).await {
+        let response = match run(request).await {
             Ok(response) => response,
             Err(cause) => error_response(&kizuna::error::ApiError::Unexpected(cause)),
-        }
+        };
+        response.map(spin_sdk::http::FullBody::new)
     }
 
     async fn run(request: kizuna::http::Request) -> anyhow::Result<kizuna::http::Response> {

@@ -1,0 +1,203 @@
+//! Routing a request to a component's `handle`, as Spin would: pick the
+//! component from `spin.toml`, open its stores fresh for this request,
+//! resolve its variables, call it. `Server` does the same over HTTP.
+
+use crate::manifest::{Component, Manifest, env_lookup};
+use crate::stores::{RusqliteDb, SqliteKv};
+use anyhow::Context as _;
+use bytes::Bytes;
+use kizuna::config::Config;
+use kizuna::error::ApiError;
+use kizuna::http::{MAX_BODY_BYTES, Request, Response, error_response};
+use kizuna::ports::{Clock, SystemClock};
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use time::OffsetDateTime;
+
+/// A clock tests can move.
+#[derive(Debug)]
+pub struct ManualClock(Mutex<OffsetDateTime>);
+
+impl ManualClock {
+    pub fn new(at: OffsetDateTime) -> ManualClock {
+        ManualClock(Mutex::new(at))
+    }
+    pub fn advance(&self, by: time::Duration) {
+        let mut now = self.0.lock().expect("clock lock");
+        *now += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> OffsetDateTime {
+        *self.0.lock().expect("clock lock")
+    }
+}
+
+/// The components this host can run, by their `spin.toml` id.
+async fn call_component(
+    component: &str,
+    request: Request,
+    ctx: &kizuna::Ctx<'_, RusqliteDb, SqliteKv>,
+) -> Option<Response> {
+    match component {
+        "contacts" => Some(kizuna_contacts::handle(request, ctx).await),
+        _ => None,
+    }
+}
+
+pub struct Host {
+    manifest: Manifest,
+    data_dir: PathBuf,
+    overrides: BTreeMap<String, String>,
+    clock: Arc<dyn Clock + Send + Sync>,
+}
+
+impl Host {
+    /// A host over the workspace's `spin.toml`, keeping its databases in
+    /// `data_dir` (Spin's file names: `sqlite_db.db`, `sqlite_key_value.db`).
+    pub fn new(data_dir: &Path) -> anyhow::Result<Host> {
+        std::fs::create_dir_all(data_dir).context("failed to create the data directory")?;
+        Ok(Host {
+            manifest: Manifest::workspace()?,
+            data_dir: data_dir.to_owned(),
+            overrides: BTreeMap::new(),
+            clock: Arc::new(SystemClock),
+        })
+    }
+
+    /// Sets an application variable, taking precedence over the
+    /// environment (tests use this instead of process-wide env vars).
+    pub fn with_variable(mut self, name: &str, value: &str) -> Host {
+        self.overrides.insert(name.to_owned(), value.to_owned());
+        self
+    }
+
+    pub fn with_clock(mut self, clock: Arc<dyn Clock + Send + Sync>) -> Host {
+        self.clock = clock;
+        self
+    }
+
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("sqlite_db.db")
+    }
+
+    fn kv_path(&self) -> PathBuf {
+        self.data_dir.join("sqlite_key_value.db")
+    }
+
+    /// Handles one request in-process; blocks the calling thread.
+    pub fn handle(&self, request: Request) -> Response {
+        let Some(component) = self.manifest.route(request.uri().path()) else {
+            return error_response(&ApiError::NotFound("no route matches this path".into()));
+        };
+        match futures::executor::block_on(self.run(component, request)) {
+            Ok(response) => response,
+            Err(cause) => error_response(&ApiError::Unexpected(cause)),
+        }
+    }
+
+    async fn run(&self, component: &Component, request: Request) -> anyhow::Result<Response> {
+        let lookup = |name: &str| self.overrides.get(name).cloned().or_else(|| env_lookup(name));
+        let variables = self.manifest.resolve_variables(component, &lookup)?;
+        let config = Config::from_variables(&variables)?;
+        anyhow::ensure!(
+            component.sqlite_databases == ["default"] && component.key_value_stores == ["default"],
+            "component {} must be granted the default database and store",
+            component.id
+        );
+        let db = RusqliteDb::open(&self.database_path())?;
+        kizuna::db::prepare(&db).await?;
+        let kv = SqliteKv::open(&self.kv_path())?;
+        let ctx = kizuna::Ctx { db: &db, kv: &kv, clock: self.clock.as_ref(), config: &config };
+        call_component(&component.id, request, &ctx)
+            .await
+            .with_context(|| format!("no handler registered for component {}", component.id))
+    }
+}
+
+/// The host served over HTTP on a loopback port, with a pool of worker
+/// threads so concurrent requests really run in parallel, each on its own
+/// SQLite connection.
+pub struct Server {
+    server: Arc<tiny_http::Server>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Server {
+    pub fn start(host: Host, listen: &str, threads: usize) -> anyhow::Result<Server> {
+        let server = Arc::new(tiny_http::Server::http(listen).map_err(|e| anyhow::anyhow!("failed to listen on {listen}: {e}"))?);
+        let addr = server
+            .server_addr()
+            .to_ip()
+            .context("server has no IP address")?;
+        let host = Arc::new(host);
+        let workers = (0..threads.max(1))
+            .map(|_| {
+                let server = Arc::clone(&server);
+                let host = Arc::clone(&host);
+                std::thread::spawn(move || {
+                    while let Ok(request) = server.recv() {
+                        serve_one(&host, request);
+                    }
+                })
+            })
+            .collect();
+        Ok(Server { server, workers, addr })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Blocks until the server stops.
+    pub fn join(self) {
+        for worker in self.workers {
+            if worker.join().is_err() {
+                eprintln!("a server worker panicked");
+            }
+        }
+    }
+
+    pub fn stop(self) {
+        self.server.unblock();
+        for _ in 1..self.workers.len() {
+            self.server.unblock();
+        }
+        self.join();
+    }
+}
+
+fn serve_one(host: &Host, mut incoming: tiny_http::Request) {
+    let mut builder = http::Request::builder()
+        .method(incoming.method().as_str())
+        .uri(incoming.url());
+    for header in incoming.headers() {
+        builder = builder.header(header.field.as_str().as_str(), header.value.as_str());
+    }
+    if let Some(peer) = incoming.remote_addr() {
+        builder = builder.header("spin-client-addr", peer.to_string());
+    }
+    let mut body = Vec::new();
+    let read = incoming
+        .as_reader()
+        .take(MAX_BODY_BYTES as u64 + 1)
+        .read_to_end(&mut body);
+    let response = match (read, builder.body(Bytes::from(body))) {
+        (Ok(_), Ok(request)) => host.handle(request),
+        _ => error_response(&ApiError::BadRequest("unreadable request".into())),
+    };
+    let (parts, body) = response.into_parts();
+    let mut reply = tiny_http::Response::from_data(body.to_vec()).with_status_code(parts.status.as_u16());
+    for (name, value) in &parts.headers {
+        if let Ok(header) = tiny_http::Header::from_bytes(name.as_str().as_bytes(), value.as_bytes()) {
+            reply.add_header(header);
+        }
+    }
+    if let Err(e) = incoming.respond(reply) {
+        eprintln!("failed to send a response: {e}");
+    }
+}

@@ -1,0 +1,97 @@
+//! The `Db` and `Kv` ports over rusqlite. Like Spin, the host opens a new
+//! connection per request and sets no pragmas of its own: the domain's
+//! `db::prepare` does that, so native runs see what Spin would.
+
+use kizuna::ports::{Db, DbError, Kv, Rows, Value};
+use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
+use std::path::Path;
+
+pub struct RusqliteDb(rusqlite::Connection);
+
+impl RusqliteDb {
+    pub fn open(path: &Path) -> anyhow::Result<RusqliteDb> {
+        Ok(RusqliteDb(rusqlite::Connection::open(path)?))
+    }
+}
+
+struct Param<'a>(&'a Value);
+
+impl rusqlite::ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self.0 {
+            Value::Null => ToSqlOutput::Owned(SqlValue::Null),
+            Value::Integer(i) => ToSqlOutput::Owned(SqlValue::Integer(*i)),
+            Value::Real(r) => ToSqlOutput::Owned(SqlValue::Real(*r)),
+            Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Value::Blob(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
+        })
+    }
+}
+
+fn db_error(e: rusqlite::Error) -> DbError {
+    DbError::from_message(e.to_string())
+}
+
+impl Db for RusqliteDb {
+    async fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
+        let mut statement = self.0.prepare(sql).map_err(db_error)?;
+        let columns: Vec<String> = statement.column_names().into_iter().map(str::to_owned).collect();
+        let params: Vec<Param<'_>> = params.iter().map(Param).collect();
+        let mut query = statement
+            .query(rusqlite::params_from_iter(params.iter()))
+            .map_err(db_error)?;
+        let mut rows = Vec::new();
+        while let Some(row) = query.next().map_err(db_error)? {
+            let mut values = Vec::with_capacity(columns.len());
+            for index in 0..columns.len() {
+                values.push(match row.get_ref(index).map_err(db_error)? {
+                    ValueRef::Null => Value::Null,
+                    ValueRef::Integer(i) => Value::Integer(i),
+                    ValueRef::Real(r) => Value::Real(r),
+                    ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                    ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+                });
+            }
+            rows.push(values);
+        }
+        Ok(Rows { columns, rows })
+    }
+}
+
+/// Spin's default key-value store is SQLite-backed too; this mirrors it
+/// with one table in its own file.
+pub struct SqliteKv(rusqlite::Connection);
+
+impl SqliteKv {
+    pub fn open(path: &Path) -> anyhow::Result<SqliteKv> {
+        let connection = rusqlite::Connection::open(path)?;
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        connection.execute(
+            "CREATE TABLE IF NOT EXISTS spin_key_value (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
+            [],
+        )?;
+        Ok(SqliteKv(connection))
+    }
+}
+
+impl Kv for SqliteKv {
+    async fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        use rusqlite::OptionalExtension as _;
+        Ok(self
+            .0
+            .query_row("SELECT value FROM spin_key_value WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+    async fn set(&self, key: &str, value: &[u8]) -> anyhow::Result<()> {
+        self.0.execute(
+            "INSERT INTO spin_key_value (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            rusqlite::params![key, value],
+        )?;
+        Ok(())
+    }
+    async fn delete(&self, key: &str) -> anyhow::Result<()> {
+        self.0.execute("DELETE FROM spin_key_value WHERE key = ?1", [key])?;
+        Ok(())
+    }
+}

@@ -1,0 +1,179 @@
+//! `TestApp`: a native host over a fresh temporary database per test,
+//! with API keys of each scope, and helpers to call it and look inside.
+
+#![allow(dead_code)] // each suite uses a different subset
+
+use bytes::Bytes;
+use kizuna::auth::key_digest;
+use kizuna_tests::{Host, ManualClock, Server};
+use serde_json::Value as Json;
+use std::sync::Arc;
+
+pub const ADMIN_KEY: &str = "test-admin-key-0000";
+pub const READ_KEY: &str = "test-read-key-1111";
+pub const WRITE_KEY: &str = "test-write-key-2222";
+pub const FORMS_KEY: &str = "test-forms-key-3333";
+pub const UNSUBSCRIBE_SECRET: &str = "test-unsubscribe-secret-0123456789";
+pub const LP_ORIGIN: &str = "https://lp.example.jp";
+
+pub fn api_keys_variable() -> String {
+    serde_json::json!([
+        {"name": "admin", "sha256": key_digest(ADMIN_KEY), "scopes": ["*"]},
+        {"name": "reader", "sha256": key_digest(READ_KEY), "scopes": ["contacts:read"]},
+        {"name": "writer", "sha256": key_digest(WRITE_KEY), "scopes": ["contacts:read", "contacts:write"]},
+        {"name": "forms", "sha256": key_digest(FORMS_KEY), "scopes": ["forms:admin"]},
+    ])
+    .to_string()
+}
+
+pub struct TestApp {
+    pub host: Arc<Host>,
+    pub clock: Arc<ManualClock>,
+    pub dir: tempfile::TempDir,
+}
+
+pub struct TestResponse {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl TestResponse {
+    pub fn json(&self) -> Json {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// Asserts a problem document with `status`, naming `case` on failure.
+    pub fn assert_problem(&self, status: u16, case: &str) -> Json {
+        assert_eq!(self.status, status, "case {case}: body {}", self.text());
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "case {case}"
+        );
+        let problem = self.json();
+        assert_eq!(problem["status"], status, "case {case}");
+        assert!(problem["title"].is_string() && problem["detail"].is_string(), "case {case}");
+        problem
+    }
+}
+
+pub fn start_time() -> time::OffsetDateTime {
+    time::macros::datetime!(2026-11-22 03:00:00 UTC)
+}
+
+impl TestApp {
+    pub fn new() -> TestApp {
+        TestApp::with_variables(&[])
+    }
+
+    pub fn with_variables(extra: &[(&str, &str)]) -> TestApp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let clock = Arc::new(ManualClock::new(start_time()));
+        let mut host = Host::new(dir.path())
+            .expect("host")
+            .with_variable("api_keys", &api_keys_variable())
+            .with_variable("unsubscribe_secret", UNSUBSCRIBE_SECRET)
+            .with_variable("allowed_origins", LP_ORIGIN)
+            .with_variable("public_base_url", "https://crm.example.jp")
+            .with_clock(clock.clone());
+        for (name, value) in extra {
+            host = host.with_variable(name, value);
+        }
+        TestApp { host: Arc::new(host), clock, dir }
+    }
+
+    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> TestResponse {
+        let mut builder = http::Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let response = self.host.handle(builder.body(body.into()).expect("request"));
+        let (parts, body) = response.into_parts();
+        TestResponse { status: parts.status.as_u16(), headers: parts.headers, body }
+    }
+
+    pub fn get(&self, key: &str, path: &str) -> TestResponse {
+        self.request("GET", path, &[("authorization", &format!("Bearer {key}"))], Bytes::new())
+    }
+
+    pub fn send_json(&self, method: &str, key: &str, path: &str, body: &Json) -> TestResponse {
+        self.request(
+            method,
+            path,
+            &[("authorization", &format!("Bearer {key}")), ("content-type", "application/json")],
+            body.to_string(),
+        )
+    }
+
+    /// A browser-style form post from `ip`.
+    pub fn post_form(&self, form_id: &str, body: &str, ip: &str) -> TestResponse {
+        self.request(
+            "POST",
+            &format!("/v1/forms/{form_id}"),
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("accept", "text/html"),
+                ("spin-client-addr", &format!("{ip}:50000")),
+                ("referer", "https://lp.example.jp/spring?utm_source=ad"),
+            ],
+            body.to_owned(),
+        )
+    }
+
+    /// A script's JSON form post from `ip`.
+    pub fn post_form_json(&self, form_id: &str, body: &Json, ip: &str) -> TestResponse {
+        self.request(
+            "POST",
+            &format!("/v1/forms/{form_id}"),
+            &[
+                ("content-type", "application/json"),
+                ("accept", "application/json"),
+                ("spin-client-addr", &format!("{ip}:50000")),
+            ],
+            body.to_string(),
+        )
+    }
+
+    /// Creates a contact through the API and returns its id.
+    pub fn create_contact(&self, body: &Json) -> String {
+        let response = self.send_json("POST", WRITE_KEY, "/v1/contacts", body);
+        assert_eq!(response.status, 201, "create: {}", response.text());
+        response.json()["id"].as_str().expect("id").to_owned()
+    }
+
+    /// A read-only view of the database for assertions.
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.host.database_path()).expect("open db")
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        self.db().query_row(sql, [], |r| r.get(0)).expect(sql)
+    }
+
+    /// Row counts of every table that holds contact data: "nothing stored"
+    /// means these did not change.
+    pub fn table_counts(&self) -> Vec<(String, i64)> {
+        ["contacts", "interactions", "consents", "contact_tags", "contact_search", "idempotency_keys", "erasures"]
+            .iter()
+            .map(|t| ((*t).to_owned(), self.count(&format!("SELECT count(*) FROM {t}"))))
+            .collect()
+    }
+
+    /// Serves this app over HTTP on a loopback port.
+    pub fn serve(&self, threads: usize) -> Server {
+        let host = Host::new(self.dir.path())
+            .expect("host")
+            .with_variable("api_keys", &api_keys_variable())
+            .with_variable("unsubscribe_secret", UNSUBSCRIBE_SECRET)
+            .with_variable("allowed_origins", LP_ORIGIN)
+            .with_variable("form_rate_limit_per_minute", "1000");
+        Server::start(host, "127.0.0.1:0", threads).expect("server")
+    }
+}
