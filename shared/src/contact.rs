@@ -53,10 +53,10 @@ pub async fn resolve(
     profile: &Profile,
     external_id: Option<&str>,
 ) -> anyhow::Result<Option<String>> {
-    if let Some(external_id) = external_id {
-        if let Some(id) = first_id(db, "SELECT id FROM contacts WHERE external_id = ?1", &[external_id.into()]).await? {
-            return Ok(Some(id));
-        }
+    if let Some(external_id) = external_id
+        && let Some(id) = first_id(db, "SELECT id FROM contacts WHERE external_id = ?1", &[external_id.into()]).await?
+    {
+        return Ok(Some(id));
     }
     if let Some(email) = &profile.email {
         if let Some(id) = first_id(db, "SELECT id FROM contacts WHERE email = ?1", &[email.as_str().into()]).await? {
@@ -86,7 +86,7 @@ pub async fn resolve(
 
 async fn first_id(db: &impl Db, sql: &str, params: &[Value]) -> anyhow::Result<Option<String>> {
     let rows = db.execute(sql, params).await.context("failed to look up a contact")?;
-    Ok(rows.first().map(|r| r.str("id").map(str::to_owned)).transpose()?)
+    rows.first().map(|r| r.str("id").map(str::to_owned)).transpose()
 }
 
 /// Inserts a new contact.

@@ -46,10 +46,10 @@ pub async fn write<D: Db, K: Kv>(
     let hash = idempotency::request_hash(request.method().as_str(), request.uri().path(), request.body());
     let actor_label = actor.label();
     let (status, body) = transaction(ctx.db, async || -> Result<(StatusCode, String), ApiError> {
-        if let Some(key) = &key {
-            if let NextAction::Replay { status, body } = idempotency::check(ctx.db, &actor_label, key, &hash).await? {
-                return Ok((StatusCode::from_u16(status).context("stored status")?, body));
-            }
+        if let Some(key) = &key
+            && let NextAction::Replay { status, body } = idempotency::check(ctx.db, &actor_label, key, &hash).await?
+        {
+            return Ok((StatusCode::from_u16(status).context("stored status")?, body));
         }
         let answer = work().await?;
         let body = answer.body.to_string();

@@ -67,10 +67,10 @@ impl FormSettings {
     /// Checks and normalises settings sent by an admin.
     pub fn validate(mut self) -> Result<FormSettings, ApiError> {
         let mut errors = Vec::new();
-        if let Some(url) = &self.thank_you_url {
-            if url.len() > 2000 || normalise_origin(url).is_none() {
-                errors.push(FieldError::new("thank_you_url", "an absolute http(s) URL"));
-            }
+        if let Some(url) = &self.thank_you_url
+            && (url.len() > 2000 || normalise_origin(url).is_none())
+        {
+            errors.push(FieldError::new("thank_you_url", "an absolute http(s) URL"));
         }
         let mut origins = Vec::new();
         for origin in &self.allowed_origins {
@@ -98,10 +98,10 @@ impl FormSettings {
         if self.tags.len() > 20 || self.required_fields.len() > 20 || self.allowed_origins.len() > 20 {
             errors.push(FieldError::new("settings", "at most 20 entries per list"));
         }
-        if let Some(version) = &self.consent_text_version {
-            if version.is_empty() || version.len() > 64 {
-                errors.push(FieldError::new("consent_text_version", "1 to 64 characters"));
-            }
+        if let Some(version) = &self.consent_text_version
+            && (version.is_empty() || version.len() > 64)
+        {
+            errors.push(FieldError::new("consent_text_version", "1 to 64 characters"));
         }
         if errors.is_empty() {
             Ok(self)
@@ -312,10 +312,10 @@ pub async fn submit<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, form_id: &str, request: &
             }
         }
     }
-    if let Some(target) = &submission.redirect {
-        if !normalise_origin(target).is_some_and(|o| origins.contains(&o)) {
-            errors.push(FieldError::new("_redirect", "not an allowed redirect target"));
-        }
+    if let Some(target) = &submission.redirect
+        && !normalise_origin(target).is_some_and(|o| origins.contains(&o))
+    {
+        errors.push(FieldError::new("_redirect", "not an allowed redirect target"));
     }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));

@@ -180,8 +180,16 @@ pub fn parse_postal_code(value: &str) -> Option<String> {
     let folded = fold_width(value).replace(['〒', 'ー', '−'], "-");
     let folded = folded.trim().trim_start_matches('-').trim();
     let digits: String = folded.chars().filter(char::is_ascii_digit).collect();
-    if digits.len() == 7 && folded.chars().all(|c| c.is_ascii_digit() || c == '-') {
-        return Some(format!("{}-{}", &digits[..3], &digits[3..]));
+    if folded.chars().all(|c| c.is_ascii_digit() || c == '-') {
+        // Digits only: Japan's 7 digits, or another country's plain
+        // 3-6 digit code, or a US ZIP+4. Anything else is a typo.
+        let zip_plus_four = folded.len() == 10 && folded.as_bytes()[5] == b'-' && digits.len() == 9;
+        return match digits.len() {
+            7 => Some(format!("{}-{}", &digits[..3], &digits[3..])),
+            3..=6 if !folded.contains('-') => Some(digits),
+            _ if zip_plus_four => Some(folded.to_owned()),
+            _ => None,
+        };
     }
     let ok = (3..=10).contains(&folded.len())
         && folded
