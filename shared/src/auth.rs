@@ -147,17 +147,24 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(
-            keys.authorize(&headers("Bearer s3cret"), Scope::ContactsRead).unwrap(),
+            keys.authorize(&headers("Bearer s3cret"), Scope::ContactsRead)
+                .unwrap(),
             Actor::Key("staff".into())
         );
         assert!(matches!(
             keys.authorize(&headers("Bearer s3cret"), Scope::ContactsWrite),
             Err(ApiError::Forbidden(_))
         ));
-        assert!(keys.authorize(&headers("bearer r00t"), Scope::FormsAdmin).is_ok());
+        assert!(
+            keys.authorize(&headers("bearer r00t"), Scope::FormsAdmin)
+                .is_ok()
+        );
         for bad in ["Bearer nope", "Basic s3cret", "Bearer ", "s3cret"] {
             assert!(
-                matches!(keys.authorize(&headers(bad), Scope::ContactsRead), Err(ApiError::Unauthorized)),
+                matches!(
+                    keys.authorize(&headers(bad), Scope::ContactsRead),
+                    Err(ApiError::Unauthorized)
+                ),
                 "case {bad:?}"
             );
         }

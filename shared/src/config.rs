@@ -105,9 +105,22 @@ mod tests {
 
     #[test]
     fn origins_are_scheme_host_port_only() {
-        assert_eq!(normalise_origin("https://LP.example.jp/thanks?x=1").as_deref(), Some("https://lp.example.jp"));
-        assert_eq!(normalise_origin("http://localhost:8080").as_deref(), Some("http://localhost:8080"));
-        for bad in ["javascript:alert(1)", "//evil.example", "https://a@evil.example/", "ftp://x.jp", "https://", "https://evil.example\\@good.jp"] {
+        assert_eq!(
+            normalise_origin("https://LP.example.jp/thanks?x=1").as_deref(),
+            Some("https://lp.example.jp")
+        );
+        assert_eq!(
+            normalise_origin("http://localhost:8080").as_deref(),
+            Some("http://localhost:8080")
+        );
+        for bad in [
+            "javascript:alert(1)",
+            "//evil.example",
+            "https://a@evil.example/",
+            "ftp://x.jp",
+            "https://",
+            "https://evil.example\\@good.jp",
+        ] {
             assert_eq!(normalise_origin(bad), None, "case {bad:?}");
         }
     }

@@ -101,7 +101,10 @@ impl TryFrom<&str> for Reason {
         .into_iter()
         .find(|r| r.as_str() == value)
         .ok_or_else(|| {
-            ApiError::invalid("reason", "one of form, unsubscribed, bounced, complaint, manual")
+            ApiError::invalid(
+                "reason",
+                "one of form, unsubscribed, bounced, complaint, manual",
+            )
         })
     }
 }
@@ -234,8 +237,14 @@ mod tests {
 
     #[test]
     fn truncates_addresses() {
-        assert_eq!(truncate_ip("203.0.113.77").as_deref(), Some("203.0.113.0/24"));
-        assert_eq!(truncate_ip("2001:db8:abcd:12::1").as_deref(), Some("2001:db8:abcd::/48"));
+        assert_eq!(
+            truncate_ip("203.0.113.77").as_deref(),
+            Some("203.0.113.0/24")
+        );
+        assert_eq!(
+            truncate_ip("2001:db8:abcd:12::1").as_deref(),
+            Some("2001:db8:abcd::/48")
+        );
         assert_eq!(truncate_ip("not-an-ip"), None);
     }
 }

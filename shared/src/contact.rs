@@ -54,12 +54,23 @@ pub async fn resolve(
     external_id: Option<&str>,
 ) -> anyhow::Result<Option<String>> {
     if let Some(external_id) = external_id
-        && let Some(id) = first_id(db, "SELECT id FROM contacts WHERE external_id = ?1", &[external_id.into()]).await?
+        && let Some(id) = first_id(
+            db,
+            "SELECT id FROM contacts WHERE external_id = ?1",
+            &[external_id.into()],
+        )
+        .await?
     {
         return Ok(Some(id));
     }
     if let Some(email) = &profile.email {
-        if let Some(id) = first_id(db, "SELECT id FROM contacts WHERE email = ?1", &[email.as_str().into()]).await? {
+        if let Some(id) = first_id(
+            db,
+            "SELECT id FROM contacts WHERE email = ?1",
+            &[email.as_str().into()],
+        )
+        .await?
+        {
             return Ok(Some(id));
         }
         if let Some(phone) = &profile.phone {
@@ -85,8 +96,13 @@ pub async fn resolve(
 }
 
 async fn first_id(db: &impl Db, sql: &str, params: &[Value]) -> anyhow::Result<Option<String>> {
-    let rows = db.execute(sql, params).await.context("failed to look up a contact")?;
-    rows.first().map(|r| r.str("id").map(str::to_owned)).transpose()
+    let rows = db
+        .execute(sql, params)
+        .await
+        .context("failed to look up a contact")?;
+    rows.first()
+        .map(|r| r.str("id").map(str::to_owned))
+        .transpose()
 }
 
 /// Inserts a new contact.
@@ -100,8 +116,16 @@ pub async fn insert(
     now: &str,
 ) -> Result<(), ApiError> {
     let mut columns: Vec<&str> = vec![
-        "id", "email", "phone", "external_id", "postal_code", "birthday", "attributes",
-        "source", "first_form_id", "first_page",
+        "id",
+        "email",
+        "phone",
+        "external_id",
+        "postal_code",
+        "birthday",
+        "attributes",
+        "source",
+        "first_form_id",
+        "first_page",
     ];
     let mut params: Vec<Value> = vec![
         id.into(),
@@ -110,7 +134,9 @@ pub async fn insert(
         external_id.into(),
         profile.postal_code.as_deref().into(),
         profile.birthday.as_deref().into(),
-        serde_json::to_string(&profile.attributes).context("attributes")?.into(),
+        serde_json::to_string(&profile.attributes)
+            .context("attributes")?
+            .into(),
         touch.source.as_str().into(),
         touch.form_id.as_deref().into(),
         touch.page.as_deref().into(),
@@ -151,10 +177,18 @@ pub async fn update(
         .execute("SELECT * FROM contacts WHERE id = ?1", &[id.into()])
         .await
         .context("failed to read a contact")?;
-    let before = before.first().context("contact vanished inside its transaction")?;
+    let before = before
+        .first()
+        .context("contact vanished inside its transaction")?;
     let mut given: Vec<(&str, Option<String>)> = vec![
-        ("email", profile.email.as_ref().map(|e| e.as_str().to_owned())),
-        ("phone", profile.phone.as_ref().map(|p| p.as_str().to_owned())),
+        (
+            "email",
+            profile.email.as_ref().map(|e| e.as_str().to_owned()),
+        ),
+        (
+            "phone",
+            profile.phone.as_ref().map(|p| p.as_str().to_owned()),
+        ),
         ("external_id", external_id.map(str::to_owned)),
         ("postal_code", profile.postal_code.clone()),
         ("birthday", profile.birthday.clone()),
@@ -205,7 +239,10 @@ pub async fn update(
     sets.push(format!("updated_by = ?{}", params.len()));
     let sql = format!("UPDATE contacts SET {} WHERE id = ?1", sets.join(", "));
     db.execute(&sql, &params).await.map_err(identity_conflict)?;
-    if changed.iter().any(|f| SEARCHED_FIELDS.contains(&f.as_str())) {
+    if changed
+        .iter()
+        .any(|f| SEARCHED_FIELDS.contains(&f.as_str()))
+    {
         refresh_search_terms(db, id).await?;
     }
     Ok(changed)
@@ -252,17 +289,28 @@ pub async fn refresh_search_terms(db: &impl Db, id: &str) -> anyhow::Result<()> 
     for field in SEARCHED_FIELDS {
         terms.insert(search_fold(get(field)));
     }
-    terms.insert(search_fold(&format!("{}{}", get("family_name"), get("given_name"))));
-    terms.insert(search_fold(&format!("{}{}", get("given_name"), get("family_name"))));
+    terms.insert(search_fold(&format!(
+        "{}{}",
+        get("family_name"),
+        get("given_name")
+    )));
+    terms.insert(search_fold(&format!(
+        "{}{}",
+        get("given_name"),
+        get("family_name")
+    )));
     terms.insert(search_fold(&format!(
         "{}{}",
         get("family_name_kana"),
         get("given_name_kana")
     )));
     terms.remove("");
-    db.execute("DELETE FROM contact_search WHERE contact_id = ?1", &[id.into()])
-        .await
-        .context("failed to clear search terms")?;
+    db.execute(
+        "DELETE FROM contact_search WHERE contact_id = ?1",
+        &[id.into()],
+    )
+    .await
+    .context("failed to clear search terms")?;
     for term in terms {
         let term: String = term.chars().take(100).collect();
         db.execute(
@@ -327,7 +375,8 @@ impl ContactView {
             postal_code: s("postal_code")?,
             address: s("address")?,
             birthday: s("birthday")?,
-            attributes: serde_json::from_str(row.str("attributes")?).context("stored attributes")?,
+            attributes: serde_json::from_str(row.str("attributes")?)
+                .context("stored attributes")?,
             lifecycle_stage: row.str("lifecycle_stage")?.to_owned(),
             first_touch: json!({
                 "source": row.str("source")?,
@@ -363,10 +412,16 @@ pub async fn load(db: &impl Db, id: &str) -> anyhow::Result<Option<ContactView>>
     };
     let mut view = ContactView::from_row(row)?;
     let tags = db
-        .execute("SELECT tag FROM contact_tags WHERE contact_id = ?1 ORDER BY tag", &[id.into()])
+        .execute(
+            "SELECT tag FROM contact_tags WHERE contact_id = ?1 ORDER BY tag",
+            &[id.into()],
+        )
         .await
         .context("failed to read tags")?;
-    view.tags = tags.iter().map(|r| r.str("tag").map(str::to_owned)).collect::<Result<_, _>>()?;
+    view.tags = tags
+        .iter()
+        .map(|r| r.str("tag").map(str::to_owned))
+        .collect::<Result<_, _>>()?;
     view.consents = crate::consent::current(db, id).await?;
     Ok(Some(view))
 }

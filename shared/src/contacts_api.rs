@@ -11,7 +11,9 @@ use crate::contact::{self, FirstTouch, WritePolicy};
 use crate::db::transaction;
 use crate::email::Email;
 use crate::error::{ApiError, FieldError};
-use crate::http::{Request, Response, decode_cursor, encode_cursor, json_response, page_limit, query_param};
+use crate::http::{
+    Request, Response, decode_cursor, encode_cursor, json_response, page_limit, query_param,
+};
 use crate::idempotency::{self, IdempotencyKey, NextAction};
 use crate::ids::new_id;
 use crate::phone::Phone;
@@ -43,26 +45,40 @@ pub async fn write<D: Db, K: Kv>(
     work: impl AsyncFnOnce() -> Result<WriteAnswer, ApiError>,
 ) -> Result<Response, ApiError> {
     let key = IdempotencyKey::from_headers(request.headers())?;
-    let hash = idempotency::request_hash(request.method().as_str(), request.uri().path(), request.body());
+    let hash = idempotency::request_hash(
+        request.method().as_str(),
+        request.uri().path(),
+        request.body(),
+    );
     let actor_label = actor.label();
-    let (status, body) = transaction(ctx.db, async || -> Result<(StatusCode, String), ApiError> {
-        if let Some(key) = &key
-            && let NextAction::Replay { status, body } = idempotency::check(ctx.db, &actor_label, key, &hash).await?
-        {
-            return Ok((StatusCode::from_u16(status).context("stored status")?, body));
-        }
-        let answer = work().await?;
-        let body = answer.body.to_string();
-        if let Some(key) = &key {
-            let now = timestamp::format(ctx.clock.now());
-            idempotency::save(
-                ctx.db, &actor_label, key, &hash, answer.status.as_u16(), &body,
-                answer.contact_id.as_deref(), &now,
-            )
-            .await?;
-        }
-        Ok((answer.status, body))
-    })
+    let (status, body) = transaction(
+        ctx.db,
+        async || -> Result<(StatusCode, String), ApiError> {
+            if let Some(key) = &key
+                && let NextAction::Replay { status, body } =
+                    idempotency::check(ctx.db, &actor_label, key, &hash).await?
+            {
+                return Ok((StatusCode::from_u16(status).context("stored status")?, body));
+            }
+            let answer = work().await?;
+            let body = answer.body.to_string();
+            if let Some(key) = &key {
+                let now = timestamp::format(ctx.clock.now());
+                idempotency::save(
+                    ctx.db,
+                    &actor_label,
+                    key,
+                    &hash,
+                    answer.status.as_u16(),
+                    &body,
+                    answer.contact_id.as_deref(),
+                    &now,
+                )
+                .await?;
+            }
+            Ok((answer.status, body))
+        },
+    )
     .await?;
     Ok(http::Response::builder()
         .status(status)
@@ -122,7 +138,10 @@ fn parse_input(input: ContactInput, region: crate::phone::Region) -> Result<Pars
         }
     }
     if input.attributes.len() > profile::MAX_ATTRIBUTES_PER_SUBMISSION {
-        errors.push(FieldError::new("attributes", "at most 50 attributes per request"));
+        errors.push(FieldError::new(
+            "attributes",
+            "at most 50 attributes per request",
+        ));
     } else {
         for (key, value) in &input.attributes {
             profile::add_attribute(&mut profile, key, value, &mut errors);
@@ -135,15 +154,25 @@ fn parse_input(input: ContactInput, region: crate::phone::Region) -> Result<Pars
     for tag in input.tags.iter().take(50) {
         match Tag::parse(tag) {
             Ok(t) => tags.push(t),
-            Err(_) => errors.push(FieldError::new("tags", "each 1 to 64 characters, without `/`")),
+            Err(_) => errors.push(FieldError::new(
+                "tags",
+                "each 1 to 64 characters, without `/`",
+            )),
         }
     }
     if profile.is_empty_identity() && external_id.is_none() && errors.is_empty() {
-        errors.push(FieldError::new("email", "an email, a phone number or an external_id is required"));
+        errors.push(FieldError::new(
+            "email",
+            "an email, a phone number or an external_id is required",
+        ));
     }
     profile.fill_display_name();
     if errors.is_empty() {
-        Ok(ParsedInput { profile, external_id, tags })
+        Ok(ParsedInput {
+            profile,
+            external_id,
+            tags,
+        })
     } else {
         Err(ApiError::Validation(errors))
     }
@@ -151,22 +180,34 @@ fn parse_input(input: ContactInput, region: crate::phone::Region) -> Result<Pars
 
 /// `POST /v1/contacts`: 201 with the new contact, or 200 with the updated
 /// one. Staff values overwrite stored ones.
-pub async fn create_or_update<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, actor: &Actor, request: &Request) -> Result<Response, ApiError> {
+pub async fn create_or_update<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    actor: &Actor,
+    request: &Request,
+) -> Result<Response, ApiError> {
     let input: ContactInput = crate::http::read_json(request)?;
     let parsed = parse_input(input, ctx.config.default_phone_region)?;
     write(ctx, actor, request, async || {
         let now = ctx.clock.now();
         let at = timestamp::format(now);
         let label = actor.label();
-        let existing = contact::resolve(ctx.db, &parsed.profile, parsed.external_id.as_deref()).await?;
+        let existing =
+            contact::resolve(ctx.db, &parsed.profile, parsed.external_id.as_deref()).await?;
         let (id, status) = match existing {
             Some(id) => {
                 if !contact::exists(ctx.db, &id).await? {
-                    return Err(ApiError::Conflict("that identity belongs to an erased contact".into()));
+                    return Err(ApiError::Conflict(
+                        "that identity belongs to an erased contact".into(),
+                    ));
                 }
                 let changed = contact::update(
-                    ctx.db, &id, &parsed.profile, parsed.external_id.as_deref(),
-                    WritePolicy::Overwrite, &label, &at,
+                    ctx.db,
+                    &id,
+                    &parsed.profile,
+                    parsed.external_id.as_deref(),
+                    WritePolicy::Overwrite,
+                    &label,
+                    &at,
                 )
                 .await?;
                 if !changed.is_empty() {
@@ -188,8 +229,20 @@ pub async fn create_or_update<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, actor: &Actor, 
                     Actor::Key(name) => format!("api:{name}"),
                     other => other.label(),
                 };
-                let touch = FirstTouch { source, ..FirstTouch::default() };
-                contact::insert(ctx.db, &id, &parsed.profile, parsed.external_id.as_deref(), &touch, &label, &at).await?;
+                let touch = FirstTouch {
+                    source,
+                    ..FirstTouch::default()
+                };
+                contact::insert(
+                    ctx.db,
+                    &id,
+                    &parsed.profile,
+                    parsed.external_id.as_deref(),
+                    &touch,
+                    &label,
+                    &at,
+                )
+                .await?;
                 let entry = Entry {
                     kind: Kind::ContactCreated,
                     channel: None,
@@ -205,8 +258,14 @@ pub async fn create_or_update<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, actor: &Actor, 
         for tag in &parsed.tags {
             tags::add(ctx.db, &id, tag, &label, now).await?;
         }
-        let view = contact::load(ctx.db, &id).await?.context("contact just written")?;
-        Ok(WriteAnswer { status, body: serde_json::to_value(view).context("view")?, contact_id: Some(id) })
+        let view = contact::load(ctx.db, &id)
+            .await?
+            .context("contact just written")?;
+        Ok(WriteAnswer {
+            status,
+            body: serde_json::to_value(view).context("view")?,
+            contact_id: Some(id),
+        })
     })
     .await
 }
@@ -235,12 +294,14 @@ fn summary(row: crate::ports::Row<'_>) -> anyhow::Result<Json> {
     }))
 }
 
-const SUMMARY_COLUMNS: &str =
-    "c.id, c.email, c.phone, c.name, c.family_name_kana, c.given_name_kana, c.company, c.lifecycle_stage, c.created_at";
+const SUMMARY_COLUMNS: &str = "c.id, c.email, c.phone, c.name, c.family_name_kana, c.given_name_kana, c.company, c.lifecycle_stage, c.created_at";
 
 /// `GET /v1/contacts?email=|phone=|q=`: keyset-paginated by id (creation
 /// order). Erased contacts are never listed.
-pub async fn list<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, request: &Request) -> Result<Response, ApiError> {
+pub async fn list<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    request: &Request,
+) -> Result<Response, ApiError> {
     let pairs = crate::http::query_pairs(request);
     let limit = page_limit(&pairs)?;
     let after = match query_param(&pairs, "cursor") {
@@ -258,14 +319,18 @@ pub async fn list<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, request: &Request) -> Resul
     let (sql, params): (String, Vec<Value>) = if let Some(email) = query_param(&pairs, "email") {
         let email = Email::parse(email).map_err(|e| ApiError::invalid("email", e.to_string()))?;
         (
-            format!("SELECT {SUMMARY_COLUMNS} FROM contacts c WHERE c.email = ?1 AND (?2 IS NULL OR c.id > ?2) ORDER BY c.id LIMIT ?3"),
+            format!(
+                "SELECT {SUMMARY_COLUMNS} FROM contacts c WHERE c.email = ?1 AND (?2 IS NULL OR c.id > ?2) ORDER BY c.id LIMIT ?3"
+            ),
             vec![email.as_str().into(), after.into(), fetch.into()],
         )
     } else if let Some(phone) = query_param(&pairs, "phone") {
         let phone = Phone::parse(phone, ctx.config.default_phone_region)
             .map_err(|e| ApiError::invalid("phone", e.to_string()))?;
         (
-            format!("SELECT {SUMMARY_COLUMNS} FROM contacts c WHERE c.phone = ?1 AND (?2 IS NULL OR c.id > ?2) ORDER BY c.id LIMIT ?3"),
+            format!(
+                "SELECT {SUMMARY_COLUMNS} FROM contacts c WHERE c.phone = ?1 AND (?2 IS NULL OR c.id > ?2) ORDER BY c.id LIMIT ?3"
+            ),
             vec![phone.as_str().into(), after.into(), fetch.into()],
         )
     } else if let Some(q) = query_param(&pairs, "q") {
@@ -287,11 +352,17 @@ pub async fn list<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, request: &Request) -> Resul
         )
     } else {
         (
-            format!("SELECT {SUMMARY_COLUMNS} FROM contacts c WHERE c.erased_at IS NULL AND (?1 IS NULL OR c.id > ?1) ORDER BY c.id LIMIT ?2"),
+            format!(
+                "SELECT {SUMMARY_COLUMNS} FROM contacts c WHERE c.erased_at IS NULL AND (?1 IS NULL OR c.id > ?1) ORDER BY c.id LIMIT ?2"
+            ),
             vec![after.into(), fetch.into()],
         )
     };
-    let rows = ctx.db.execute(&sql, &params).await.context("failed to list contacts")?;
+    let rows = ctx
+        .db
+        .execute(&sql, &params)
+        .await
+        .context("failed to list contacts")?;
     let mut items = Vec::new();
     let mut next_cursor = None;
     for (index, row) in rows.iter().enumerate() {
@@ -304,18 +375,37 @@ pub async fn list<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, request: &Request) -> Resul
         }
         items.push(summary(row)?);
     }
-    Ok(json_response(StatusCode::OK, &json!({ "items": items, "next_cursor": next_cursor })))
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "items": items, "next_cursor": next_cursor }),
+    ))
 }
 
 /// Fields `PATCH` may change; `null` clears one.
 const PATCHABLE: &[&str] = &[
-    "email", "phone", "external_id", "name", "family_name", "given_name", "family_name_kana",
-    "given_name_kana", "company", "postal_code", "address", "birthday", "attributes",
+    "email",
+    "phone",
+    "external_id",
+    "name",
+    "family_name",
+    "given_name",
+    "family_name_kana",
+    "given_name_kana",
+    "company",
+    "postal_code",
+    "address",
+    "birthday",
+    "attributes",
 ];
 
 /// `PATCH /v1/contacts/{id}`: only editable fields; any other field
 /// (counters, ids, timestamps, stage) is a 422 naming it.
-pub async fn patch<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, actor: &Actor, id: &str, request: &Request) -> Result<Response, ApiError> {
+pub async fn patch<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    actor: &Actor,
+    id: &str,
+    request: &Request,
+) -> Result<Response, ApiError> {
     let body: Map<String, Json> = crate::http::read_json(request)?;
     let mut errors = Vec::new();
     let mut profile = Profile::default();
@@ -332,7 +422,10 @@ pub async fn patch<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, actor: &Actor, id: &str, r
                 for (k, v) in map {
                     match v {
                         Json::String(s) => profile::add_attribute(&mut profile, k, s, &mut errors),
-                        _ => errors.push(FieldError::new(format!("attributes.{k}"), "must be a string")),
+                        _ => errors.push(FieldError::new(
+                            format!("attributes.{k}"),
+                            "must be a string",
+                        )),
                     }
                 }
             }
@@ -343,7 +436,13 @@ pub async fn patch<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, actor: &Actor, id: &str, r
                 if s.trim().is_empty() {
                     clear.push(field);
                 } else {
-                    profile::parse_field(&mut profile, field, s, ctx.config.default_phone_region, &mut errors);
+                    profile::parse_field(
+                        &mut profile,
+                        field,
+                        s,
+                        ctx.config.default_phone_region,
+                        &mut errors,
+                    );
                 }
             }
             (field, _) => errors.push(FieldError::new(field, "has the wrong type")),
@@ -397,7 +496,14 @@ pub async fn patch<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, actor: &Actor, id: &str, r
 }
 
 /// `PUT` (add) or `DELETE` (remove) `/v1/contacts/{id}/tags/{tag}`.
-pub async fn set_tag<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, actor: &Actor, id: &str, tag: &str, present: bool, request: &Request) -> Result<Response, ApiError> {
+pub async fn set_tag<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    actor: &Actor,
+    id: &str,
+    tag: &str,
+    present: bool,
+    request: &Request,
+) -> Result<Response, ApiError> {
     let tag = Tag::parse(tag)?;
     write(ctx, actor, request, async || {
         if !contact::exists(ctx.db, id).await? {
@@ -431,21 +537,37 @@ struct InteractionInput {
 
 /// `POST /v1/contacts/{id}/interactions`: an inquiry, call, email, visit
 /// or note, at `occurred_at` (default now; not more than 5 minutes ahead).
-pub async fn add_interaction<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, actor: &Actor, id: &str, request: &Request) -> Result<Response, ApiError> {
+pub async fn add_interaction<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    actor: &Actor,
+    id: &str,
+    request: &Request,
+) -> Result<Response, ApiError> {
     let input: InteractionInput = crate::http::read_json(request)?;
     let now = ctx.clock.now();
     let mut errors = Vec::new();
-    let kind = Kind::parse_recordable(&input.kind).map_err(|e| errors.push(FieldError::new("kind", e.to_string()))).ok();
+    let kind = Kind::parse_recordable(&input.kind)
+        .map_err(|e| errors.push(FieldError::new("kind", e.to_string())))
+        .ok();
     let channel = match input.channel.as_deref() {
         None => None,
         Some(c) if timeline::CHANNELS.contains(&c) => Some(c),
         Some(_) => {
-            errors.push(FieldError::new("channel", format!("one of {}", timeline::CHANNELS.join(", "))));
+            errors.push(FieldError::new(
+                "channel",
+                format!("one of {}", timeline::CHANNELS.join(", ")),
+            ));
             None
         }
     };
-    let subject = input.subject.as_deref().and_then(|s| profile::check_text("subject", s, 200, &mut errors));
-    let body = input.body.as_deref().and_then(|s| profile::check_text("body", s, 10_000, &mut errors));
+    let subject = input
+        .subject
+        .as_deref()
+        .and_then(|s| profile::check_text("subject", s, 200, &mut errors));
+    let body = input
+        .body
+        .as_deref()
+        .and_then(|s| profile::check_text("body", s, 10_000, &mut errors));
     let occurred_at = match input.occurred_at.as_deref() {
         None => now,
         Some(text) => match timestamp::parse(text) {
@@ -470,7 +592,14 @@ pub async fn add_interaction<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, actor: &Actor, i
         if !contact::exists(ctx.db, id).await? {
             return Err(not_found());
         }
-        let entry = Entry { kind, channel, subject: subject.as_deref(), body: body.as_deref(), data: None, occurred_at };
+        let entry = Entry {
+            kind,
+            channel,
+            subject: subject.as_deref(),
+            body: body.as_deref(),
+            data: None,
+            occurred_at,
+        };
         let entry_id = timeline::append(ctx.db, id, &entry, &actor.label(), now).await?;
         Ok(WriteAnswer {
             status: StatusCode::CREATED,
@@ -485,7 +614,11 @@ pub async fn add_interaction<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, actor: &Actor, i
 }
 
 /// `GET /v1/contacts/{id}/timeline`.
-pub async fn timeline_page(db: &impl Db, id: &str, request: &Request) -> Result<Response, ApiError> {
+pub async fn timeline_page(
+    db: &impl Db,
+    id: &str,
+    request: &Request,
+) -> Result<Response, ApiError> {
     let pairs = crate::http::query_pairs(request);
     let limit = page_limit(&pairs)?;
     if !contact::exists(db, id).await? {
@@ -505,13 +638,21 @@ struct ConsentInput {
 }
 
 /// `POST /v1/contacts/{id}/consents`: grant or withdraw one channel.
-pub async fn change_consent<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, actor: &Actor, id: &str, request: &Request) -> Result<Response, ApiError> {
+pub async fn change_consent<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    actor: &Actor,
+    id: &str,
+    request: &Request,
+) -> Result<Response, ApiError> {
     let input: ConsentInput = crate::http::read_json(request)?;
     let channel = consent::Channel::try_from(input.channel.as_str())?;
     let status = consent::Status::try_from(input.status.as_str())?;
     let reason = consent::Reason::try_from(input.reason.as_deref().unwrap_or("manual"))?;
     let mut errors = Vec::new();
-    let text_version = input.text_version.as_deref().and_then(|v| profile::check_text("text_version", v, 64, &mut errors));
+    let text_version = input
+        .text_version
+        .as_deref()
+        .and_then(|v| profile::check_text("text_version", v, 64, &mut errors));
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
@@ -540,12 +681,18 @@ pub async fn change_consent<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, actor: &Actor, id
 }
 
 /// `GET /v1/contacts/{id}/unsubscribe-link`.
-pub async fn unsubscribe_link<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, id: &str) -> Result<Response, ApiError> {
+pub async fn unsubscribe_link<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    id: &str,
+) -> Result<Response, ApiError> {
     if !contact::exists(ctx.db, id).await? {
         return Err(not_found());
     }
     let token = crate::privacy::unsubscribe_token(&ctx.config.unsubscribe_secret, id)?;
-    let url = format!("{}/v1/forms/unsubscribe?token={token}", ctx.config.public_base_url);
+    let url = format!(
+        "{}/v1/forms/unsubscribe?token={token}",
+        ctx.config.public_base_url
+    );
     Ok(json_response(
         StatusCode::OK,
         &json!({ "contact_id": id, "token": token, "url": url, "method": "POST" }),
@@ -554,13 +701,19 @@ pub async fn unsubscribe_link<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, id: &str) -> Re
 
 /// `GET /v1/contacts/{id}/export`.
 pub async fn export(db: &impl Db, id: &str) -> Result<Response, ApiError> {
-    let document = crate::privacy::export(db, id).await?.ok_or_else(not_found)?;
+    let document = crate::privacy::export(db, id)
+        .await?
+        .ok_or_else(not_found)?;
     Ok(json_response(StatusCode::OK, &document))
 }
 
 /// `DELETE /v1/contacts/{id}`: erasure, then a WAL checkpoint so old page
 /// images with the erased values leave the `-wal` file too.
-pub async fn erase<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, actor: &Actor, id: &str) -> Result<Response, ApiError> {
+pub async fn erase<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    actor: &Actor,
+    id: &str,
+) -> Result<Response, ApiError> {
     let now = ctx.clock.now();
     let erased = transaction(ctx.db, async || -> Result<bool, ApiError> {
         Ok(crate::privacy::erase(ctx.db, id, &actor.label(), now).await?)

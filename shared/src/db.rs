@@ -62,9 +62,7 @@ pub async fn migrate(db: &impl Db) -> anyhow::Result<()> {
     transaction(db, async || {
         let current = user_version(db).await?;
         if current > SCHEMA_VERSION {
-            anyhow::bail!(
-                "database schema {current} is newer than this build ({SCHEMA_VERSION})"
-            );
+            anyhow::bail!("database schema {current} is newer than this build ({SCHEMA_VERSION})");
         }
         for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
             for statement in split_statements(sql) {
@@ -85,9 +83,12 @@ pub async fn migrate(db: &impl Db) -> anyhow::Result<()> {
 /// split on `;` at line ends. Migrations therefore keep `;` out of string
 /// literals and triggers.
 fn split_statements(sql: &str) -> impl Iterator<Item = &str> {
-    sql.split(";\n")
-        .map(str::trim)
-        .filter(|s| !s.is_empty() && !s.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with("--")))
+    sql.split(";\n").map(str::trim).filter(|s| {
+        !s.is_empty()
+            && !s
+                .lines()
+                .all(|l| l.trim().is_empty() || l.trim_start().starts_with("--"))
+    })
 }
 
 /// Runs `work` inside `BEGIN IMMEDIATE … COMMIT`, rolling back on error.
@@ -131,5 +132,7 @@ async fn rollback(db: &impl Db) {
 /// `-wal`. Best effort: with readers active the checkpoint may stop early;
 /// the next checkpoint then finishes the job.
 pub async fn checkpoint_truncate(db: &impl Db) -> Result<(), DbError> {
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)", &[]).await.map(|_| ())
+    db.execute("PRAGMA wal_checkpoint(TRUNCATE)", &[])
+        .await
+        .map(|_| ())
 }

@@ -78,9 +78,16 @@ mod tests {
         for (input, want) in [
             ("  Taro@Example.JP ", "taro@example.jp"),
             ("ｔａｒｏ＠ｅｘａｍｐｌｅ．ｊｐ", "taro@example.jp"),
-            ("o'brien+lp@mail.example.co.jp", "o'brien+lp@mail.example.co.jp"),
+            (
+                "o'brien+lp@mail.example.co.jp",
+                "o'brien+lp@mail.example.co.jp",
+            ),
         ] {
-            assert_eq!(Email::parse(input).unwrap().as_str(), want, "case {input:?}");
+            assert_eq!(
+                Email::parse(input).unwrap().as_str(),
+                want,
+                "case {input:?}"
+            );
         }
     }
 
@@ -100,8 +107,14 @@ mod tests {
             "taro@exa mple.jp",
             "taro@.example.jp",
         ] {
-            assert!(Email::parse(input).is_err(), "case {input:?} should be rejected");
+            assert!(
+                Email::parse(input).is_err(),
+                "case {input:?} should be rejected"
+            );
         }
-        assert_eq!(Email::parse(&format!("{}@example.jp", "a".repeat(250))), Err(EmailError::TooLong));
+        assert_eq!(
+            Email::parse(&format!("{}@example.jp", "a".repeat(250))),
+            Err(EmailError::TooLong)
+        );
     }
 }

@@ -107,7 +107,9 @@ impl ApiError {
                 "one or more fields are invalid; see `errors`".to_owned(),
                 errors.clone(),
             ),
-            ApiError::RateLimited { retry_after_seconds } => (
+            ApiError::RateLimited {
+                retry_after_seconds,
+            } => (
                 429,
                 "rate-limited",
                 "Too many requests",

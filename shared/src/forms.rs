@@ -33,7 +33,9 @@ pub fn parse_form_id(text: &str) -> Result<String, ApiError> {
     let valid = !text.is_empty()
         && text.len() <= 64
         && text != "unsubscribe"
-        && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if valid {
         Ok(text.to_owned())
     } else {
@@ -59,8 +61,18 @@ pub struct FormSettings {
 
 /// Fields a form may name as required.
 const REQUIRABLE: &[&str] = &[
-    "email", "phone", "name", "family_name", "given_name", "family_name_kana",
-    "given_name_kana", "company", "postal_code", "address", "birthday", "consent_email",
+    "email",
+    "phone",
+    "name",
+    "family_name",
+    "given_name",
+    "family_name_kana",
+    "given_name_kana",
+    "company",
+    "postal_code",
+    "address",
+    "birthday",
+    "consent_email",
 ];
 
 impl FormSettings {
@@ -76,7 +88,10 @@ impl FormSettings {
         for origin in &self.allowed_origins {
             match normalise_origin(origin) {
                 Some(o) => origins.push(o),
-                None => errors.push(FieldError::new("allowed_origins", "each an http(s) origin like https://lp.example.jp")),
+                None => errors.push(FieldError::new(
+                    "allowed_origins",
+                    "each an http(s) origin like https://lp.example.jp",
+                )),
             }
         }
         self.allowed_origins = origins;
@@ -91,17 +106,26 @@ impl FormSettings {
         }
         for tag in &self.tags {
             if Tag::parse(tag).is_err() {
-                errors.push(FieldError::new("tags", "each 1 to 64 characters, without `/`"));
+                errors.push(FieldError::new(
+                    "tags",
+                    "each 1 to 64 characters, without `/`",
+                ));
                 break;
             }
         }
-        if self.tags.len() > 20 || self.required_fields.len() > 20 || self.allowed_origins.len() > 20 {
+        if self.tags.len() > 20
+            || self.required_fields.len() > 20
+            || self.allowed_origins.len() > 20
+        {
             errors.push(FieldError::new("settings", "at most 20 entries per list"));
         }
         if let Some(version) = &self.consent_text_version
             && (version.is_empty() || version.len() > 64)
         {
-            errors.push(FieldError::new("consent_text_version", "1 to 64 characters"));
+            errors.push(FieldError::new(
+                "consent_text_version",
+                "1 to 64 characters",
+            ));
         }
         if errors.is_empty() {
             Ok(self)
@@ -124,9 +148,16 @@ pub async fn load_settings(kv: &impl Kv, form_id: &str) -> anyhow::Result<Option
     }
 }
 
-pub async fn save_settings(kv: &impl Kv, form_id: &str, settings: &FormSettings) -> anyhow::Result<()> {
-    kv.set(&settings_key(form_id), &serde_json::to_vec(settings).context("settings")?)
-        .await
+pub async fn save_settings(
+    kv: &impl Kv,
+    form_id: &str,
+    settings: &FormSettings,
+) -> anyhow::Result<()> {
+    kv.set(
+        &settings_key(form_id),
+        &serde_json::to_vec(settings).context("settings")?,
+    )
+    .await
 }
 
 /// What the request says about its sender, beyond the body.
@@ -147,7 +178,9 @@ impl Sender {
                 .map(|a| a.ip().to_string())
                 .unwrap_or_else(|_| addr.to_owned())
         });
-        let accept = header_str(headers, "accept").unwrap_or("").to_ascii_lowercase();
+        let accept = header_str(headers, "accept")
+            .unwrap_or("")
+            .to_ascii_lowercase();
         let is_json_body = media_type(headers).as_deref() == Some("application/json");
         let wants_json = accept.contains("application/json")
             || accept.contains("application/problem+json")
@@ -182,9 +215,20 @@ pub fn read_fields(request: &Request) -> Result<Vec<(String, String)>, ApiError>
     match media.as_deref() {
         Some("application/x-www-form-urlencoded") => {
             let text = body_text(request.body())?;
-            Ok(form_urlencoded::parse(text.as_bytes())
+            let pairs: Vec<(String, String)> = form_urlencoded::parse(text.as_bytes())
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect())
+                .collect();
+            // Percent-decoding replaces invalid UTF-8 with U+FFFD instead of
+            // failing; such a value is refused rather than stored mangled.
+            if pairs
+                .iter()
+                .any(|(k, v)| k.contains('\u{FFFD}') || v.contains('\u{FFFD}'))
+            {
+                return Err(ApiError::BadRequest(
+                    "a field is not valid UTF-8 once percent-decoded".into(),
+                ));
+            }
+            Ok(pairs)
         }
         Some("application/json") => {
             let object: Map<String, Json> = crate::http::parse_json(request.body())?;
@@ -201,7 +245,11 @@ pub fn read_fields(request: &Request) -> Result<Vec<(String, String)>, ApiError>
                     }
                 }
             }
-            if errors.is_empty() { Ok(pairs) } else { Err(ApiError::Validation(errors)) }
+            if errors.is_empty() {
+                Ok(pairs)
+            } else {
+                Err(ApiError::Validation(errors))
+            }
         }
         other => Err(ApiError::UnsupportedMediaType(format!(
             "a form posts application/x-www-form-urlencoded or application/json{}",
@@ -228,7 +276,9 @@ pub fn parse_submission(
     for (key, value) in pairs {
         match key.as_str() {
             "_hp" => submission.honeypot_filled |= !value.trim().is_empty(),
-            "_redirect" => submission.redirect = Some(value.trim().to_owned()).filter(|v| !v.is_empty()),
+            "_redirect" => {
+                submission.redirect = Some(value.trim().to_owned()).filter(|v| !v.is_empty())
+            }
             "consent_email" => submission.consent_email = truthy(&value),
             "consent_text_version" => {
                 submission.consent_text_version =
@@ -241,7 +291,13 @@ pub fn parse_submission(
                     if let Some(v) = profile::check_text(utm, &value, 200, &mut errors) {
                         submission.utm.insert(utm, v);
                     }
-                } else if !profile::parse_field(&mut submission.profile, &key, &value, region, &mut errors) {
+                } else if !profile::parse_field(
+                    &mut submission.profile,
+                    &key,
+                    &value,
+                    region,
+                    &mut errors,
+                ) {
                     extra_fields += 1;
                     if extra_fields <= MAX_ATTRIBUTES_PER_SUBMISSION {
                         profile::add_attribute(&mut submission.profile, &key, &value, &mut errors);
@@ -286,7 +342,11 @@ fn allowed_origins(config_origins: &[String], settings: &FormSettings) -> Vec<St
 }
 
 /// Handles one submission end to end; see the module doc for the rules.
-pub async fn submit<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, form_id: &str, request: &Request) -> Result<Response, ApiError> {
+pub async fn submit<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    form_id: &str,
+    request: &Request,
+) -> Result<Response, ApiError> {
     let sender = Sender::from_request(request);
     let pairs = read_fields(request)?;
     let submission = parse_submission(pairs, ctx.config.default_phone_region)?;
@@ -296,7 +356,10 @@ pub async fn submit<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, form_id: &str, request: &
     let mut errors = Vec::new();
     if !submission.honeypot_filled {
         if submission.profile.is_empty_identity() {
-            errors.push(FieldError::new("email", "an email or a phone number is required"));
+            errors.push(FieldError::new(
+                "email",
+                "an email or a phone number is required",
+            ));
         }
         for field in &settings.required_fields {
             let present = match field.as_str() {
@@ -315,7 +378,10 @@ pub async fn submit<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, form_id: &str, request: &
     if let Some(target) = &submission.redirect
         && !normalise_origin(target).is_some_and(|o| origins.contains(&o))
     {
-        errors.push(FieldError::new("_redirect", "not an allowed redirect target"));
+        errors.push(FieldError::new(
+            "_redirect",
+            "not an allowed redirect target",
+        ));
     }
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
@@ -336,8 +402,11 @@ pub async fn submit<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, form_id: &str, request: &
     })
     .await?;
     if !stored {
-        let retry_after_seconds = u64::try_from(60 - now.unix_timestamp().rem_euclid(60)).unwrap_or(60);
-        return Err(ApiError::RateLimited { retry_after_seconds });
+        let retry_after_seconds =
+            u64::try_from(60 - now.unix_timestamp().rem_euclid(60)).unwrap_or(60);
+        return Err(ApiError::RateLimited {
+            retry_after_seconds,
+        });
     }
 
     let answer = if sender.wants_json {
@@ -376,7 +445,16 @@ async fn store_submission(
     });
     let id = match contact::resolve(db, &submission.profile, None).await? {
         Some(id) => {
-            contact::update(db, &id, &submission.profile, None, WritePolicy::FillEmpty, &actor, &at).await?;
+            contact::update(
+                db,
+                &id,
+                &submission.profile,
+                None,
+                WritePolicy::FillEmpty,
+                &actor,
+                &at,
+            )
+            .await?;
             id
         }
         None => {
@@ -441,7 +519,12 @@ fn rate_limit_bucket(client_ip: Option<&str>, form_id: &str) -> String {
 /// window holds more than `limit`. Windows older than ten minutes are
 /// swept when a bucket starts a new one, which keeps the table small
 /// without a scheduled job.
-async fn take_rate_limit_slot(db: &impl Db, bucket: &str, window: i64, limit: u32) -> anyhow::Result<bool> {
+async fn take_rate_limit_slot(
+    db: &impl Db,
+    bucket: &str,
+    window: i64,
+    limit: u32,
+) -> anyhow::Result<bool> {
     let rows = db
         .execute(
             "INSERT INTO rate_limits (bucket, window_start, hits) VALUES (?1, ?2, 1)
@@ -453,24 +536,36 @@ async fn take_rate_limit_slot(db: &impl Db, bucket: &str, window: i64, limit: u3
         )
         .await
         .context("failed to count a form submission")?;
-    let hits = rows.first().context("rate limit upsert returned nothing")?.i64("hits")?;
+    let hits = rows
+        .first()
+        .context("rate limit upsert returned nothing")?
+        .i64("hits")?;
     if hits == 1 {
-        db.execute("DELETE FROM rate_limits WHERE window_start < ?1", &[(window - 10).into()])
-            .await
-            .context("failed to sweep rate-limit windows")?;
+        db.execute(
+            "DELETE FROM rate_limits WHERE window_start < ?1",
+            &[(window - 10).into()],
+        )
+        .await
+        .context("failed to sweep rate-limit windows")?;
     }
     Ok(hits <= i64::from(limit))
 }
 
 fn answer_response(answer: &Answer) -> Response {
     match answer {
-        Answer::Accepted => crate::http::json_response(StatusCode::ACCEPTED, &json!({"status": "accepted"})),
+        Answer::Accepted => {
+            crate::http::json_response(StatusCode::ACCEPTED, &json!({"status": "accepted"}))
+        }
         Answer::Redirect(url) => {
             let mut response = crate::http::empty_response(StatusCode::SEE_OTHER);
             crate::http::set_header(&mut response, header::LOCATION, url);
             response
         }
-        Answer::ThankYouPage => html_response(StatusCode::OK, "Thank you", "ありがとうございました。Thank you, we have received your submission."),
+        Answer::ThankYouPage => html_response(
+            StatusCode::OK,
+            "Thank you",
+            "ありがとうございました。Thank you, we have received your submission.",
+        ),
     }
 }
 
@@ -492,14 +587,20 @@ pub fn apply_cors(response: &mut Response, origin: Option<&str>, allowed: &[Stri
         .headers_mut()
         .insert(header::VARY, http::HeaderValue::from_static("Origin"));
     let Some(origin) = origin else { return };
-    if normalise_origin(origin).is_some_and(|o| allowed.contains(&o) && o == origin.to_ascii_lowercase()) {
+    if normalise_origin(origin)
+        .is_some_and(|o| allowed.contains(&o) && o == origin.to_ascii_lowercase())
+    {
         crate::http::set_header(response, header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     }
 }
 
 /// Answers a CORS preflight: 204 with the allowances for an allowed
 /// origin, 403 for any other.
-pub async fn preflight<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, form_id: &str, request: &Request) -> Result<Response, ApiError> {
+pub async fn preflight<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    form_id: &str,
+    request: &Request,
+) -> Result<Response, ApiError> {
     let settings = load_settings(ctx.kv, form_id).await?.unwrap_or_default();
     let origins = allowed_origins(&ctx.config.allowed_origins, &settings);
     let origin = header_str(request.headers(), "origin");
@@ -507,7 +608,9 @@ pub async fn preflight<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, form_id: &str, request
         .and_then(normalise_origin)
         .is_some_and(|o| origins.contains(&o));
     if !allowed {
-        return Err(ApiError::Forbidden("this origin may not post to this form".into()));
+        return Err(ApiError::Forbidden(
+            "this origin may not post to this form".into(),
+        ));
     }
     let mut response = crate::http::empty_response(StatusCode::NO_CONTENT);
     apply_cors(&mut response, origin, &origins);
@@ -527,7 +630,10 @@ mod tests {
     use crate::phone::Region;
 
     fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
-        items.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        items
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
@@ -558,8 +664,13 @@ mod tests {
 
     #[test]
     fn rejects_too_many_extra_fields_and_bad_values() {
-        let many: Vec<(String, String)> = (0..200).map(|i| (format!("f{i}"), "x".to_owned())).collect();
-        assert!(matches!(parse_submission(many, Region::JP), Err(ApiError::Validation(_))));
+        let many: Vec<(String, String)> = (0..200)
+            .map(|i| (format!("f{i}"), "x".to_owned()))
+            .collect();
+        assert!(matches!(
+            parse_submission(many, Region::JP),
+            Err(ApiError::Validation(_))
+        ));
         let Err(ApiError::Validation(errors)) =
             parse_submission(pairs(&[("email", "nope"), ("phone", "12")]), Region::JP)
         else {

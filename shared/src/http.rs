@@ -85,7 +85,8 @@ pub fn check_size(body: &Bytes, limit: usize) -> Result<(), ApiError> {
 
 /// The body as UTF-8 text.
 pub fn body_text(body: &Bytes) -> Result<&str, ApiError> {
-    std::str::from_utf8(body).map_err(|_| ApiError::BadRequest("the body is not valid UTF-8".into()))
+    std::str::from_utf8(body)
+        .map_err(|_| ApiError::BadRequest("the body is not valid UTF-8".into()))
 }
 
 /// Reads a JSON API body into `T`: size, content type, UTF-8, syntax
@@ -202,7 +203,10 @@ pub fn page_limit(pairs: &[(String, String)]) -> Result<usize, ApiError> {
         None => Ok(50),
         Some(text) => match text.parse::<usize>() {
             Ok(n) if (1..=200).contains(&n) => Ok(n),
-            _ => Err(ApiError::invalid("limit", "must be a whole number from 1 to 200")),
+            _ => Err(ApiError::invalid(
+                "limit",
+                "must be a whole number from 1 to 200",
+            )),
         },
     }
 }
@@ -240,7 +244,10 @@ mod tests {
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
         let c = encode_cursor(&["2026-11-22T00:00:00.000000Z", "abc"]);
-        assert_eq!(decode_cursor(&c, 2).unwrap(), vec!["2026-11-22T00:00:00.000000Z", "abc"]);
+        assert_eq!(
+            decode_cursor(&c, 2).unwrap(),
+            vec!["2026-11-22T00:00:00.000000Z", "abc"]
+        );
         assert!(decode_cursor("!!!", 2).is_err());
         assert!(decode_cursor(&c, 1).is_err());
     }

@@ -47,7 +47,12 @@ pub fn request_hash(method: &str, path: &str, body: &[u8]) -> String {
 }
 
 /// Looks the key up inside the caller's transaction.
-pub async fn check(db: &impl Db, actor: &str, key: &IdempotencyKey, hash: &str) -> Result<NextAction, ApiError> {
+pub async fn check(
+    db: &impl Db,
+    actor: &str,
+    key: &IdempotencyKey,
+    hash: &str,
+) -> Result<NextAction, ApiError> {
     let rows = db
         .execute(
             "SELECT request_hash, response_status, response_body FROM idempotency_keys

@@ -91,15 +91,24 @@ pub async fn export(db: &impl Db, id: &str) -> Result<Option<Json>, ApiError> {
 
 /// Removes the person's data for good, inside the caller's transaction.
 /// Returns false when there is no live contact with `id`.
-pub async fn erase(db: &impl Db, id: &str, actor: &str, now: OffsetDateTime) -> anyhow::Result<bool> {
+pub async fn erase(
+    db: &impl Db,
+    id: &str,
+    actor: &str,
+    now: OffsetDateTime,
+) -> anyhow::Result<bool> {
     if !crate::contact::exists(db, id).await? {
         return Ok(false);
     }
     let count = |sql: &'static str| async move {
-        let rows = db.execute(sql, &[id.into()]).await.context("failed to count")?;
+        let rows = db
+            .execute(sql, &[id.into()])
+            .await
+            .context("failed to count")?;
         rows.first().context("count")?.i64("n")
     };
-    let interactions = count("SELECT count(*) AS n FROM interactions WHERE contact_id = ?1").await?;
+    let interactions =
+        count("SELECT count(*) AS n FROM interactions WHERE contact_id = ?1").await?;
     let consents = count("SELECT count(*) AS n FROM consents WHERE contact_id = ?1").await?;
     let tags = count("SELECT count(*) AS n FROM contact_tags WHERE contact_id = ?1").await?;
     let at = timestamp::format(now);
@@ -184,7 +193,11 @@ pub fn verify_unsubscribe_token(secret: &[u8], token: &str) -> Option<String> {
 
 /// Withdraws email consent for the token's contact, inside the caller's
 /// transaction. Idempotent: a second click records nothing new.
-pub async fn unsubscribe(db: &impl Db, contact_id: &str, now: OffsetDateTime) -> anyhow::Result<()> {
+pub async fn unsubscribe(
+    db: &impl Db,
+    contact_id: &str,
+    now: OffsetDateTime,
+) -> anyhow::Result<()> {
     if !crate::contact::exists(db, contact_id).await? {
         return Ok(());
     }
@@ -215,11 +228,20 @@ mod tests {
         let secret = b"0123456789abcdef0123456789abcdef";
         let id = "0190f5d2-7c1e-7a4b-9f00-123456789abc";
         let token = unsubscribe_token(secret, id).unwrap();
-        assert_eq!(verify_unsubscribe_token(secret, &token).as_deref(), Some(id));
-        assert_eq!(verify_unsubscribe_token(b"another-secret-of-16+", &token), None);
+        assert_eq!(
+            verify_unsubscribe_token(secret, &token).as_deref(),
+            Some(id)
+        );
+        assert_eq!(
+            verify_unsubscribe_token(b"another-secret-of-16+", &token),
+            None
+        );
         let mut forged = URL_SAFE_NO_PAD.decode(&token).unwrap();
         forged[0] ^= 1;
-        assert_eq!(verify_unsubscribe_token(secret, &URL_SAFE_NO_PAD.encode(forged)), None);
+        assert_eq!(
+            verify_unsubscribe_token(secret, &URL_SAFE_NO_PAD.encode(forged)),
+            None
+        );
         assert_eq!(verify_unsubscribe_token(secret, "garbage"), None);
     }
 }

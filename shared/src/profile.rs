@@ -128,7 +128,12 @@ pub fn parse_field(
 /// Trimmed text within `max` characters and free of control characters;
 /// empty text is "not given". Quotes, SQL and markup are kept verbatim:
 /// values only ever reach SQL as parameters.
-pub fn check_text(field: &str, value: &str, max: usize, errors: &mut Vec<FieldError>) -> Option<String> {
+pub fn check_text(
+    field: &str,
+    value: &str,
+    max: usize,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
     let value = value.trim();
     if value.is_empty() {
         return None;
@@ -234,7 +239,13 @@ mod tests {
     fn birthdays() {
         assert_eq!(parse_birthday("1990-04-01").as_deref(), Some("1990-04-01"));
         assert_eq!(parse_birthday("1990/4/1").as_deref(), Some("1990-04-01"));
-        for bad in ["1990-02-30", "90-04-01", "1990-04", "tomorrow", "1800-01-01"] {
+        for bad in [
+            "1990-02-30",
+            "90-04-01",
+            "1990-04",
+            "tomorrow",
+            "1800-01-01",
+        ] {
             assert_eq!(parse_birthday(bad), None, "case {bad:?}");
         }
     }
@@ -243,7 +254,13 @@ mod tests {
     fn text_is_bounded_and_kept_verbatim() {
         let mut errors = vec![];
         assert_eq!(
-            check_text("name", " Robert'); DROP TABLE contacts;-- ", 200, &mut errors).as_deref(),
+            check_text(
+                "name",
+                " Robert'); DROP TABLE contacts;-- ",
+                200,
+                &mut errors
+            )
+            .as_deref(),
             Some("Robert'); DROP TABLE contacts;--")
         );
         assert_eq!(check_text("name", &"x".repeat(201), 200, &mut errors), None);

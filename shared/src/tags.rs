@@ -16,7 +16,8 @@ pub struct Tag(String);
 impl Tag {
     pub fn parse(input: &str) -> Result<Tag, ApiError> {
         let tag = input.trim();
-        if tag.is_empty() || tag.chars().count() > 64 || tag.contains('/') || has_control_chars(tag) {
+        if tag.is_empty() || tag.chars().count() > 64 || tag.contains('/') || has_control_chars(tag)
+        {
             return Err(ApiError::invalid(
                 "tag",
                 "1 to 64 characters, without `/` or control characters",
@@ -30,7 +31,13 @@ impl Tag {
 }
 
 /// Adds `tag`; true when it was not there before.
-pub async fn add(db: &impl Db, contact_id: &str, tag: &Tag, actor: &str, now: OffsetDateTime) -> anyhow::Result<bool> {
+pub async fn add(
+    db: &impl Db,
+    contact_id: &str,
+    tag: &Tag,
+    actor: &str,
+    now: OffsetDateTime,
+) -> anyhow::Result<bool> {
     let rows = db
         .execute(
             "INSERT INTO contact_tags (contact_id, tag, created_at, created_by) VALUES (?1, ?2, ?3, ?4)
@@ -55,7 +62,13 @@ pub async fn add(db: &impl Db, contact_id: &str, tag: &Tag, actor: &str, now: Of
 }
 
 /// Removes `tag`; true when it was there.
-pub async fn remove(db: &impl Db, contact_id: &str, tag: &Tag, actor: &str, now: OffsetDateTime) -> anyhow::Result<bool> {
+pub async fn remove(
+    db: &impl Db,
+    contact_id: &str,
+    tag: &Tag,
+    actor: &str,
+    now: OffsetDateTime,
+) -> anyhow::Result<bool> {
     let rows = db
         .execute(
             "DELETE FROM contact_tags WHERE contact_id = ?1 AND tag = ?2 RETURNING tag",

@@ -43,7 +43,10 @@ mod tests {
 
     #[test]
     fn folds_width_case_and_kana() {
-        assert_eq!(fold_width("ｔａｒｏ＠ｅｘａｍｐｌｅ．ｊｐ"), "taro@example.jp");
+        assert_eq!(
+            fold_width("ｔａｒｏ＠ｅｘａｍｐｌｅ．ｊｐ"),
+            "taro@example.jp"
+        );
         assert_eq!(search_fold("やまだ タロウ"), "ヤマダタロウ");
         assert_eq!(search_fold("Yamada"), "yamada");
         assert!(has_control_chars("a\u{0}b"));

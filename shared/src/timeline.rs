@@ -29,7 +29,13 @@ pub enum Kind {
 impl Kind {
     /// The kinds staff may record through the API; the rest are written
     /// by Kizuna itself.
-    pub const RECORDABLE: [Kind; 5] = [Kind::Inquiry, Kind::Call, Kind::Email, Kind::Visit, Kind::Note];
+    pub const RECORDABLE: [Kind; 5] = [
+        Kind::Inquiry,
+        Kind::Call,
+        Kind::Email,
+        Kind::Visit,
+        Kind::Note,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -57,7 +63,16 @@ impl Kind {
 }
 
 /// Channels an interaction happened on.
-pub const CHANNELS: &[&str] = &["phone", "email", "web", "in_person", "chat", "sms", "post", "other"];
+pub const CHANNELS: &[&str] = &[
+    "phone",
+    "email",
+    "web",
+    "in_person",
+    "chat",
+    "sms",
+    "post",
+    "other",
+];
 
 pub struct Entry<'a> {
     pub kind: Kind,

@@ -100,7 +100,12 @@ impl Host {
     }
 
     async fn run(&self, component: &Component, request: Request) -> anyhow::Result<Response> {
-        let lookup = |name: &str| self.overrides.get(name).cloned().or_else(|| env_lookup(name));
+        let lookup = |name: &str| {
+            self.overrides
+                .get(name)
+                .cloned()
+                .or_else(|| env_lookup(name))
+        };
         let variables = self.manifest.resolve_variables(component, &lookup)?;
         let config = Config::from_variables(&variables)?;
         anyhow::ensure!(
@@ -111,7 +116,12 @@ impl Host {
         let db = RusqliteDb::open(&self.database_path())?;
         kizuna::db::prepare(&db).await?;
         let kv = SqliteKv::open(&self.kv_path())?;
-        let ctx = kizuna::Ctx { db: &db, kv: &kv, clock: self.clock.as_ref(), config: &config };
+        let ctx = kizuna::Ctx {
+            db: &db,
+            kv: &kv,
+            clock: self.clock.as_ref(),
+            config: &config,
+        };
         call_component(&component.id, request, &ctx)
             .await
             .with_context(|| format!("no handler registered for component {}", component.id))
@@ -129,7 +139,10 @@ pub struct Server {
 
 impl Server {
     pub fn start(host: Host, listen: &str, threads: usize) -> anyhow::Result<Server> {
-        let server = Arc::new(tiny_http::Server::http(listen).map_err(|e| anyhow::anyhow!("failed to listen on {listen}: {e}"))?);
+        let server = Arc::new(
+            tiny_http::Server::http(listen)
+                .map_err(|e| anyhow::anyhow!("failed to listen on {listen}: {e}"))?,
+        );
         let addr = server
             .server_addr()
             .to_ip()
@@ -146,7 +159,11 @@ impl Server {
                 })
             })
             .collect();
-        Ok(Server { server, workers, addr })
+        Ok(Server {
+            server,
+            workers,
+            addr,
+        })
     }
 
     pub fn url(&self) -> String {
@@ -191,9 +208,12 @@ fn serve_one(host: &Host, mut incoming: tiny_http::Request) {
         _ => error_response(&ApiError::BadRequest("unreadable request".into())),
     };
     let (parts, body) = response.into_parts();
-    let mut reply = tiny_http::Response::from_data(body.to_vec()).with_status_code(parts.status.as_u16());
+    let mut reply =
+        tiny_http::Response::from_data(body.to_vec()).with_status_code(parts.status.as_u16());
     for (name, value) in &parts.headers {
-        if let Ok(header) = tiny_http::Header::from_bytes(name.as_str().as_bytes(), value.as_bytes()) {
+        if let Ok(header) =
+            tiny_http::Header::from_bytes(name.as_str().as_bytes(), value.as_bytes())
+        {
             reply.add_header(header);
         }
     }

@@ -79,7 +79,8 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn load(path: &Path) -> anyhow::Result<Manifest> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read {}", path.display()))?;
         Manifest::parse(&text)
     }
 
@@ -96,7 +97,11 @@ impl Manifest {
         let mut routes = Vec::new();
         for trigger in raw.trigger.http {
             if !raw.component.contains_key(&trigger.component) {
-                bail!("route {} names unknown component {}", trigger.route, trigger.component);
+                bail!(
+                    "route {} names unknown component {}",
+                    trigger.route,
+                    trigger.component
+                );
             }
             let route = match trigger.route.strip_suffix("/...") {
                 Some(prefix) => Route::Wildcard(prefix.to_owned()),
@@ -111,7 +116,14 @@ impl Manifest {
                 if v.required && v.default.is_some() {
                     bail!("variable {name} cannot be both required and defaulted");
                 }
-                Ok((name, AppVariable { default: v.default, required: v.required, secret: v.secret }))
+                Ok((
+                    name,
+                    AppVariable {
+                        default: v.default,
+                        required: v.required,
+                        secret: v.secret,
+                    },
+                ))
             })
             .collect::<anyhow::Result<_>>()?;
         let components = raw
@@ -130,19 +142,28 @@ impl Manifest {
                 )
             })
             .collect();
-        Ok(Manifest { routes, components, variables })
+        Ok(Manifest {
+            routes,
+            components,
+            variables,
+        })
     }
 
     /// The component for `path`, as Spin picks it: an exact route first,
     /// then the longest wildcard prefix.
     pub fn route(&self, path: &str) -> Option<&Component> {
-        let exact = self.routes.iter().find(|(r, _)| matches!(r, Route::Exact(p) if p == path));
+        let exact = self
+            .routes
+            .iter()
+            .find(|(r, _)| matches!(r, Route::Exact(p) if p == path));
         let chosen = exact.or_else(|| {
             self.routes
                 .iter()
                 .filter(|(r, _)| match r {
                     Route::Wildcard(prefix) => {
-                        prefix.is_empty() || path == prefix || path.starts_with(&format!("{prefix}/"))
+                        prefix.is_empty()
+                            || path == prefix
+                            || path.starts_with(&format!("{prefix}/"))
                     }
                     Route::Exact(_) => false,
                 })
@@ -164,16 +185,22 @@ impl Manifest {
     ) -> anyhow::Result<BTreeMap<String, String>> {
         let mut out = BTreeMap::new();
         for (name, template) in &component.variables {
-            let value = match template.trim().strip_prefix("{{").and_then(|t| t.strip_suffix("}}")) {
+            let value = match template
+                .trim()
+                .strip_prefix("{{")
+                .and_then(|t| t.strip_suffix("}}"))
+            {
                 Some(inner) => {
                     let app_var = inner.trim();
-                    let declared = self
-                        .variables
-                        .get(app_var)
-                        .with_context(|| format!("component variable {name} uses undeclared {app_var}"))?;
+                    let declared = self.variables.get(app_var).with_context(|| {
+                        format!("component variable {name} uses undeclared {app_var}")
+                    })?;
                     match lookup(app_var).or_else(|| declared.default.clone()) {
                         Some(v) => v,
-                        None if declared.required => bail!("required variable {app_var} is not set (SPIN_VARIABLE_{})", app_var.to_uppercase()),
+                        None if declared.required => bail!(
+                            "required variable {app_var} is not set (SPIN_VARIABLE_{})",
+                            app_var.to_uppercase()
+                        ),
                         None => continue,
                     }
                 }
@@ -197,22 +224,43 @@ mod tests {
     #[test]
     fn routes_like_spin_and_grants_least_privilege() {
         let manifest = Manifest::workspace().unwrap();
-        for path in ["/v1/contacts", "/v1/contacts/abc/timeline", "/v1/forms/lp1", "/v1/forms/unsubscribe"] {
-            assert_eq!(manifest.route(path).map(|c| c.id.as_str()), Some("contacts"), "case {path}");
+        for path in [
+            "/v1/contacts",
+            "/v1/contacts/abc/timeline",
+            "/v1/forms/lp1",
+            "/v1/forms/unsubscribe",
+        ] {
+            assert_eq!(
+                manifest.route(path).map(|c| c.id.as_str()),
+                Some("contacts"),
+                "case {path}"
+            );
         }
         for path in ["/", "/v1/contactsx", "/v2/contacts"] {
             assert!(manifest.route(path).is_none(), "case {path}");
         }
         for component in manifest.components.values() {
-            assert!(component.allowed_outbound_hosts.is_empty(), "{} has outbound hosts", component.id);
+            assert!(
+                component.allowed_outbound_hosts.is_empty(),
+                "{} has outbound hosts",
+                component.id
+            );
         }
         for (name, variable) in &manifest.variables {
             if variable.secret {
-                assert!(variable.required && variable.default.is_none(), "secret {name} must not have a default");
+                assert!(
+                    variable.required && variable.default.is_none(),
+                    "secret {name} must not have a default"
+                );
             }
         }
         for name in kizuna::config::VARIABLE_NAMES {
-            assert!(manifest.components["contacts"].variables.contains_key(*name), "contacts lacks variable {name}");
+            assert!(
+                manifest.components["contacts"]
+                    .variables
+                    .contains_key(*name),
+                "contacts lacks variable {name}"
+            );
         }
     }
 }

@@ -35,7 +35,11 @@ fn db_error(e: rusqlite::Error) -> DbError {
 impl Db for RusqliteDb {
     async fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
         let mut statement = self.0.prepare(sql).map_err(db_error)?;
-        let columns: Vec<String> = statement.column_names().into_iter().map(str::to_owned).collect();
+        let columns: Vec<String> = statement
+            .column_names()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
         let params: Vec<Param<'_>> = params.iter().map(Param).collect();
         let mut query = statement
             .query(rusqlite::params_from_iter(params.iter()))
@@ -79,7 +83,11 @@ impl Kv for SqliteKv {
         use rusqlite::OptionalExtension as _;
         Ok(self
             .0
-            .query_row("SELECT value FROM spin_key_value WHERE key = ?1", [key], |r| r.get(0))
+            .query_row(
+                "SELECT value FROM spin_key_value WHERE key = ?1",
+                [key],
+                |r| r.get(0),
+            )
             .optional()?)
     }
     async fn set(&self, key: &str, value: &[u8]) -> anyhow::Result<()> {
@@ -91,7 +99,8 @@ impl Kv for SqliteKv {
         Ok(())
     }
     async fn delete(&self, key: &str) -> anyhow::Result<()> {
-        self.0.execute("DELETE FROM spin_key_value WHERE key = ?1", [key])?;
+        self.0
+            .execute("DELETE FROM spin_key_value WHERE key = ?1", [key])?;
         Ok(())
     }
 }

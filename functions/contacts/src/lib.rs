@@ -43,7 +43,8 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let method = request.method();
     let keys = &ctx.config.api_keys;
-    let authorize = |scope: Scope| -> Result<Actor, ApiError> { keys.authorize(request.headers(), scope) };
+    let authorize =
+        |scope: Scope| -> Result<Actor, ApiError> { keys.authorize(request.headers(), scope) };
     let contact_id = |text: &str| -> Result<String, ApiError> {
         ContactId::parse(text)
             .map(|id| id.as_str().to_owned())
@@ -165,7 +166,10 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
 
 /// `POST /v1/forms/unsubscribe?token=…` (RFC 8058 one-click; the token may
 /// also come as a form or JSON field). Anonymous: the token is the proof.
-async fn unsubscribe<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<Response, ApiError> {
+async fn unsubscribe<D: Db, K: Kv>(
+    request: &Request,
+    ctx: &Ctx<'_, D, K>,
+) -> Result<Response, ApiError> {
     kizuna::http::check_size(request.body(), forms::FORM_BODY_LIMIT)?;
     let query = kizuna::http::query_pairs(request);
     let mut token = kizuna::http::query_param(&query, "token").map(str::to_owned);
@@ -185,7 +189,10 @@ async fn unsubscribe<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Re
     .await?;
     let sender = forms::Sender::from_request(request);
     if sender.wants_json {
-        Ok(json_response(http::StatusCode::OK, &serde_json::json!({ "status": "unsubscribed" })))
+        Ok(json_response(
+            http::StatusCode::OK,
+            &serde_json::json!({ "status": "unsubscribed" }),
+        ))
     } else {
         Ok(forms::html_response(
             http::StatusCode::OK,
@@ -216,7 +223,11 @@ mod entrypoint {
         while let Some(chunk) = stream.next().await {
             match chunk {
                 Ok(bytes) => buffer.extend_from_slice(&bytes),
-                Err(_) => break,
+                Err(_) => {
+                    let error =
+                        kizuna::error::ApiError::BadRequest("the body could not be read".into());
+                    return error_response(&error).map(spin_sdk::http::FullBody::new);
+                }
             }
             if buffer.len() > MAX_BODY_BYTES {
                 buffer.truncate(MAX_BODY_BYTES + 1);
@@ -237,7 +248,12 @@ mod entrypoint {
         let db = SpinDb::open_default().await?;
         kizuna::db::prepare(&db).await?;
         let kv = SpinKv::open_default().await?;
-        let ctx = kizuna::Ctx { db: &db, kv: &kv, clock: &SystemClock, config: &config };
+        let ctx = kizuna::Ctx {
+            db: &db,
+            kv: &kv,
+            clock: &SystemClock,
+            config: &config,
+        };
         Ok(super::handle(request, &ctx).await)
     }
 }

@@ -4,3 +4,4 @@
 mod contacts;
 mod forms;
 mod helpers;
+mod storage;
