@@ -99,9 +99,47 @@ pub fn normalise_origin(url: &str) -> Option<String> {
     Some(format!("{scheme}://{}", authority.to_ascii_lowercase()))
 }
 
+/// A URL safe to send as a `Location`: absolute http(s) (see
+/// [`normalise_origin`]), no control characters or spaces, and non-ASCII
+/// characters (a Japanese path, say) percent-encoded as UTF-8.
+pub fn redirect_url(url: &str) -> Option<String> {
+    let url = url.trim();
+    normalise_origin(url)?;
+    if url.len() > 2000 || url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return None;
+    }
+    let mut out = String::with_capacity(url.len());
+    for c in url.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for byte in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirect_urls_are_header_safe() {
+        assert_eq!(
+            redirect_url("https://lp.example.jp/ありがとう?x=1").as_deref(),
+            Some("https://lp.example.jp/%E3%81%82%E3%82%8A%E3%81%8C%E3%81%A8%E3%81%86?x=1")
+        );
+        for bad in [
+            "https://lp.example.jp/a\r\nSet-Cookie: x=1",
+            "https://lp.example.jp/a b",
+            "javascript:alert(1)",
+        ] {
+            assert_eq!(redirect_url(bad), None, "case {bad:?}");
+        }
+    }
 
     #[test]
     fn origins_are_scheme_host_port_only() {

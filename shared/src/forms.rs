@@ -6,7 +6,7 @@
 //! never depends on the caller being able to read the answer.
 
 use crate::Ctx;
-use crate::config::normalise_origin;
+use crate::config::{normalise_origin, redirect_url};
 use crate::consent::{self, ConsentChange};
 use crate::contact::{self, FirstTouch, UTM_FIELDS, WritePolicy};
 use crate::db::transaction;
@@ -79,10 +79,11 @@ impl FormSettings {
     /// Checks and normalises settings sent by an admin.
     pub fn validate(mut self) -> Result<FormSettings, ApiError> {
         let mut errors = Vec::new();
-        if let Some(url) = &self.thank_you_url
-            && (url.len() > 2000 || normalise_origin(url).is_none())
-        {
-            errors.push(FieldError::new("thank_you_url", "an absolute http(s) URL"));
+        if let Some(url) = &self.thank_you_url {
+            match redirect_url(url) {
+                Some(safe) => self.thank_you_url = Some(safe),
+                None => errors.push(FieldError::new("thank_you_url", "an absolute http(s) URL")),
+            }
         }
         let mut origins = Vec::new();
         for origin in &self.allowed_origins {
@@ -277,7 +278,16 @@ pub fn parse_submission(
         match key.as_str() {
             "_hp" => submission.honeypot_filled |= !value.trim().is_empty(),
             "_redirect" => {
-                submission.redirect = Some(value.trim().to_owned()).filter(|v| !v.is_empty())
+                let target = value.trim();
+                if !target.is_empty() {
+                    match redirect_url(target) {
+                        Some(safe) => submission.redirect = Some(safe),
+                        None => errors.push(FieldError::new(
+                            "_redirect",
+                            "not an allowed redirect target",
+                        )),
+                    }
+                }
             }
             "consent_email" => submission.consent_email = truthy(&value),
             "consent_text_version" => {
@@ -334,6 +344,18 @@ pub enum Answer {
     Accepted,
 }
 
+/// The origins allowed to read answers of `form_id`: the variable's plus
+/// the form's own. Falls back to the variable's when settings cannot be read.
+pub async fn cors_origins<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, form_id: &str) -> Vec<String> {
+    match load_settings(ctx.kv, form_id).await {
+        Ok(settings) => allowed_origins(&ctx.config.allowed_origins, &settings.unwrap_or_default()),
+        Err(e) => {
+            eprintln!("form settings unreadable for CORS: {e:#}");
+            ctx.config.allowed_origins.clone()
+        }
+    }
+}
+
 /// The origins allowed for this form: the variable's plus the form's own.
 fn allowed_origins(config_origins: &[String], settings: &FormSettings) -> Vec<String> {
     let mut all = config_origins.to_vec();
@@ -349,7 +371,19 @@ pub async fn submit<D: Db, K: Kv>(
 ) -> Result<Response, ApiError> {
     let sender = Sender::from_request(request);
     let pairs = read_fields(request)?;
-    let submission = parse_submission(pairs, ctx.config.default_phone_region)?;
+    // A bot that fills the honeypot gets the success answer whatever else
+    // it sent, so refusals never teach it which fields to fix.
+    let honeypot_filled = pairs
+        .iter()
+        .any(|(k, v)| k == "_hp" && !v.trim().is_empty());
+    let submission = match parse_submission(pairs, ctx.config.default_phone_region) {
+        Ok(submission) => submission,
+        Err(_) if honeypot_filled => Submission {
+            honeypot_filled,
+            ..Submission::default()
+        },
+        Err(error) => return Err(error),
+    };
     let settings = load_settings(ctx.kv, form_id).await?.unwrap_or_default();
     let origins = allowed_origins(&ctx.config.allowed_origins, &settings);
 
@@ -376,6 +410,7 @@ pub async fn submit<D: Db, K: Kv>(
         }
     }
     if let Some(target) = &submission.redirect
+        && !submission.honeypot_filled
         && !normalise_origin(target).is_some_and(|o| origins.contains(&o))
     {
         errors.push(FieldError::new(
@@ -414,6 +449,7 @@ pub async fn submit<D: Db, K: Kv>(
     } else if let Some(url) = submission
         .redirect
         .clone()
+        .filter(|url| normalise_origin(url).is_some_and(|o| origins.contains(&o)))
         .or(settings.thank_you_url.clone())
         .or(ctx.config.default_thank_you_url.clone())
     {
@@ -556,11 +592,16 @@ fn answer_response(answer: &Answer) -> Response {
         Answer::Accepted => {
             crate::http::json_response(StatusCode::ACCEPTED, &json!({"status": "accepted"}))
         }
-        Answer::Redirect(url) => {
-            let mut response = crate::http::empty_response(StatusCode::SEE_OTHER);
-            crate::http::set_header(&mut response, header::LOCATION, url);
-            response
-        }
+        Answer::Redirect(url) => match http::HeaderValue::from_str(url) {
+            Ok(location) => {
+                let mut response = crate::http::empty_response(StatusCode::SEE_OTHER);
+                response.headers_mut().insert(header::LOCATION, location);
+                response
+            }
+            // Settings saved before URLs were made header-safe: a page,
+            // not a 303 that leads nowhere.
+            Err(_) => answer_response(&Answer::ThankYouPage),
+        },
         Answer::ThankYouPage => html_response(
             StatusCode::OK,
             "Thank you",

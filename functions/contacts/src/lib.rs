@@ -24,18 +24,23 @@ pub async fn handle<D: Db, K: Kv>(request: Request, ctx: &Ctx<'_, D, K>) -> Resp
             let mut response = error_response(&error);
             // A browser script on an allowed origin must be able to read
             // why its form post was refused.
-            if is_form_post(&request) {
-                let origins = &ctx.config.allowed_origins;
+            if let Some(form_id) = form_post_id(&request) {
+                let origins = forms::cors_origins(ctx, &form_id).await;
                 let origin = kizuna::http::header_str(request.headers(), "origin");
-                forms::apply_cors(&mut response, origin, origins);
+                forms::apply_cors(&mut response, origin, &origins);
             }
             response
         }
     }
 }
 
-fn is_form_post(request: &Request) -> bool {
-    request.method() == Method::POST && request.uri().path().starts_with("/v1/forms/")
+/// The form id of a `POST /v1/forms/{form_id}`, if this is one.
+fn form_post_id(request: &Request) -> Option<String> {
+    if request.method() != Method::POST {
+        return None;
+    }
+    let form_id = request.uri().path().strip_prefix("/v1/forms/")?;
+    forms::parse_form_id(form_id.trim_end_matches('/')).ok()
 }
 
 async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<Response, ApiError> {

@@ -1,15 +1,2104 @@
-//! `/v1/contacts`: the staff contact API.
+//! `/v1/contacts`: the staff contact API, end to end. Every test drives the
+//! HTTP surface and then checks the status, the body, and what was (or was
+//! not) stored in the database.
 
 use crate::helpers::*;
-use serde_json::json;
+use bytes::Bytes;
+use serde_json::{Value as Json, json};
+
+/// A well-formed contact id that no contact has.
+const UNKNOWN_ID: &str = "0190f5d2-7c1e-7a4b-9f00-123456789abc";
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, for
+/// query values and path segments.
+fn enc(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+/// Moves the test clock on, so that ids and timestamps of what follows
+/// sort after what came before.
+fn tick(app: &TestApp) {
+    app.clock.advance(time::Duration::seconds(1));
+}
+
+/// The `field` of each entry in a problem's `errors`.
+fn error_fields(problem: &Json) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .filter_map(|e| e["field"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `GET /v1/contacts/{id}`, which must succeed.
+fn fetch(app: &TestApp, id: &str) -> Json {
+    let response = app.get(READ_KEY, &format!("/v1/contacts/{id}"));
+    assert_eq!(response.status, 200, "GET {id}: {}", response.text());
+    response.json()
+}
+
+/// The ids a listing query returns (one page), plus the whole body.
+fn list(app: &TestApp, query: &str) -> (Vec<String>, Json) {
+    let response = app.get(READ_KEY, &format!("/v1/contacts?{query}"));
+    assert_eq!(response.status, 200, "list ?{query}: {}", response.text());
+    let body = response.json();
+    let ids = body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|item| item["id"].as_str().expect("item id").to_owned())
+        .collect();
+    (ids, body)
+}
+
+/// A JSON request with extra headers.
+fn send_json_with(
+    app: &TestApp,
+    method: &str,
+    key: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+    body: &Json,
+) -> TestResponse {
+    let auth = bearer(key);
+    let mut headers = vec![
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    headers.extend_from_slice(extra);
+    app.request(method, path, &headers, body.to_string())
+}
+
+fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+// ---------------------------------------------------------------------------
+// POST /v1/contacts: create or update
+// ---------------------------------------------------------------------------
 
 #[test]
-fn create_then_update_by_email() {
+fn create_returns_201_with_the_normalised_contact_and_stores_it() {
+    // Arrange
     let app = TestApp::new();
-    let created = app.send_json("POST", WRITE_KEY, "/v1/contacts", &json!({"email": "a@example.jp", "name": "A"}));
+    let body = json!({
+        "email": " Taro@Example.JP ",
+        "phone": "090-1234-5678",
+        "family_name": "山田",
+        "given_name": "太郎",
+        "family_name_kana": "ヤマダ",
+        "given_name_kana": "タロウ",
+        "company": "株式会社テスト",
+        "postal_code": "1500001",
+        "birthday": "1990/4/1",
+        "attributes": {"plan": "gold"},
+        "tags": ["vip", "spring 2026"],
+    });
+
+    // Act
+    let response = app.send_json("POST", WRITE_KEY, "/v1/contacts", &body);
+
+    // Assert
+    assert_eq!(response.status, 201, "{}", response.text());
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let created = response.json();
+    let id = created["id"].as_str().expect("id");
+    assert_eq!(created["email"], "taro@example.jp");
+    assert_eq!(created["phone"], "+819012345678");
+    assert_eq!(created["name"], "山田 太郎");
+    assert_eq!(created["postal_code"], "150-0001");
+    assert_eq!(created["birthday"], "1990-04-01");
+    assert_eq!(created["attributes"], json!({"plan": "gold"}));
+    assert_eq!(created["tags"], json!(["spring 2026", "vip"]));
+    assert_eq!(created["lifecycle_stage"], "lead");
+    assert_eq!(created["first_touch"]["source"], "api:writer");
+    assert_eq!(created["erased"], false);
+    assert_eq!(fetch(&app, id), created, "GET shows what POST answered");
+    assert_eq!(app.count("SELECT count(*) FROM contacts"), 1);
+    assert_eq!(app.count("SELECT count(*) FROM contact_tags"), 2);
+    assert_eq!(
+        app.count("SELECT count(*) FROM interactions WHERE kind = 'contact_created'"),
+        1
+    );
+    let created_by: String = app
+        .db()
+        .query_row("SELECT created_by FROM contacts WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .expect("row");
+    assert_eq!(created_by, "key:writer");
+}
+
+#[test]
+fn create_then_update_by_email_overwrites_the_name() {
+    // Arrange
+    let app = TestApp::new();
+    let created = app.send_json(
+        "POST",
+        WRITE_KEY,
+        "/v1/contacts",
+        &json!({"email": "a@example.jp", "name": "A"}),
+    );
     assert_eq!(created.status, 201, "{}", created.text());
-    let updated = app.send_json("POST", WRITE_KEY, "/v1/contacts", &json!({"email": "A@example.jp", "name": "B"}));
+    tick(&app);
+
+    // Act
+    let updated = app.send_json(
+        "POST",
+        WRITE_KEY,
+        "/v1/contacts",
+        &json!({"email": "A@EXAMPLE.JP", "name": "B"}),
+    );
+
+    // Assert
     assert_eq!(updated.status, 200, "{}", updated.text());
     assert_eq!(updated.json()["id"], created.json()["id"]);
-    assert_eq!(updated.json()["name"], "B");
+    assert_eq!(
+        updated.json()["name"],
+        "B",
+        "staff values overwrite stored ones"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM contacts"), 1);
+    let fields: String = app
+        .db()
+        .query_row(
+            "SELECT data FROM interactions WHERE kind = 'contact_updated'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("one contact_updated entry");
+    assert_eq!(
+        serde_json::from_str::<Json>(&fields).expect("json"),
+        json!({"fields": ["name"]})
+    );
+}
+
+#[test]
+fn update_finds_a_phone_only_contact_by_any_japanese_phone_format() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"phone": "090-1234-5678", "name": "電話 だけ"}));
+    let formats = [
+        ("international with spaces", "+81 90 1234 5678"),
+        ("international with dashes", "+81-90-1234-5678"),
+        (
+            "international keeping the trunk zero",
+            "+81 (0)90 1234 5678",
+        ),
+        ("national digits only", "09012345678"),
+        ("national with parentheses", "(090) 1234-5678"),
+        ("full-width", "０９０－１２３４－５６７８"),
+    ];
+
+    for (index, (case, phone)) in formats.iter().enumerate() {
+        tick(&app);
+        let company = format!("Company {index}");
+
+        // Act
+        let response = app.send_json(
+            "POST",
+            WRITE_KEY,
+            "/v1/contacts",
+            &json!({"phone": phone, "company": company}),
+        );
+
+        // Assert
+        assert_eq!(response.status, 200, "case {case}: {}", response.text());
+        let body = response.json();
+        assert_eq!(body["id"], id.as_str(), "case {case}");
+        assert_eq!(body["phone"], "+819012345678", "case {case}");
+        assert_eq!(body["company"], company.as_str(), "case {case}");
+        assert_eq!(
+            body["name"], "電話 だけ",
+            "case {case}: untouched fields stay"
+        );
+    }
+    assert_eq!(app.count("SELECT count(*) FROM contacts"), 1);
+}
+
+#[test]
+fn update_finds_the_contact_by_external_id() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(
+        &json!({"external_id": "shop-42", "email": "ext@example.jp", "name": "Old"}),
+    );
+    tick(&app);
+
+    // Act
+    let response = app.send_json(
+        "POST",
+        WRITE_KEY,
+        "/v1/contacts",
+        &json!({"external_id": "shop-42", "name": "New"}),
+    );
+
+    // Assert
+    assert_eq!(response.status, 200, "{}", response.text());
+    let body = response.json();
+    assert_eq!(body["id"], id.as_str());
+    assert_eq!(body["name"], "New");
+    assert_eq!(body["email"], "ext@example.jp");
+    assert_eq!(body["external_id"], "shop-42");
+    assert_eq!(app.count("SELECT count(*) FROM contacts"), 1);
+}
+
+#[test]
+fn create_with_tags_in_the_body_stores_each_once() {
+    // Arrange
+    let app = TestApp::new();
+
+    // Act
+    let response = app.send_json(
+        "POST",
+        WRITE_KEY,
+        "/v1/contacts",
+        &json!({"email": "tags@example.jp", "tags": ["vip", "春セール", "vip"]}),
+    );
+
+    // Assert
+    assert_eq!(response.status, 201, "{}", response.text());
+    assert_eq!(response.json()["tags"], json!(["vip", "春セール"]));
+    assert_eq!(app.count("SELECT count(*) FROM contact_tags"), 2);
+    assert_eq!(
+        app.count("SELECT count(*) FROM interactions WHERE kind = 'tag_added'"),
+        2
+    );
+}
+
+#[test]
+fn create_that_moves_another_contacts_email_is_409_and_changes_nothing() {
+    // Arrange: the external id names A, the email belongs to B.
+    let app = TestApp::new();
+    let a =
+        app.create_contact(&json!({"external_id": "shop-1", "email": "a@example.jp", "name": "A"}));
+    let b = app.create_contact(&json!({"email": "b@example.jp", "name": "B"}));
+    let (a_before, b_before, counts) = (fetch(&app, &a), fetch(&app, &b), app.table_counts());
+    tick(&app);
+
+    // Act
+    let response = app.send_json(
+        "POST",
+        WRITE_KEY,
+        "/v1/contacts",
+        &json!({"external_id": "shop-1", "email": "b@example.jp", "name": "Stolen"}),
+    );
+
+    // Assert
+    let problem = response.assert_problem(409, "create with another contact's email");
+    assert!(
+        problem["detail"].as_str().unwrap_or("").contains("email"),
+        "{problem}"
+    );
+    assert_eq!(fetch(&app, &a), a_before);
+    assert_eq!(fetch(&app, &b), b_before);
+    assert_eq!(app.table_counts(), counts);
+}
+
+#[test]
+fn patch_to_another_contacts_email_is_409_and_changes_nothing() {
+    // Arrange
+    let app = TestApp::new();
+    let a = app.create_contact(&json!({"email": "a@example.jp", "name": "A"}));
+    let b = app.create_contact(&json!({"email": "b@example.jp", "name": "B"}));
+    let (a_before, b_before, counts) = (fetch(&app, &a), fetch(&app, &b), app.table_counts());
+    tick(&app);
+
+    // Act
+    let response = app.send_json(
+        "PATCH",
+        WRITE_KEY,
+        &format!("/v1/contacts/{a}"),
+        &json!({"email": "B@example.jp", "name": "A2"}),
+    );
+
+    // Assert
+    response.assert_problem(409, "patch to another contact's email");
+    assert_eq!(fetch(&app, &a), a_before);
+    assert_eq!(fetch(&app, &b), b_before);
+    assert_eq!(app.table_counts(), counts);
+}
+
+/// Fields a caller may not set: counters, ids, timestamps, stage.
+fn not_assignable() -> Vec<(&'static str, Json)> {
+    vec![
+        ("order_count", json!(99)),
+        ("total_spent_minor", json!(1_000_000)),
+        ("points_balance", json!(5000)),
+        ("id", json!(UNKNOWN_ID)),
+        ("created_at", json!("2020-01-01T00:00:00Z")),
+        ("updated_at", json!("2020-01-01T00:00:00Z")),
+        ("lifecycle_stage", json!("customer")),
+        ("erased_at", json!("2020-01-01T00:00:00Z")),
+        ("source", json!("form:fake")),
+    ]
+}
+
+#[test]
+fn create_refuses_unknown_fields_and_stores_nothing() {
+    // Arrange: one existing contact, so an update path is also exercised.
+    let app = TestApp::new();
+    let existing = app.create_contact(&json!({"email": "known@example.jp", "name": "Known"}));
+    let before = fetch(&app, &existing);
+    let counts = app.table_counts();
+
+    for (field, value) in not_assignable() {
+        for email in ["new@example.jp", "known@example.jp"] {
+            let case = format!("{field} with {email}");
+            let mut body = json!({"email": email, "name": "Mass Assigned"});
+            body[field] = value.clone();
+
+            // Act
+            let response = app.send_json("POST", WRITE_KEY, "/v1/contacts", &body);
+
+            // Assert
+            let problem = response.assert_problem(422, &case);
+            let named = problem["errors"]
+                .as_array()
+                .is_some_and(|errors| errors.iter().any(|e| e.to_string().contains(field)));
+            assert!(named, "case {case}: the field is named: {problem}");
+        }
+    }
+    assert_eq!(app.table_counts(), counts, "nothing stored");
+    assert_eq!(
+        fetch(&app, &existing),
+        before,
+        "the existing contact is unchanged"
+    );
+}
+
+#[test]
+fn create_names_an_unknown_field_in_the_errors_field_member() {
+    // Arrange
+    let app = TestApp::new();
+
+    // Act
+    let response = app.send_json(
+        "POST",
+        WRITE_KEY,
+        "/v1/contacts",
+        &json!({"email": "n@example.jp", "order_count": 99}),
+    );
+
+    // Assert: `errors[].field` is the offending field, as PATCH does.
+    let problem = response.assert_problem(422, "unknown field on create");
+    assert_eq!(error_fields(&problem), ["order_count"], "{problem}");
+    assert_eq!(app.count("SELECT count(*) FROM contacts"), 0);
+}
+
+// ---------------------------------------------------------------------------
+// GET /v1/contacts/{id}
+// ---------------------------------------------------------------------------
+
+#[test]
+fn get_shows_profile_consents_tags_lifecycle_and_counters() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({
+        "email": "hanako@example.jp", "phone": "03-1234-5678", "name": "佐藤 花子",
+        "given_name_kana": "ハナコ", "tags": ["newsletter"],
+    }));
+    tick(&app);
+    let granted = app.send_json(
+        "POST",
+        WRITE_KEY,
+        &format!("/v1/contacts/{id}/consents"),
+        &json!({"channel": "email", "status": "granted", "text_version": "v2"}),
+    );
+    assert_eq!(granted.status, 201, "{}", granted.text());
+
+    // Act
+    let response = app.get(READ_KEY, &format!("/v1/contacts/{id}"));
+
+    // Assert
+    assert_eq!(response.status, 200, "{}", response.text());
+    let contact = response.json();
+    assert_eq!(contact["id"], id.as_str());
+    assert_eq!(contact["email"], "hanako@example.jp");
+    assert_eq!(contact["phone"], "+81312345678");
+    assert_eq!(contact["name"], "佐藤 花子");
+    assert_eq!(contact["given_name_kana"], "ハナコ");
+    assert_eq!(contact["lifecycle_stage"], "lead");
+    assert_eq!(contact["tags"], json!(["newsletter"]));
+    assert_eq!(contact["consents"]["email"]["status"], "granted");
+    assert_eq!(contact["consents"]["email"]["reason"], "manual");
+    assert_eq!(contact["consents"]["email"]["text_version"], "v2");
+    assert_eq!(
+        contact["counters"],
+        json!({"order_count": 0, "total_spent_minor": 0, "first_order_at": null, "last_order_at": null, "points_balance": 0})
+    );
+    assert_eq!(contact["erased"], false);
+    assert_eq!(contact["created_at"], "2026-11-22T03:00:00.000000Z");
+}
+
+#[test]
+fn get_of_an_unknown_or_malformed_id_is_404() {
+    // Arrange
+    let app = TestApp::new();
+    app.create_contact(&json!({"email": "someone@example.jp"}));
+    let cases = [
+        ("unknown UUID", UNKNOWN_ID.to_owned()),
+        ("not a UUID", "not-a-uuid".to_owned()),
+        ("number", "12345".to_owned()),
+        ("SQL in the id", enc("1' OR '1'='1")),
+    ];
+
+    for (case, id) in cases {
+        // Act
+        let response = app.get(READ_KEY, &format!("/v1/contacts/{id}"));
+
+        // Assert
+        response.assert_problem(404, case);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// GET /v1/contacts: look-ups, search, pagination
+// ---------------------------------------------------------------------------
+
+#[test]
+fn list_by_email_matches_the_normalised_address_only() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "taro@example.jp"}));
+    app.create_contact(&json!({"email": "taro@example.com"}));
+    let cases = [
+        ("same address", "taro@example.jp", vec![id.clone()]),
+        ("upper case", "TARO@EXAMPLE.JP", vec![id.clone()]),
+        (
+            "full-width",
+            "ｔａｒｏ＠ｅｘａｍｐｌｅ．ｊｐ",
+            vec![id.clone()],
+        ),
+        ("another address", "jiro@example.jp", vec![]),
+    ];
+
+    for (case, email, want) in cases {
+        // Act
+        let (ids, body) = list(&app, &format!("email={}", enc(email)));
+
+        // Assert
+        assert_eq!(ids, want, "case {case}");
+        assert_eq!(body["next_cursor"], Json::Null, "case {case}");
+    }
+    app.get(READ_KEY, "/v1/contacts?email=not-an-email")
+        .assert_problem(422, "invalid email filter");
+}
+
+#[test]
+fn list_by_phone_finds_the_same_contact_in_every_japanese_format() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "phone@example.jp", "phone": "090-1234-5678"}));
+    app.create_contact(&json!({"email": "other@example.jp", "phone": "090-8765-4321"}));
+    let formats = [
+        ("national with dashes", "090-1234-5678"),
+        ("national digits", "09012345678"),
+        ("national with spaces", "090 1234 5678"),
+        ("national with parentheses", "(090)1234-5678"),
+        ("E.164", "+819012345678"),
+        ("international with spaces", "+81 90 1234 5678"),
+        (
+            "international keeping the trunk zero",
+            "+81 (0)90-1234-5678",
+        ),
+        ("JP international prefix", "010-81-90-1234-5678"),
+        (
+            "full-width with full-width dashes",
+            "０９０－１２３４－５６７８",
+        ),
+        (
+            "full-width with katakana long vowel marks",
+            "０９０ー１２３４ー５６７８",
+        ),
+    ];
+
+    for (case, phone) in formats {
+        // Act
+        let (ids, _) = list(&app, &format!("phone={}", enc(phone)));
+
+        // Assert
+        assert_eq!(ids, [id.clone()], "case {case}");
+    }
+    app.get(READ_KEY, "/v1/contacts?phone=12")
+        .assert_problem(422, "invalid phone filter");
+    app.get(
+        READ_KEY,
+        "/v1/contacts?phone=090-1234-5678&email=phone%40example.jp",
+    )
+    .assert_problem(422, "two filters at once");
+}
+
+#[test]
+fn search_matches_prefixes_of_name_kana_and_email() {
+    // Arrange
+    let app = TestApp::new();
+    let yamada = app.create_contact(&json!({
+        "email": "taro.yamada@example.jp", "family_name": "山田", "given_name": "太郎",
+        "family_name_kana": "ヤマダ", "given_name_kana": "タロウ",
+    }));
+    let alice = app.create_contact(&json!({"email": "alice@example.com", "name": "Alice Smith"}));
+    let percent = app.create_contact(&json!({"email": "pct@example.jp", "name": "100% Natural"}));
+    let cases: [(&str, &str, Vec<&String>); 12] = [
+        ("kanji family name", "山田", vec![&yamada]),
+        ("kanji given name", "太郎", vec![&yamada]),
+        ("kanji name with space", "山田 太郎", vec![&yamada]),
+        ("hiragana finds katakana kana", "やまだ", vec![&yamada]),
+        ("hiragana family+given kana", "やまだ たろう", vec![&yamada]),
+        ("katakana given kana", "タロ", vec![&yamada]),
+        ("email prefix", "taro.y", vec![&yamada]),
+        ("latin name, any case", "ALI", vec![&alice]),
+        ("full-width latin", "ａｌｉｃｅ", vec![&alice]),
+        ("percent is no wildcard", "%", vec![]),
+        ("underscore is no wildcard", "_", vec![]),
+        ("literal percent prefix", "100%", vec![&percent]),
+    ];
+
+    for (case, q, want) in cases {
+        // Act
+        let (ids, _) = list(&app, &format!("q={}", enc(q)));
+
+        // Assert
+        let want: Vec<String> = want.into_iter().cloned().collect();
+        assert_eq!(ids, want, "case {case} (q={q})");
+    }
+    app.get(READ_KEY, "/v1/contacts?q=")
+        .assert_problem(422, "empty q");
+    app.get(READ_KEY, "/v1/contacts?q=%20%20")
+        .assert_problem(422, "blank q");
+}
+
+#[test]
+fn list_pages_with_a_keyset_cursor() {
+    // Arrange: five contacts, created one second apart.
+    let app = TestApp::new();
+    let mut created = Vec::new();
+    for i in 0..5 {
+        created.push(app.create_contact(&json!({"email": format!("page{i}@example.jp")})));
+        tick(&app);
+    }
+
+    // Act
+    let mut pages: Vec<Vec<String>> = Vec::new();
+    let mut query = "limit=2".to_owned();
+    loop {
+        let (ids, body) = list(&app, &query);
+        pages.push(ids);
+        match body["next_cursor"].as_str() {
+            Some(cursor) => query = format!("limit=2&cursor={}", enc(cursor)),
+            None => break,
+        }
+        assert!(pages.len() <= 5, "pagination does not end");
+    }
+
+    // Assert
+    let sizes: Vec<usize> = pages.iter().map(Vec::len).collect();
+    assert_eq!(sizes, [2, 2, 1], "pages: {pages:?}");
+    let all: Vec<String> = pages.concat();
+    assert_eq!(all, created, "disjoint, complete, in creation order");
+}
+
+#[test]
+fn list_refuses_bad_cursors_and_limits() {
+    // Arrange
+    let app = TestApp::new();
+    app.create_contact(&json!({"email": "one@example.jp"}));
+    let cases = [
+        ("cursor not base64", "cursor=%21%21%21", "cursor"),
+        ("cursor of the timeline's shape", "cursor=YR9i", "cursor"),
+        ("limit zero", "limit=0", "limit"),
+        ("limit above 200", "limit=500", "limit"),
+        ("limit negative", "limit=-1", "limit"),
+        ("limit not a number", "limit=ten", "limit"),
+    ];
+
+    for (case, query, field) in cases {
+        // Act
+        let response = app.get(READ_KEY, &format!("/v1/contacts?{query}"));
+
+        // Assert
+        let problem = response.assert_problem(422, case);
+        assert_eq!(error_fields(&problem), [field], "case {case}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// PATCH /v1/contacts/{id}
+// ---------------------------------------------------------------------------
+
+#[test]
+fn patch_changes_editable_fields_and_null_clears() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({
+        "email": "patch@example.jp", "name": "Before", "company": "Old Co",
+        "address": "東京都渋谷区", "attributes": {"plan": "silver"},
+    }));
+    tick(&app);
+
+    // Act
+    let response = app.send_json(
+        "PATCH",
+        WRITE_KEY,
+        &format!("/v1/contacts/{id}"),
+        &json!({
+            "name": "新しい 名前", "company": null, "address": "", "phone": "+81 3 1234 5678",
+            "postal_code": "100-0001", "attributes": {"plan": "gold", "size": "M"},
+        }),
+    );
+
+    // Assert
+    assert_eq!(response.status, 200, "{}", response.text());
+    let body = response.json();
+    assert_eq!(body["name"], "新しい 名前");
+    assert_eq!(body["company"], Json::Null);
+    assert_eq!(body["address"], Json::Null);
+    assert_eq!(body["phone"], "+81312345678");
+    assert_eq!(body["postal_code"], "100-0001");
+    assert_eq!(body["attributes"], json!({"plan": "gold", "size": "M"}));
+    assert_eq!(body["email"], "patch@example.jp", "fields not named stay");
+    assert_eq!(body["updated_at"], "2026-11-22T03:00:01.000000Z");
+    assert_eq!(fetch(&app, &id), body);
+    let (company, address): (Option<String>, Option<String>) = app
+        .db()
+        .query_row(
+            "SELECT company, address FROM contacts WHERE id = ?1",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("row");
+    assert_eq!((company, address), (None, None), "cleared in the database");
+    assert_eq!(
+        list(&app, &format!("q={}", enc("新しい"))).0,
+        [id.clone()],
+        "search sees the new name"
+    );
+    assert_eq!(
+        list(&app, "q=before").0,
+        Vec::<String>::new(),
+        "search forgets the old name"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM interactions WHERE kind = 'contact_updated'"),
+        1
+    );
+}
+
+#[test]
+fn patch_refuses_counters_ids_timestamps_and_changes_nothing() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "locked@example.jp", "name": "Locked"}));
+    let before = fetch(&app, &id);
+    let counts = app.table_counts();
+    let mut fields = not_assignable();
+    fields.extend([
+        ("first_touch", json!({"source": "x"})),
+        ("tags", json!(["vip"])),
+        ("erased", json!(true)),
+    ]);
+
+    for (field, value) in fields {
+        tick(&app);
+        let mut body = json!({"name": "Changed"});
+        body[field] = value;
+
+        // Act
+        let response = app.send_json("PATCH", WRITE_KEY, &format!("/v1/contacts/{id}"), &body);
+
+        // Assert
+        let problem = response.assert_problem(422, field);
+        assert_eq!(error_fields(&problem), [field], "case {field}: {problem}");
+        assert_eq!(fetch(&app, &id), before, "case {field}: nothing changed");
+    }
+    assert_eq!(app.table_counts(), counts);
+}
+
+#[test]
+fn patch_with_an_empty_object_is_422() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "empty@example.jp"}));
+    let before = fetch(&app, &id);
+
+    // Act
+    let response = app.send_json(
+        "PATCH",
+        WRITE_KEY,
+        &format!("/v1/contacts/{id}"),
+        &json!({}),
+    );
+
+    // Assert
+    response.assert_problem(422, "empty patch");
+    assert_eq!(fetch(&app, &id), before);
+}
+
+#[test]
+fn patch_cannot_clear_the_last_identity() {
+    // Arrange: contacts without an external id.
+    let app = TestApp::new();
+    let both = app.create_contact(
+        &json!({"email": "both@example.jp", "phone": "090-1111-2222", "name": "Both"}),
+    );
+    let email_only = app.create_contact(&json!({"email": "only@example.jp"}));
+    let cases = [
+        (
+            "null email and phone",
+            &both,
+            json!({"email": null, "phone": null}),
+        ),
+        (
+            "blank email and phone",
+            &both,
+            json!({"email": " ", "phone": ""}),
+        ),
+        (
+            "clearing with a name change",
+            &both,
+            json!({"email": null, "phone": null, "name": "Gone"}),
+        ),
+        (
+            "null email of an email-only contact",
+            &email_only,
+            json!({"email": null}),
+        ),
+    ];
+    let counts = app.table_counts();
+
+    for (case, id, body) in cases {
+        let before = fetch(&app, id);
+        tick(&app);
+
+        // Act
+        let response = app.send_json("PATCH", WRITE_KEY, &format!("/v1/contacts/{id}"), &body);
+
+        // Assert
+        response.assert_problem(422, case);
+        assert_eq!(fetch(&app, id), before, "case {case}: unchanged");
+    }
+    assert_eq!(app.table_counts(), counts);
+    assert_eq!(list(&app, "q=both").0, [both.clone()], "search terms kept");
+}
+
+#[test]
+fn patch_of_an_unknown_contact_is_404() {
+    // Arrange
+    let app = TestApp::new();
+    app.create_contact(&json!({"email": "someone@example.jp"}));
+    let counts = app.table_counts();
+
+    // Act
+    let response = app.send_json(
+        "PATCH",
+        WRITE_KEY,
+        &format!("/v1/contacts/{UNKNOWN_ID}"),
+        &json!({"name": "X"}),
+    );
+
+    // Assert
+    response.assert_problem(404, "unknown contact");
+    assert_eq!(app.table_counts(), counts);
+}
+
+// ---------------------------------------------------------------------------
+// Tags
+// ---------------------------------------------------------------------------
+
+#[test]
+fn tags_put_and_delete_are_idempotent_and_percent_decoded() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "tagged@example.jp"}));
+    let tag = "vip 顧客";
+    let path = format!("/v1/contacts/{id}/tags/{}", enc(tag));
+    let tag_call = |method: &str| {
+        app.request(
+            method,
+            &path,
+            &[("authorization", &bearer(WRITE_KEY))],
+            Bytes::new(),
+        )
+    };
+
+    // Act + Assert: add twice.
+    for (attempt, changed) in [("first PUT", true), ("repeated PUT", false)] {
+        let response = tag_call("PUT");
+        assert_eq!(response.status, 200, "{attempt}: {}", response.text());
+        assert_eq!(
+            response.json(),
+            json!({"contact_id": id, "tag": tag, "present": true, "changed": changed}),
+            "{attempt}"
+        );
+    }
+    assert_eq!(fetch(&app, &id)["tags"], json!([tag]));
+    assert_eq!(app.count("SELECT count(*) FROM contact_tags"), 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM interactions WHERE kind = 'tag_added'"),
+        1
+    );
+
+    // Act + Assert: remove twice.
+    for (attempt, changed) in [("first DELETE", true), ("repeated DELETE", false)] {
+        let response = tag_call("DELETE");
+        assert_eq!(response.status, 200, "{attempt}: {}", response.text());
+        assert_eq!(
+            response.json(),
+            json!({"contact_id": id, "tag": tag, "present": false, "changed": changed}),
+            "{attempt}"
+        );
+    }
+    assert_eq!(fetch(&app, &id)["tags"], json!([]));
+    assert_eq!(app.count("SELECT count(*) FROM contact_tags"), 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM interactions WHERE kind = 'tag_removed'"),
+        1
+    );
+}
+
+#[test]
+fn invalid_tags_are_422_and_store_nothing() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "tagless@example.jp"}));
+    let counts = app.table_counts();
+    let cases = [
+        ("encoded slash", "a%2Fb".to_owned()),
+        ("only spaces", "%20%20".to_owned()),
+        ("control character", "a%00b".to_owned()),
+        ("65 characters", "x".repeat(65)),
+    ];
+
+    for (case, segment) in cases {
+        // Act
+        let response = app.request(
+            "PUT",
+            &format!("/v1/contacts/{id}/tags/{segment}"),
+            &[("authorization", &bearer(WRITE_KEY))],
+            Bytes::new(),
+        );
+
+        // Assert
+        let problem = response.assert_problem(422, case);
+        assert_eq!(error_fields(&problem), ["tag"], "case {case}");
+    }
+    assert_eq!(app.table_counts(), counts);
+    assert_eq!(fetch(&app, &id)["tags"], json!([]));
+}
+
+#[test]
+fn tagging_an_unknown_contact_is_404() {
+    // Arrange
+    let app = TestApp::new();
+    app.create_contact(&json!({"email": "someone@example.jp"}));
+    let counts = app.table_counts();
+
+    // Act
+    let response = app.request(
+        "PUT",
+        &format!("/v1/contacts/{UNKNOWN_ID}/tags/vip"),
+        &[("authorization", &bearer(WRITE_KEY))],
+        Bytes::new(),
+    );
+
+    // Assert
+    response.assert_problem(404, "tag on unknown contact");
+    assert_eq!(app.table_counts(), counts);
+}
+
+// ---------------------------------------------------------------------------
+// Interactions and the timeline
+// ---------------------------------------------------------------------------
+
+#[test]
+fn interactions_are_recorded_and_the_timeline_is_newest_first() {
+    // Arrange: the contact is created "now"; interactions happened earlier,
+    // posted out of order.
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "timeline@example.jp"}));
+    let path = format!("/v1/contacts/{id}/interactions");
+    let posts = [
+        json!({"kind": "call", "channel": "phone", "subject": "初回の電話", "occurred_at": "2026-11-19T03:00:00Z"}),
+        json!({"kind": "note", "body": "VIP 候補", "occurred_at": "2026-11-21T12:00:00+09:00"}),
+        json!({"kind": "visit", "channel": "in_person", "body": "来店", "occurred_at": "2026-11-20T03:00:00Z"}),
+    ];
+
+    // Act
+    for body in &posts {
+        let response = app.send_json("POST", WRITE_KEY, &path, body);
+        assert_eq!(response.status, 201, "{body}: {}", response.text());
+        let answer = response.json();
+        assert_eq!(answer["kind"], body["kind"]);
+        assert_eq!(answer["contact_id"], id.as_str());
+    }
+    let mut pages = Vec::new();
+    let mut query = "limit=2".to_owned();
+    loop {
+        let response = app.get(READ_KEY, &format!("/v1/contacts/{id}/timeline?{query}"));
+        assert_eq!(response.status, 200, "{}", response.text());
+        let page = response.json();
+        pages.push(page["items"].as_array().expect("items").clone());
+        match page["next_cursor"].as_str() {
+            Some(cursor) => query = format!("limit=2&cursor={}", enc(cursor)),
+            None => break,
+        }
+        assert!(pages.len() <= 4, "pagination does not end");
+    }
+
+    // Assert
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2]);
+    let entries: Vec<(String, String)> = pages
+        .concat()
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap_or("").to_owned(),
+                e["occurred_at"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("contact_created", "2026-11-22T03:00:00.000000Z"),
+        ("note", "2026-11-21T03:00:00.000000Z"),
+        ("visit", "2026-11-20T03:00:00.000000Z"),
+        ("call", "2026-11-19T03:00:00.000000Z"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(k, t)| ((*k).to_owned(), (*t).to_owned()))
+        .collect();
+    assert_eq!(entries, expected);
+    let call = &pages[1][1];
+    assert_eq!(call["subject"], "初回の電話");
+    assert_eq!(call["channel"], "phone");
+    assert_eq!(call["recorded_by"], "key:writer");
+    assert_eq!(call["recorded_at"], "2026-11-22T03:00:00.000000Z");
+    assert_eq!(app.count("SELECT count(*) FROM interactions"), 4);
+}
+
+#[test]
+fn invalid_interactions_are_422_and_store_nothing() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "strict@example.jp"}));
+    let counts = app.table_counts();
+    let cases = [
+        (
+            "unknown kind",
+            json!({"kind": "meeting", "body": "x"}),
+            "kind",
+        ),
+        (
+            "system kind",
+            json!({"kind": "contact_created", "body": "x"}),
+            "kind",
+        ),
+        (
+            "future occurred_at",
+            json!({"kind": "call", "body": "x", "occurred_at": "2026-11-22T04:00:00Z"}),
+            "occurred_at",
+        ),
+        (
+            "occurred_at not RFC 3339",
+            json!({"kind": "call", "body": "x", "occurred_at": "yesterday"}),
+            "occurred_at",
+        ),
+        (
+            "unknown channel",
+            json!({"kind": "call", "body": "x", "channel": "fax"}),
+            "channel",
+        ),
+        ("neither subject nor body", json!({"kind": "note"}), "body"),
+        (
+            "subject too long",
+            json!({"kind": "note", "subject": "s".repeat(201)}),
+            "subject",
+        ),
+    ];
+
+    for (case, body, field) in cases {
+        // Act
+        let response = app.send_json(
+            "POST",
+            WRITE_KEY,
+            &format!("/v1/contacts/{id}/interactions"),
+            &body,
+        );
+
+        // Assert
+        let problem = response.assert_problem(422, case);
+        assert!(
+            error_fields(&problem).iter().any(|f| f == field),
+            "case {case}: {problem}"
+        );
+    }
+    let forged = app.send_json(
+        "POST",
+        WRITE_KEY,
+        &format!("/v1/contacts/{id}/interactions"),
+        &json!({"kind": "note", "body": "x", "recorded_by": "key:admin"}),
+    );
+    forged.assert_problem(422, "unknown field recorded_by");
+    assert_eq!(app.table_counts(), counts, "nothing stored");
+}
+
+#[test]
+fn an_interaction_a_few_minutes_ahead_is_accepted() {
+    // Arrange: clocks drift; up to five minutes ahead is allowed.
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "skew@example.jp"}));
+
+    // Act
+    let response = app.send_json(
+        "POST",
+        WRITE_KEY,
+        &format!("/v1/contacts/{id}/interactions"),
+        &json!({"kind": "call", "body": "x", "occurred_at": "2026-11-22T03:04:00Z"}),
+    );
+
+    // Assert
+    assert_eq!(response.status, 201, "{}", response.text());
+    assert_eq!(
+        response.json()["occurred_at"],
+        "2026-11-22T03:04:00.000000Z"
+    );
+}
+
+#[test]
+fn interactions_and_timeline_of_an_unknown_contact_are_404() {
+    // Arrange
+    let app = TestApp::new();
+    app.create_contact(&json!({"email": "someone@example.jp"}));
+    let counts = app.table_counts();
+
+    // Act
+    let posted = app.send_json(
+        "POST",
+        WRITE_KEY,
+        &format!("/v1/contacts/{UNKNOWN_ID}/interactions"),
+        &json!({"kind": "note", "body": "x"}),
+    );
+    let timeline = app.get(READ_KEY, &format!("/v1/contacts/{UNKNOWN_ID}/timeline"));
+
+    // Assert
+    posted.assert_problem(404, "POST interaction");
+    timeline.assert_problem(404, "GET timeline");
+    app.get(READ_KEY, "/v1/contacts/nope/timeline")
+        .assert_problem(404, "timeline of a non-UUID");
+    assert_eq!(app.table_counts(), counts);
+}
+
+#[test]
+fn an_idempotency_key_replays_the_first_answer() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "retry@example.jp"}));
+    let path = format!("/v1/contacts/{id}/interactions");
+    let body = json!({"kind": "call", "channel": "phone", "body": "折り返し希望"});
+    let headers = [("idempotency-key", "call-2026-11-22-0001")];
+
+    // Act: the retry comes a minute later.
+    let first = send_json_with(&app, "POST", WRITE_KEY, &path, &headers, &body);
+    app.clock.advance(time::Duration::minutes(1));
+    let retry = send_json_with(&app, "POST", WRITE_KEY, &path, &headers, &body);
+
+    // Assert
+    assert_eq!(first.status, 201, "{}", first.text());
+    assert_eq!(retry.status, 201, "{}", retry.text());
+    assert_eq!(retry.body, first.body, "the first answer, byte for byte");
+    assert_eq!(retry.json()["occurred_at"], "2026-11-22T03:00:00.000000Z");
+    assert_eq!(
+        app.count("SELECT count(*) FROM interactions WHERE kind = 'call'"),
+        1
+    );
+    assert_eq!(app.count("SELECT count(*) FROM idempotency_keys"), 1);
+}
+
+#[test]
+fn an_idempotency_key_reused_with_another_body_is_422() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "reuse@example.jp"}));
+    let path = format!("/v1/contacts/{id}/interactions");
+    let headers = [("idempotency-key", "k-1")];
+    let first = send_json_with(
+        &app,
+        "POST",
+        WRITE_KEY,
+        &path,
+        &headers,
+        &json!({"kind": "note", "body": "one"}),
+    );
+    assert_eq!(first.status, 201, "{}", first.text());
+    let counts = app.table_counts();
+
+    // Act
+    let reused = send_json_with(
+        &app,
+        "POST",
+        WRITE_KEY,
+        &path,
+        &headers,
+        &json!({"kind": "note", "body": "two"}),
+    );
+
+    // Assert
+    let problem = reused.assert_problem(422, "same key, different body");
+    assert_eq!(error_fields(&problem), ["Idempotency-Key"]);
+    assert_eq!(app.table_counts(), counts, "nothing stored");
+    let bodies: Vec<String> = {
+        let db = app.db();
+        let mut statement = db
+            .prepare("SELECT body FROM interactions WHERE kind = 'note'")
+            .expect("sql");
+        statement
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    assert_eq!(bodies, ["one"]);
+}
+
+// ---------------------------------------------------------------------------
+// Consent
+// ---------------------------------------------------------------------------
+
+#[test]
+fn consents_are_granted_and_withdrawn_and_get_shows_the_latest() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "consent@example.jp", "phone": "090-2222-3333"}));
+    let path = format!("/v1/contacts/{id}/consents");
+    let changes = [
+        json!({"channel": "email", "status": "granted", "reason": "form", "text_version": "2026-01"}),
+        json!({"channel": "sms", "status": "granted"}),
+        json!({"channel": "email", "status": "withdrawn", "reason": "complaint"}),
+    ];
+
+    // Act
+    let mut last = Json::Null;
+    for change in &changes {
+        tick(&app);
+        let response = app.send_json("POST", WRITE_KEY, &path, change);
+        assert_eq!(response.status, 201, "{change}: {}", response.text());
+        last = response.json();
+    }
+
+    // Assert
+    let consents = fetch(&app, &id)["consents"].clone();
+    assert_eq!(
+        last["consents"], consents,
+        "the answer shows the current state"
+    );
+    assert_eq!(consents["email"]["status"], "withdrawn");
+    assert_eq!(consents["email"]["reason"], "complaint");
+    assert_eq!(
+        consents["email"]["recorded_at"],
+        "2026-11-22T03:00:03.000000Z"
+    );
+    assert_eq!(consents["sms"]["status"], "granted");
+    assert_eq!(consents["sms"]["reason"], "manual");
+    assert_eq!(consents.get("post"), None);
+    assert_eq!(
+        app.count("SELECT count(*) FROM consents"),
+        3,
+        "the log keeps every change"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM interactions WHERE kind = 'consent_withdrawn'"),
+        1
+    );
+}
+
+#[test]
+fn invalid_consent_changes_are_refused_and_store_nothing() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "noconsent@example.jp"}));
+    let counts = app.table_counts();
+    let path = format!("/v1/contacts/{id}/consents");
+    let cases = [
+        (
+            "unknown channel",
+            json!({"channel": "fax", "status": "granted"}),
+            422,
+            Some("channel"),
+        ),
+        (
+            "unknown status",
+            json!({"channel": "email", "status": "maybe"}),
+            422,
+            Some("status"),
+        ),
+        (
+            "unknown reason",
+            json!({"channel": "email", "status": "granted", "reason": "because"}),
+            422,
+            Some("reason"),
+        ),
+        ("missing status", json!({"channel": "email"}), 422, None),
+    ];
+
+    for (case, body, status, field) in cases {
+        // Act
+        let response = app.send_json("POST", WRITE_KEY, &path, &body);
+
+        // Assert
+        let problem = response.assert_problem(status, case);
+        if let Some(field) = field {
+            assert_eq!(error_fields(&problem), [field], "case {case}");
+        }
+    }
+    app.send_json(
+        "POST",
+        WRITE_KEY,
+        &format!("/v1/contacts/{UNKNOWN_ID}/consents"),
+        &json!({"channel": "email", "status": "granted"}),
+    )
+    .assert_problem(404, "consent of an unknown contact");
+    assert_eq!(app.table_counts(), counts);
+}
+
+// ---------------------------------------------------------------------------
+// One-click unsubscribe
+// ---------------------------------------------------------------------------
+
+fn unsubscribe_token(app: &TestApp, id: &str) -> String {
+    let response = app.get(READ_KEY, &format!("/v1/contacts/{id}/unsubscribe-link"));
+    assert_eq!(response.status, 200, "{}", response.text());
+    let link = response.json();
+    let token = link["token"].as_str().expect("token").to_owned();
+    assert!(!token.is_empty());
+    assert_eq!(
+        link["url"],
+        format!("https://crm.example.jp/v1/forms/unsubscribe?token={token}"),
+        "the url carries the token"
+    );
+    assert_eq!(link["method"], "POST");
+    token
+}
+
+fn one_click(app: &TestApp, token: &str) -> TestResponse {
+    app.request(
+        "POST",
+        &format!("/v1/forms/unsubscribe?token={token}"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        "List-Unsubscribe=One-Click",
+    )
+}
+
+#[test]
+fn the_unsubscribe_link_withdraws_email_consent_once() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "leave@example.jp"}));
+    let granted = app.send_json(
+        "POST",
+        WRITE_KEY,
+        &format!("/v1/contacts/{id}/consents"),
+        &json!({"channel": "email", "status": "granted", "reason": "form"}),
+    );
+    assert_eq!(granted.status, 201, "{}", granted.text());
+    let token = unsubscribe_token(&app, &id);
+    tick(&app);
+
+    // Act
+    let first = one_click(&app, &token);
+
+    // Assert
+    assert_eq!(first.status, 200, "{}", first.text());
+    let consent = fetch(&app, &id)["consents"]["email"].clone();
+    assert_eq!(consent["status"], "withdrawn");
+    assert_eq!(consent["reason"], "unsubscribed");
+    assert_eq!(app.count("SELECT count(*) FROM consents"), 2);
+    let recorded_by: String = app
+        .db()
+        .query_row(
+            "SELECT recorded_by FROM consents WHERE status = 'withdrawn'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("row");
+    assert_eq!(recorded_by, "unsubscribe-link");
+
+    // Act: mail clients and people click twice.
+    tick(&app);
+    let counts = app.table_counts();
+    let again = one_click(&app, &token);
+
+    // Assert
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(app.table_counts(), counts, "no second consent row");
+    assert_eq!(fetch(&app, &id)["consents"]["email"], consent);
+}
+
+#[test]
+fn a_tampered_unsubscribe_token_is_422_and_stores_nothing() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "stay@example.jp"}));
+    let granted = app.send_json(
+        "POST",
+        WRITE_KEY,
+        &format!("/v1/contacts/{id}/consents"),
+        &json!({"channel": "email", "status": "granted"}),
+    );
+    assert_eq!(granted.status, 201, "{}", granted.text());
+    let token = unsubscribe_token(&app, &id);
+    let mut flipped: Vec<char> = token.chars().collect();
+    flipped[30] = if flipped[30] == 'A' { 'B' } else { 'A' };
+    let flipped: String = flipped.into_iter().collect();
+    let counts = app.table_counts();
+    let cases = [
+        ("signature changed", flipped),
+        ("truncated", token[..token.len() - 4].to_owned()),
+        ("garbage", "not-a-token".to_owned()),
+        ("empty", String::new()),
+    ];
+
+    for (case, bad) in cases {
+        // Act
+        let response = one_click(&app, &bad);
+
+        // Assert
+        let problem = response.assert_problem(422, case);
+        assert_eq!(error_fields(&problem), ["token"], "case {case}");
+    }
+    assert_eq!(app.table_counts(), counts, "nothing stored");
+    assert_eq!(fetch(&app, &id)["consents"]["email"]["status"], "granted");
+}
+
+// ---------------------------------------------------------------------------
+// Export and erasure
+// ---------------------------------------------------------------------------
+
+#[test]
+fn export_holds_profile_consent_log_and_timeline() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(
+        &json!({"email": "export@example.jp", "name": "輸出 太郎", "tags": ["vip"]}),
+    );
+    tick(&app);
+    for change in [
+        json!({"channel": "email", "status": "granted"}),
+        json!({"channel": "email", "status": "withdrawn"}),
+    ] {
+        let r = app.send_json(
+            "POST",
+            WRITE_KEY,
+            &format!("/v1/contacts/{id}/consents"),
+            &change,
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        tick(&app);
+    }
+    let note = app.send_json(
+        "POST",
+        WRITE_KEY,
+        &format!("/v1/contacts/{id}/interactions"),
+        &json!({"kind": "note", "body": "輸出の確認"}),
+    );
+    assert_eq!(note.status, 201, "{}", note.text());
+
+    // Act
+    let response = app.get(READ_KEY, &format!("/v1/contacts/{id}/export"));
+
+    // Assert
+    assert_eq!(response.status, 200, "{}", response.text());
+    let export = response.json();
+    assert_eq!(export["format"], "kizuna-contact-export/1");
+    assert_eq!(export["contact"], fetch(&app, &id));
+    assert_eq!(export["contact"]["email"], "export@example.jp");
+    let log: Vec<&str> = export["consent_log"]
+        .as_array()
+        .expect("consent_log")
+        .iter()
+        .map(|c| c["status"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(log, ["granted", "withdrawn"]);
+    let kinds: Vec<&str> = export["timeline"]
+        .as_array()
+        .expect("timeline")
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(kinds.len(), 5, "{kinds:?}");
+    for kind in [
+        "contact_created",
+        "tag_added",
+        "consent_granted",
+        "consent_withdrawn",
+        "note",
+    ] {
+        assert!(kinds.contains(&kind), "timeline lacks {kind}: {kinds:?}");
+    }
+    assert!(export["timeline"].to_string().contains("輸出の確認"));
+    assert_eq!(export["erasures"], json!([]));
+    app.get(READ_KEY, &format!("/v1/contacts/{UNKNOWN_ID}/export"))
+        .assert_problem(404, "export of unknown");
+}
+
+#[test]
+fn erasure_needs_the_erase_scope() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "keep@example.jp", "name": "Keep"}));
+    let before = fetch(&app, &id);
+    let counts = app.table_counts();
+    let cases = [
+        ("write key", WRITE_KEY, 403),
+        ("read key", READ_KEY, 403),
+        ("forms key", FORMS_KEY, 403),
+    ];
+
+    for (case, key, status) in cases {
+        // Act
+        let response = app.request(
+            "DELETE",
+            &format!("/v1/contacts/{id}"),
+            &[("authorization", &bearer(key))],
+            Bytes::new(),
+        );
+
+        // Assert
+        response.assert_problem(status, case);
+    }
+    assert_eq!(fetch(&app, &id), before);
+    assert_eq!(app.table_counts(), counts);
+}
+
+#[test]
+fn erasure_removes_personal_values_from_every_answer() {
+    // Arrange
+    let app = TestApp::new();
+    let email = "forget.me@example.jp";
+    let id = app.create_contact(&json!({
+        "email": email, "phone": "090-5555-6666", "name": "忘却 太郎", "external_id": "shop-forget",
+        "company": "Forget Inc", "address": "東京都千代田区1-1", "attributes": {"plan": "gold"}, "tags": ["vip"],
+    }));
+    let other = app.create_contact(&json!({"email": "other@example.jp", "name": "Other"}));
+    for (path, body) in [
+        ("consents", json!({"channel": "email", "status": "granted"})),
+        (
+            "interactions",
+            json!({"kind": "call", "subject": "忘却 太郎 様から", "body": "forget.me@example.jp"}),
+        ),
+    ] {
+        let r = app.send_json(
+            "POST",
+            WRITE_KEY,
+            &format!("/v1/contacts/{id}/{path}"),
+            &body,
+        );
+        assert_eq!(r.status, 201, "{path}: {}", r.text());
+    }
+    tick(&app);
+
+    // Act
+    let response = app.request(
+        "DELETE",
+        &format!("/v1/contacts/{id}"),
+        &[("authorization", &bearer(ADMIN_KEY))],
+        Bytes::new(),
+    );
+
+    // Assert
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["erased"], true);
+    let contact = fetch(&app, &id);
+    assert_eq!(contact["erased"], true);
+    for field in [
+        "email",
+        "phone",
+        "external_id",
+        "name",
+        "family_name",
+        "given_name",
+        "family_name_kana",
+        "given_name_kana",
+        "company",
+        "postal_code",
+        "address",
+        "birthday",
+    ] {
+        assert_eq!(contact[field], Json::Null, "GET still shows {field}");
+    }
+    assert_eq!(contact["attributes"], json!({}));
+    assert_eq!(contact["tags"], json!([]));
+    assert_eq!(contact["consents"], json!({}));
+    let export = app.get(READ_KEY, &format!("/v1/contacts/{id}/export"));
+    assert_eq!(export.status, 200, "{}", export.text());
+    let export_text = export.text();
+    for personal in [
+        email,
+        "+819055556666",
+        "忘却",
+        "Forget Inc",
+        "shop-forget",
+        "千代田区",
+    ] {
+        assert!(
+            !export_text.contains(personal),
+            "export still holds {personal}: {export_text}"
+        );
+    }
+    assert_eq!(
+        list(&app, &format!("email={}", enc(email))).0,
+        Vec::<String>::new()
+    );
+    assert_eq!(list(&app, "phone=09055556666").0, Vec::<String>::new());
+    assert_eq!(
+        list(&app, &format!("q={}", enc("忘却"))).0,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        list(&app, "").0,
+        [other.clone()],
+        "erased contacts are not listed"
+    );
+    let (erased_by, erasures): (String, i64) = app
+        .db()
+        .query_row(
+            "SELECT erased_by, (SELECT count(*) FROM erasures) FROM erasures WHERE contact_id = ?1",
+            [&id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("an erasures row");
+    assert_eq!((erased_by.as_str(), erasures), ("key:admin", 1));
+    assert_eq!(
+        fetch(&app, &other)["email"],
+        "other@example.jp",
+        "others are untouched"
+    );
+    let again = app.request(
+        "DELETE",
+        &format!("/v1/contacts/{id}"),
+        &[("authorization", &bearer(ADMIN_KEY))],
+        Bytes::new(),
+    );
+    again.assert_problem(404, "erasing twice");
+    assert_eq!(app.count("SELECT count(*) FROM erasures"), 1);
+}
+
+/// Every file of the database: the main file (which must exist) and its
+/// `-wal` if present.
+fn database_bytes(app: &TestApp) -> Vec<(String, Vec<u8>)> {
+    let main = app.host.database_path();
+    let mut files = vec![(
+        main.display().to_string(),
+        std::fs::read(&main).expect("database file"),
+    )];
+    let wal = std::path::PathBuf::from(format!("{}-wal", main.display()));
+    if let Ok(bytes) = std::fs::read(&wal) {
+        files.push((wal.display().to_string(), bytes));
+    }
+    files
+}
+
+#[test]
+fn erasure_leaves_no_personal_bytes_in_the_database_files() {
+    // Arrange: a contact from the API (with a saved idempotent answer) and
+    // from a form, so the timeline and consent log hold the values too.
+    let app = TestApp::new();
+    let email = "zq.erase.7731@example.jp";
+    let phone_e164 = "+819077312468";
+    let phone_typed = "090-7731-2468";
+    let name = "消去 花子";
+    let created = send_json_with(
+        &app,
+        "POST",
+        WRITE_KEY,
+        "/v1/contacts",
+        &[("idempotency-key", "create-erase-me")],
+        &json!({"email": email, "phone": phone_typed, "name": name}),
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().expect("id").to_owned();
+    tick(&app);
+    let form = app.post_form_json(
+        "lp",
+        &json!({"email": email, "phone": phone_typed, "name": name, "consent_email": "on", "message": name}),
+        "203.0.113.9",
+    );
+    assert_eq!(form.status, 202, "{}", form.text());
+    let note = app.send_json(
+        "POST",
+        WRITE_KEY,
+        &format!("/v1/contacts/{id}/interactions"),
+        &json!({"kind": "note", "subject": name, "body": format!("{email} {phone_e164}")}),
+    );
+    assert_eq!(note.status, 201, "{}", note.text());
+    app.create_contact(&json!({"email": "bystander@example.jp", "name": "Bystander"}));
+    let needles: [(&str, &str); 4] = [
+        ("email", email),
+        ("E.164 phone", phone_e164),
+        ("typed phone", phone_typed),
+        ("name", name),
+    ];
+    let files = database_bytes(&app);
+    for (what, needle) in needles {
+        assert!(
+            files
+                .iter()
+                .any(|(_, bytes)| contains_bytes(bytes, needle.as_bytes())),
+            "before erasure the {what} is in the files (else this test proves nothing)"
+        );
+    }
+    tick(&app);
+
+    // Act
+    let erased = app.request(
+        "DELETE",
+        &format!("/v1/contacts/{id}"),
+        &[("authorization", &bearer(ADMIN_KEY))],
+        Bytes::new(),
+    );
+
+    // Assert
+    assert_eq!(erased.status, 200, "{}", erased.text());
+    let files = database_bytes(&app);
+    for (file, bytes) in &files {
+        for (what, needle) in needles {
+            assert!(
+                !contains_bytes(bytes, needle.as_bytes()),
+                "{file} still holds the {what} {needle:?}"
+            );
+        }
+    }
+    assert!(
+        files
+            .iter()
+            .any(|(_, bytes)| contains_bytes(bytes, b"bystander@example.jp")),
+        "other contacts are kept"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Authentication and authorisation
+// ---------------------------------------------------------------------------
+
+#[test]
+fn auth_failures_are_problem_documents_and_store_nothing() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "guarded@example.jp", "name": "Guarded"}));
+    let before = fetch(&app, &id);
+    let counts = app.table_counts();
+    // (method, path, body, needs more than contacts:read)
+    let routes: Vec<(&str, String, Option<Json>, bool)> = vec![
+        ("GET", "/v1/contacts".to_owned(), None, false),
+        (
+            "GET",
+            "/v1/contacts?email=guarded%40example.jp".to_owned(),
+            None,
+            false,
+        ),
+        (
+            "POST",
+            "/v1/contacts".to_owned(),
+            Some(json!({"email": "intruder@example.jp"})),
+            true,
+        ),
+        ("GET", format!("/v1/contacts/{id}"), None, false),
+        (
+            "PATCH",
+            format!("/v1/contacts/{id}"),
+            Some(json!({"name": "Owned"})),
+            true,
+        ),
+        ("DELETE", format!("/v1/contacts/{id}"), None, true),
+        ("PUT", format!("/v1/contacts/{id}/tags/pwned"), None, true),
+        (
+            "POST",
+            format!("/v1/contacts/{id}/interactions"),
+            Some(json!({"kind": "note", "body": "x"})),
+            true,
+        ),
+        ("GET", format!("/v1/contacts/{id}/timeline"), None, false),
+        (
+            "POST",
+            format!("/v1/contacts/{id}/consents"),
+            Some(json!({"channel": "email", "status": "granted"})),
+            true,
+        ),
+        (
+            "GET",
+            format!("/v1/contacts/{id}/unsubscribe-link"),
+            None,
+            false,
+        ),
+        ("GET", format!("/v1/contacts/{id}/export"), None, false),
+    ];
+    let credentials: [(&str, Option<String>, u16, bool); 6] = [
+        ("no Authorization", None, 401, false),
+        ("unknown key", Some(bearer("not-a-real-key")), 401, false),
+        ("empty bearer", Some("Bearer ".to_owned()), 401, false),
+        ("key without scheme", Some(WRITE_KEY.to_owned()), 401, false),
+        ("forms key", Some(bearer(FORMS_KEY)), 403, false),
+        (
+            "read key on a write route",
+            Some(bearer(READ_KEY)),
+            403,
+            true,
+        ),
+    ];
+
+    for (method, path, body, writes) in &routes {
+        for (credential, authorization, status, only_on_writes) in &credentials {
+            if *only_on_writes && !*writes {
+                continue;
+            }
+            let case = format!("{credential}: {method} {path}");
+            let mut headers: Vec<(&str, &str)> = Vec::new();
+            if let Some(value) = authorization {
+                headers.push(("authorization", value.as_str()));
+            }
+            if body.is_some() {
+                headers.push(("content-type", "application/json"));
+            }
+            let payload = body.as_ref().map(Json::to_string).unwrap_or_default();
+
+            // Act
+            let response = app.request(method, path, &headers, payload);
+
+            // Assert
+            response.assert_problem(*status, &case);
+            if *status == 401 {
+                assert_eq!(
+                    response.header("www-authenticate"),
+                    Some("Bearer"),
+                    "case {case}"
+                );
+            }
+            assert!(
+                !response.text().contains("guarded@example.jp"),
+                "case {case}: no data leaks"
+            );
+        }
+    }
+    assert_eq!(app.table_counts(), counts, "nothing stored");
+    assert_eq!(fetch(&app, &id), before, "nothing changed");
+}
+
+// ---------------------------------------------------------------------------
+// Malformed bodies
+// ---------------------------------------------------------------------------
+
+#[test]
+fn malformed_create_bodies_are_refused_and_store_nothing() {
+    // Arrange
+    let app = TestApp::new();
+    app.create_contact(&json!({"email": "existing@example.jp"}));
+    let counts = app.table_counts();
+    let json_type = Some("application/json");
+    let huge = format!(
+        r#"{{"email":"big@example.jp","name":"{}"}}"#,
+        "x".repeat(1024 * 1024)
+    );
+    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, Option<&str>)> = vec![
+        ("empty body", json_type, vec![], 400, None),
+        ("whitespace body", json_type, b"  \n ".to_vec(), 400, None),
+        (
+            "invalid JSON",
+            json_type,
+            b"{\"email\": ".to_vec(),
+            400,
+            None,
+        ),
+        (
+            "trailing garbage",
+            json_type,
+            br#"{"email":"t@example.jp"} x"#.to_vec(),
+            400,
+            None,
+        ),
+        (
+            "invalid UTF-8",
+            json_type,
+            b"{\"email\":\"\xff\xfe@example.jp\"}".to_vec(),
+            400,
+            None,
+        ),
+        (
+            "email of the wrong type",
+            json_type,
+            br#"{"email": 123}"#.to_vec(),
+            422,
+            None,
+        ),
+        (
+            "tags of the wrong type",
+            json_type,
+            br#"{"email":"w@example.jp","tags":"vip"}"#.to_vec(),
+            422,
+            None,
+        ),
+        (
+            "attribute value not a string",
+            json_type,
+            br#"{"email":"w@example.jp","attributes":{"n":1}}"#.to_vec(),
+            422,
+            None,
+        ),
+        ("array body", json_type, b"[]".to_vec(), 422, None),
+        ("null body", json_type, b"null".to_vec(), 422, None),
+        (
+            "duplicate field",
+            json_type,
+            br#"{"email":"d1@example.jp","email":"d2@example.jp"}"#.to_vec(),
+            422,
+            None,
+        ),
+        (
+            "text/plain",
+            Some("text/plain"),
+            br#"{"email":"p@example.jp"}"#.to_vec(),
+            415,
+            None,
+        ),
+        (
+            "form content type",
+            Some("application/x-www-form-urlencoded"),
+            b"email=f%40example.jp".to_vec(),
+            415,
+            None,
+        ),
+        (
+            "no content type",
+            None,
+            br#"{"email":"n@example.jp"}"#.to_vec(),
+            415,
+            None,
+        ),
+        ("1 MiB body", json_type, huge.into_bytes(), 413, None),
+        (
+            "invalid email",
+            json_type,
+            br#"{"email":"not-an-email"}"#.to_vec(),
+            422,
+            Some("email"),
+        ),
+        (
+            "invalid phone",
+            json_type,
+            br#"{"phone":"12-34"}"#.to_vec(),
+            422,
+            Some("phone"),
+        ),
+        (
+            "phone with letters",
+            json_type,
+            br#"{"phone":"090-CALL-NOW"}"#.to_vec(),
+            422,
+            Some("phone"),
+        ),
+        (
+            "no email, phone or external_id",
+            json_type,
+            br#"{"name":"Nobody"}"#.to_vec(),
+            422,
+            Some("email"),
+        ),
+        (
+            "blank identities",
+            json_type,
+            br#"{"email":"  ","phone":"","external_id":" "}"#.to_vec(),
+            422,
+            Some("email"),
+        ),
+        (
+            "name too long",
+            json_type,
+            format!(r#"{{"email":"l@example.jp","name":"{}"}}"#, "x".repeat(201)).into_bytes(),
+            422,
+            Some("name"),
+        ),
+        (
+            "control character in name",
+            json_type,
+            br#"{"email":"c@example.jp","name":"a\u0000b"}"#.to_vec(),
+            422,
+            Some("name"),
+        ),
+        (
+            "invalid birthday",
+            json_type,
+            br#"{"email":"b@example.jp","birthday":"1990-02-30"}"#.to_vec(),
+            422,
+            Some("birthday"),
+        ),
+        (
+            "invalid postal code",
+            json_type,
+            br#"{"email":"z@example.jp","postal_code":"!!!"}"#.to_vec(),
+            422,
+            Some("postal_code"),
+        ),
+        (
+            "tag with a slash",
+            json_type,
+            br#"{"email":"s@example.jp","tags":["a/b"]}"#.to_vec(),
+            422,
+            Some("tags"),
+        ),
+        (
+            "bad attribute name",
+            json_type,
+            br#"{"email":"k@example.jp","attributes":{"a b":"x"}}"#.to_vec(),
+            422,
+            Some("attributes"),
+        ),
+    ];
+
+    for (case, content_type, body, status, field) in cases {
+        let mut headers = vec![("authorization", bearer(WRITE_KEY))];
+        if let Some(content_type) = content_type {
+            headers.push(("content-type", content_type.to_owned()));
+        }
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+        // Act
+        let response = app.request("POST", "/v1/contacts", &headers, body);
+
+        // Assert
+        let problem = response.assert_problem(status, case);
+        if let Some(field) = field {
+            assert!(
+                error_fields(&problem).iter().any(|f| f == field),
+                "case {case}: {problem}"
+            );
+        }
+    }
+    assert_eq!(app.table_counts(), counts, "nothing stored");
+}
+
+// ---------------------------------------------------------------------------
+// Quotes and SQL fragments
+// ---------------------------------------------------------------------------
+
+#[test]
+fn quotes_and_sql_fragments_are_stored_and_returned_verbatim() {
+    // Arrange
+    let app = TestApp::new();
+    let profile = json!({
+        "email": "o'brien+sql@example.jp",
+        "external_id": "ext'); DROP TABLE contacts;--",
+        "name": "Robert'); DROP TABLE contacts;--",
+        "family_name": "O'Brien \"The Hammer\"",
+        "given_name": "1' OR '1'='1",
+        "family_name_kana": "ヤマダ'; DELETE FROM contacts WHERE ''='",
+        "given_name_kana": "\"タロウ\" -- /* */",
+        "company": "Bobby Tables & Sons \"Ltd\" ; SELECT * FROM contacts",
+        "address": "%_\\ 1' UNION SELECT email FROM contacts --",
+        "attributes": {
+            "note": "'); DROP TABLE contact_search;--",
+            "quote": "\" OR \"\"=\"",
+            "backslash": "C:\\path\\'x'",
+        },
+    });
+
+    // Act
+    let created = app.send_json("POST", WRITE_KEY, "/v1/contacts", &profile);
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().expect("id").to_owned();
+    let interaction = json!({
+        "kind": "inquiry",
+        "subject": "Re: '); DROP TABLE interactions;--",
+        "body": "He said \"hi\"; then '; UPDATE contacts SET email = NULL;--\nline 2 \\ end",
+    });
+    let posted = app.send_json(
+        "POST",
+        WRITE_KEY,
+        &format!("/v1/contacts/{id}/interactions"),
+        &interaction,
+    );
+    let patched = app.send_json(
+        "PATCH",
+        WRITE_KEY,
+        &format!("/v1/contacts/{id}"),
+        &json!({"company": "x' WHERE 1=1; --", "attributes": {"quote": "'\"'"}}),
+    );
+
+    // Assert
+    assert_eq!(posted.status, 201, "{}", posted.text());
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    let contact = fetch(&app, &id);
+    for field in [
+        "email",
+        "external_id",
+        "name",
+        "family_name",
+        "given_name",
+        "family_name_kana",
+        "given_name_kana",
+        "address",
+    ] {
+        assert_eq!(contact[field], profile[field], "field {field}");
+    }
+    assert_eq!(contact["company"], "x' WHERE 1=1; --");
+    assert_eq!(
+        contact["attributes"],
+        json!({"note": "'); DROP TABLE contact_search;--", "quote": "'\"'", "backslash": "C:\\path\\'x'"})
+    );
+    let timeline = app
+        .get(READ_KEY, &format!("/v1/contacts/{id}/timeline"))
+        .json();
+    let inquiry = timeline["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|e| e["kind"] == "inquiry")
+        .cloned()
+        .expect("the inquiry is on the timeline");
+    assert_eq!(inquiry["subject"], interaction["subject"]);
+    assert_eq!(inquiry["body"], interaction["body"]);
+    assert_eq!(
+        list(&app, &format!("q={}", enc("robert'); drop"))).0,
+        [id.clone()],
+        "search with quotes"
+    );
+    assert_eq!(
+        list(&app, &format!("q={}", enc("o'brien \"the"))).0,
+        [id.clone()]
+    );
+    assert_eq!(
+        list(&app, &format!("email={}", enc("O'Brien+SQL@example.jp"))).0,
+        [id.clone()]
+    );
+    for table in [
+        "contacts",
+        "interactions",
+        "contact_search",
+        "contact_tags",
+        "consents",
+    ] {
+        let exists = app.count(&format!(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '{table}'"
+        ));
+        assert_eq!(exists, 1, "table {table} still exists");
+    }
+    assert_eq!(
+        app.count("SELECT count(*) FROM contacts WHERE email IS NOT NULL"),
+        1
+    );
 }

@@ -1,7 +1,7 @@
 //! `POST /v1/forms/{form_id}`: public lead capture.
 
 use crate::helpers::*;
-use serde_json::json;
+use serde_json::{Value as Json, json};
 
 #[test]
 fn a_browser_form_post_creates_a_lead_and_redirects() {
@@ -12,7 +12,10 @@ fn a_browser_form_post_creates_a_lead_and_redirects() {
         "203.0.113.7",
     );
     assert_eq!(response.status, 303, "{}", response.text());
-    assert_eq!(response.header("location"), Some("https://lp.example.jp/thanks"));
+    assert_eq!(
+        response.header("location"),
+        Some("https://lp.example.jp/thanks")
+    );
 
     let found = app.get(READ_KEY, "/v1/contacts?phone=09012345678");
     assert_eq!(found.status, 200);
@@ -45,5 +48,1962 @@ fn a_json_post_gets_202_and_never_reveals_an_existing_contact() {
     }
     assert_eq!(first.body, second.body);
     assert_eq!(app.count("SELECT count(*) FROM contacts"), 1);
-    assert_eq!(app.count("SELECT count(*) FROM interactions WHERE kind = 'form_submitted'"), 2);
+    assert_eq!(
+        app.count("SELECT count(*) FROM interactions WHERE kind = 'form_submitted'"),
+        2
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Local helpers
+// ---------------------------------------------------------------------------
+
+const IP: &str = "203.0.113.7";
+const REFERER: &str = "https://lp.example.jp/spring?utm_source=ad";
+const FORM: &str = "application/x-www-form-urlencoded";
+const JSON: &str = "application/json";
+
+/// Percent-encodes one value the way a browser encodes a form field.
+fn pct(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// A urlencoded body from field pairs.
+fn form_body(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", pct(k), pct(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The first request opens the database and runs the migrations, so that
+/// counts can be taken before anything else happens.
+fn started(app: &TestApp) {
+    let response = app.get(READ_KEY, "/v1/contacts");
+    assert_eq!(response.status, 200, "{}", response.text());
+}
+
+/// Contact data plus the rate-limit buckets: "nothing stored" means none
+/// of these row counts changed.
+fn stored(app: &TestApp) -> Vec<(String, i64)> {
+    let mut counts = app.table_counts();
+    counts.push((
+        "rate_limits".to_owned(),
+        app.count("SELECT count(*) FROM rate_limits"),
+    ));
+    counts
+}
+
+/// A form post with explicit headers.
+fn post(
+    app: &TestApp,
+    form_id: &str,
+    content_type: Option<&str>,
+    extra: &[(&str, &str)],
+    body: impl Into<bytes::Bytes>,
+) -> TestResponse {
+    let client = format!("{IP}:50000");
+    let mut headers: Vec<(&str, &str)> = vec![("spin-client-addr", &client), ("referer", REFERER)];
+    if let Some(content_type) = content_type {
+        headers.push(("content-type", content_type));
+        headers.push((
+            "accept",
+            if content_type == JSON {
+                JSON
+            } else {
+                "text/html"
+            },
+        ));
+    }
+    headers.extend_from_slice(extra);
+    app.request("POST", &format!("/v1/forms/{form_id}"), &headers, body)
+}
+
+/// A script's JSON post from `origin`.
+fn post_json_from_origin(app: &TestApp, form_id: &str, body: &Json, origin: &str) -> TestResponse {
+    post(
+        app,
+        form_id,
+        Some(JSON),
+        &[("origin", origin)],
+        body.to_string(),
+    )
+}
+
+fn put_settings(app: &TestApp, key: &str, form_id: &str, settings: &Json) -> TestResponse {
+    app.send_json(
+        "PUT",
+        key,
+        &format!("/v1/forms/{form_id}/settings"),
+        settings,
+    )
+}
+
+fn configure(app: &TestApp, form_id: &str, settings: &Json) {
+    let response = put_settings(app, FORMS_KEY, form_id, settings);
+    assert_eq!(
+        response.status,
+        200,
+        "settings for {form_id}: {}",
+        response.text()
+    );
+}
+
+/// The contact with `email`, read through the API.
+fn contact_by_email(app: &TestApp, email: &str) -> Json {
+    let found = app.get(READ_KEY, &format!("/v1/contacts?email={}", pct(email)));
+    assert_eq!(found.status, 200, "{}", found.text());
+    let items = found.json()["items"].as_array().expect("items").clone();
+    assert_eq!(items.len(), 1, "contacts with {email}: {items:?}");
+    let id = items[0]["id"].as_str().expect("id");
+    contact_by_id(app, id)
+}
+
+fn contact_by_id(app: &TestApp, id: &str) -> Json {
+    let response = app.get(READ_KEY, &format!("/v1/contacts/{id}"));
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()
+}
+
+/// The id of the one contact in the database.
+fn only_contact_id(app: &TestApp) -> String {
+    assert_eq!(
+        app.count("SELECT count(*) FROM contacts"),
+        1,
+        "exactly one contact"
+    );
+    app.db()
+        .query_row("SELECT id FROM contacts", [], |r| r.get(0))
+        .expect("contact id")
+}
+
+/// The contact's `form_submitted` timeline entries, newest first.
+fn form_entries(app: &TestApp, id: &str) -> Vec<Json> {
+    let response = app.get(READ_KEY, &format!("/v1/contacts/{id}/timeline"));
+    assert_eq!(response.status, 200, "{}", response.text());
+    response.json()["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|e| e["kind"] == "form_submitted")
+        .cloned()
+        .collect()
+}
+
+fn error_fields(problem: &Json) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .filter_map(|e| e["field"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------
+// Bad input
+// ---------------------------------------------------------------------------
+
+struct BadInput {
+    case: &'static str,
+    form_id: &'static str,
+    content_type: Option<&'static str>,
+    body: Vec<u8>,
+    status: u16,
+    /// Fields the problem's `errors` must name (422 only).
+    fields: &'static [&'static str],
+}
+
+fn bad(
+    case: &'static str,
+    content_type: Option<&'static str>,
+    body: impl Into<Vec<u8>>,
+    status: u16,
+    fields: &'static [&'static str],
+) -> BadInput {
+    BadInput {
+        case,
+        form_id: "lp",
+        content_type,
+        body: body.into(),
+        status,
+        fields,
+    }
+}
+
+fn bad_inputs() -> Vec<BadInput> {
+    let many_fields_form = (0..200)
+        .map(|i| format!("f{i}=x"))
+        .collect::<Vec<_>>()
+        .join("&")
+        + "&email=many%40example.jp";
+    let mut many_fields_json = serde_json::Map::new();
+    many_fields_json.insert("email".into(), json!("many@example.jp"));
+    for i in 0..200 {
+        many_fields_json.insert(format!("f{i}"), json!("x"));
+    }
+    let padded = |len: usize| format!("email=big%40example.jp&_pad={}", "x".repeat(len));
+    let redirect =
+        |target: &str| form_body(&[("email", "redirect@example.jp"), ("_redirect", target)]);
+    let mut cases = vec![
+        bad("empty form body", Some(FORM), "", 422, &["email"]),
+        bad("empty JSON body", Some(JSON), "", 400, &[]),
+        bad(
+            "neither email nor phone",
+            Some(FORM),
+            "name=Taro&company=ACME",
+            422,
+            &["email"],
+        ),
+        bad(
+            "neither email nor phone (JSON)",
+            Some(JSON),
+            r#"{"name":"Taro"}"#,
+            422,
+            &["email"],
+        ),
+        bad(
+            "blank email and phone",
+            Some(FORM),
+            "email=+++&phone=",
+            422,
+            &["email"],
+        ),
+        bad(
+            "invalid email",
+            Some(FORM),
+            "email=taro%40",
+            422,
+            &["email"],
+        ),
+        bad(
+            "invalid email (JSON)",
+            Some(JSON),
+            r#"{"email":"taro@localhost"}"#,
+            422,
+            &["email"],
+        ),
+        bad("invalid phone", Some(FORM), "phone=12", 422, &["phone"]),
+        bad(
+            "valid email but invalid phone",
+            Some(FORM),
+            "email=ok%40example.jp&phone=abc",
+            422,
+            &["phone"],
+        ),
+        bad(
+            "text/plain",
+            Some("text/plain"),
+            "email=plain%40example.jp",
+            415,
+            &[],
+        ),
+        bad("no content type", None, "email=none%40example.jp", 415, &[]),
+        bad(
+            "multipart",
+            Some("multipart/form-data; boundary=x"),
+            "--x--",
+            415,
+            &[],
+        ),
+        bad("1 MiB body", Some(FORM), padded(1024 * 1024), 413, &[]),
+        bad("17 KiB body", Some(FORM), padded(17 * 1024), 413, &[]),
+        bad(
+            "17 KiB JSON body",
+            Some(JSON),
+            json!({"email": "big@example.jp", "_pad": "x".repeat(17 * 1024)}).to_string(),
+            413,
+            &[],
+        ),
+        bad(
+            "invalid UTF-8 form",
+            Some(FORM),
+            b"email=a%40example.jp&name=\xff\xfe".to_vec(),
+            400,
+            &[],
+        ),
+        bad(
+            "invalid UTF-8 JSON",
+            Some(JSON),
+            b"{\"email\":\"a@example.jp\",\"name\":\"\xff\"}".to_vec(),
+            400,
+            &[],
+        ),
+        bad(
+            "email as an array",
+            Some(JSON),
+            r#"{"email":["a@example.jp"]}"#,
+            422,
+            &["email"],
+        ),
+        bad(
+            "email as an object",
+            Some(JSON),
+            r#"{"email":{"x":1}}"#,
+            422,
+            &["email"],
+        ),
+        bad(
+            "JSON array instead of object",
+            Some(JSON),
+            r#"[{"email":"a@example.jp"}]"#,
+            422,
+            &[],
+        ),
+        bad(
+            "invalid JSON",
+            Some(JSON),
+            r#"{"email": "a@example.jp""#,
+            400,
+            &[],
+        ),
+        bad(
+            "JSON with trailing garbage",
+            Some(JSON),
+            r#"{"email": "a@example.jp"} x"#,
+            400,
+            &[],
+        ),
+        bad(
+            "200 extra fields",
+            Some(FORM),
+            many_fields_form,
+            422,
+            &["attributes"],
+        ),
+        bad(
+            "200 extra fields (JSON)",
+            Some(JSON),
+            Json::Object(many_fields_json).to_string(),
+            422,
+            &["attributes"],
+        ),
+        bad(
+            "attribute name with a space",
+            Some(FORM),
+            "email=a%40example.jp&my+field=x",
+            422,
+            &["attributes"],
+        ),
+        bad(
+            "name too long",
+            Some(FORM),
+            format!("email=a%40example.jp&name={}", "x".repeat(201)),
+            422,
+            &["name"],
+        ),
+        bad(
+            "control character in company",
+            Some(FORM),
+            "email=a%40example.jp&company=a%00b",
+            422,
+            &["company"],
+        ),
+        bad(
+            "invalid postal code",
+            Some(FORM),
+            "email=a%40example.jp&postal_code=150-00011",
+            422,
+            &["postal_code"],
+        ),
+        bad(
+            "invalid birthday",
+            Some(FORM),
+            "email=a%40example.jp&birthday=1990-02-30",
+            422,
+            &["birthday"],
+        ),
+        bad(
+            "utm_source too long",
+            Some(FORM),
+            format!("email=a%40example.jp&utm_source={}", "x".repeat(201)),
+            422,
+            &["utm_source"],
+        ),
+        bad(
+            "foreign-origin redirect",
+            Some(FORM),
+            redirect("https://evil.example/"),
+            422,
+            &["_redirect"],
+        ),
+        bad(
+            "javascript: redirect",
+            Some(FORM),
+            redirect("javascript:alert(1)"),
+            422,
+            &["_redirect"],
+        ),
+        bad(
+            "data: redirect",
+            Some(FORM),
+            redirect("data:text/html,<script>alert(1)</script>"),
+            422,
+            &["_redirect"],
+        ),
+        bad(
+            "scheme-relative redirect",
+            Some(FORM),
+            redirect("//evil.example/"),
+            422,
+            &["_redirect"],
+        ),
+        bad(
+            "user-info redirect",
+            Some(FORM),
+            redirect("https://lp.example.jp@evil.example/"),
+            422,
+            &["_redirect"],
+        ),
+        bad(
+            "look-alike host redirect",
+            Some(FORM),
+            redirect("https://lp.example.jp.evil.example/"),
+            422,
+            &["_redirect"],
+        ),
+        bad(
+            "downgraded scheme redirect",
+            Some(FORM),
+            redirect("http://lp.example.jp/thanks"),
+            422,
+            &["_redirect"],
+        ),
+        bad(
+            "other port redirect",
+            Some(FORM),
+            redirect("https://lp.example.jp:8443/thanks"),
+            422,
+            &["_redirect"],
+        ),
+        bad(
+            "foreign-origin redirect (JSON)",
+            Some(JSON),
+            json!({"email": "a@example.jp", "_redirect": "https://evil.example/"}).to_string(),
+            422,
+            &["_redirect"],
+        ),
+    ];
+    cases.push(BadInput {
+        case: "required fields from settings missing",
+        form_id: "req",
+        content_type: Some(FORM),
+        body: b"email=req%40example.jp".to_vec(),
+        status: 422,
+        fields: &["name", "phone"],
+    });
+    cases.push(BadInput {
+        case: "required consent from settings missing",
+        form_id: "req-consent",
+        content_type: Some(FORM),
+        body: b"email=req%40example.jp&consent_email=off".to_vec(),
+        status: 422,
+        fields: &["consent_email"],
+    });
+    cases
+}
+
+#[test]
+fn bad_input_gets_a_problem_document_and_stores_nothing() {
+    // Arrange
+    let app = TestApp::new();
+    configure(&app, "req", &json!({"required_fields": ["name", "phone"]}));
+    configure(
+        &app,
+        "req-consent",
+        &json!({"required_fields": ["consent_email"]}),
+    );
+    started(&app);
+
+    for case in bad_inputs() {
+        let before = stored(&app);
+
+        // Act
+        let response = post(&app, case.form_id, case.content_type, &[], case.body);
+
+        // Assert
+        let problem = response.assert_problem(case.status, case.case);
+        let fields = error_fields(&problem);
+        for field in case.fields {
+            assert!(
+                fields.iter().any(|f| f == field),
+                "case {}: errors {fields:?} lack {field}",
+                case.case
+            );
+        }
+        assert_eq!(
+            stored(&app),
+            before,
+            "case {}: something was stored",
+            case.case
+        );
+    }
+}
+
+#[test]
+fn the_form_body_limit_is_16_kib() {
+    // Arrange: bodies of exactly the limit and one byte over it.
+    let app = TestApp::new();
+    let prefix = "email=limit%40example.jp&_pad=";
+    let at_limit = format!("{prefix}{}", "x".repeat(16 * 1024 - prefix.len()));
+    let over_limit = format!("{at_limit}x");
+    assert_eq!(at_limit.len(), 16 * 1024);
+
+    // Act
+    let over = app.post_form("lp", &over_limit, IP);
+    let at = app.post_form("lp", &at_limit, IP);
+
+    // Assert
+    over.assert_problem(413, "16 KiB + 1 byte");
+    assert_eq!(at.status, 200, "16 KiB exactly: {}", at.text());
+    assert_eq!(
+        app.count("SELECT count(*) FROM contacts WHERE email = 'limit@example.jp'"),
+        1
+    );
+}
+
+#[test]
+fn fifty_extra_fields_are_kept_and_fifty_one_are_refused() {
+    // Arrange
+    let app = TestApp::new();
+    let body = |email: &str, n: usize| {
+        let extras: Vec<String> = (0..n).map(|i| format!("f{i}=v{i}")).collect();
+        format!("email={}&{}", pct(email), extras.join("&"))
+    };
+
+    // Act
+    let fifty = app.post_form("lp", &body("fifty@example.jp", 50), IP);
+    let fifty_one = app.post_form("lp", &body("fifty-one@example.jp", 51), IP);
+
+    // Assert
+    assert_eq!(fifty.status, 200, "{}", fifty.text());
+    let contact = contact_by_email(&app, "fifty@example.jp");
+    assert_eq!(
+        contact["attributes"].as_object().expect("attributes").len(),
+        50
+    );
+    assert_eq!(contact["attributes"]["f49"], "v49");
+    let problem = fifty_one.assert_problem(422, "51 extra fields");
+    assert_eq!(error_fields(&problem), ["attributes"]);
+    assert_eq!(app.count("SELECT count(*) FROM contacts"), 1);
+}
+
+// ---------------------------------------------------------------------------
+// Verbatim storage
+// ---------------------------------------------------------------------------
+
+const NASTY: &[(&str, &str)] = &[
+    ("name", r#"O'Brien "Bob"; DROP TABLE contacts;--"#),
+    ("company", "ACME' OR '1'='1"),
+    (
+        "address",
+        r#"1-2-3 "Shibuya"'); DELETE FROM contacts WHERE ('1'='1"#,
+    ),
+    ("family_name_kana", "ヤマダ'--"),
+    ("given_name_kana", r#"タロウ"; --"#),
+    ("utm_source", "google'--"),
+    ("utm_medium", r#"cpc" OR 1=1 --"#),
+    ("utm_campaign", "spring'); DROP TABLE interactions;--"),
+    ("utm_term", "%' OR '%'='"),
+    ("utm_content", "<script>alert('x')</script>"),
+    ("note", r#"it's "fine"; SELECT * FROM contacts; --"#),
+];
+
+#[test]
+fn quotes_and_sql_fragments_are_stored_verbatim() {
+    for transport in ["form", "json"] {
+        // Arrange
+        let app = TestApp::new();
+        let email = format!("o'brien+{transport}@example.jp");
+        let mut pairs: Vec<(&str, &str)> = vec![("email", &email)];
+        pairs.extend_from_slice(NASTY);
+
+        // Act
+        let response = match transport {
+            "form" => app.post_form("lp", &form_body(&pairs), IP),
+            _ => {
+                let body: serde_json::Map<String, Json> = pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), json!(v)))
+                    .collect();
+                app.post_form_json("lp", &Json::Object(body), IP)
+            }
+        };
+
+        // Assert
+        assert!(
+            response.status == 200 || response.status == 202,
+            "{transport}: {} {}",
+            response.status,
+            response.text()
+        );
+        let contact = contact_by_email(&app, &email);
+        for (field, value) in NASTY {
+            let stored = match *field {
+                f if f.starts_with("utm_") => &contact["first_touch"]["utm"][f],
+                "note" => &contact["attributes"]["note"],
+                f => &contact[f],
+            };
+            assert_eq!(stored, *value, "{transport}: field {field}");
+        }
+        let id = contact["id"].as_str().expect("id");
+        let entries = form_entries(&app, id);
+        assert_eq!(entries.len(), 1, "{transport}");
+        for (field, value) in NASTY {
+            assert_eq!(
+                entries[0]["data"]["fields"][field], *value,
+                "{transport}: timeline field {field}"
+            );
+        }
+        let row: (String, String) = app
+            .db()
+            .query_row(
+                "SELECT name, utm_campaign FROM contacts WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("row");
+        assert_eq!(row.0, NASTY[0].1, "{transport}");
+        assert_eq!(row.1, NASTY[7].1, "{transport}");
+        assert_eq!(app.count("SELECT count(*) FROM contacts"), 1, "{transport}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Identity
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_same_email_in_any_case_width_or_spacing_is_one_contact() {
+    // Arrange
+    let app = TestApp::new();
+    let spellings = [
+        "Taro@Example.JP",
+        "  taro@example.jp  ",
+        "ｔａｒｏ＠ｅｘａｍｐｌｅ．ｊｐ",
+        "\u{3000}TARO@EXAMPLE.JP\u{3000}",
+    ];
+
+    // Act
+    for email in spellings {
+        let response = app.post_form("lp", &form_body(&[("email", email)]), IP);
+        assert_eq!(response.status, 200, "case {email:?}: {}", response.text());
+    }
+
+    // Assert
+    let id = only_contact_id(&app);
+    assert_eq!(contact_by_id(&app, &id)["email"], "taro@example.jp");
+    assert_eq!(form_entries(&app, &id).len(), spellings.len());
+}
+
+#[test]
+fn phone_only_submissions_in_different_formats_are_one_contact() {
+    // Arrange
+    let app = TestApp::new();
+
+    // Act
+    for phone in [
+        "090-1234-5678",
+        "+81 90 1234 5678",
+        "０９０－１２３４－５６７８",
+    ] {
+        let response = app.post_form_json("lp", &json!({"phone": phone}), IP);
+        assert_eq!(response.status, 202, "case {phone:?}: {}", response.text());
+    }
+    let with_email = app.post_form_json(
+        "lp",
+        &json!({"phone": "09012345678", "email": "later@example.jp"}),
+        IP,
+    );
+
+    // Assert
+    assert_eq!(with_email.status, 202, "{}", with_email.text());
+    let id = only_contact_id(&app);
+    let contact = contact_by_id(&app, &id);
+    assert_eq!(contact["phone"], "+819012345678");
+    assert_eq!(
+        contact["email"], "later@example.jp",
+        "the phone-only contact gained the email"
+    );
+    assert_eq!(form_entries(&app, &id).len(), 4);
+}
+
+#[test]
+fn an_anonymous_submission_fills_empty_fields_but_never_overwrites() {
+    // Arrange
+    let app = TestApp::new();
+    let first = app.post_form(
+        "lp",
+        &form_body(&[
+            ("email", "owner@example.jp"),
+            ("name", "山田 太郎"),
+            ("interest", "shoes"),
+        ]),
+        IP,
+    );
+    assert_eq!(first.status, 200, "{}", first.text());
+
+    // Act
+    let second = app.post_form(
+        "lp",
+        &form_body(&[
+            ("email", "OWNER@example.jp"),
+            ("name", "Mallory"),
+            ("company", "株式会社サンプル"),
+            ("interest", "bags"),
+            ("size", "M"),
+        ]),
+        "198.51.100.9",
+    );
+
+    // Assert
+    assert_eq!(second.status, 200, "{}", second.text());
+    let contact = contact_by_email(&app, "owner@example.jp");
+    assert_eq!(contact["name"], "山田 太郎", "stored name kept");
+    assert_eq!(
+        contact["company"], "株式会社サンプル",
+        "empty company filled"
+    );
+    assert_eq!(
+        contact["attributes"],
+        json!({"interest": "shoes", "size": "M"}),
+        "first value of each attribute kept"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM contacts"), 1);
+}
+
+// ---------------------------------------------------------------------------
+// First touch and timeline
+// ---------------------------------------------------------------------------
+
+#[test]
+fn first_touch_is_kept_and_each_submission_is_on_the_timeline() {
+    // Arrange
+    let app = TestApp::new();
+    let first = app.post_form(
+        "spring",
+        "email=touch%40example.jp&utm_source=google&utm_medium=cpc&utm_campaign=spring",
+        IP,
+    );
+    assert_eq!(first.status, 200, "{}", first.text());
+    app.clock.advance(time::Duration::seconds(1));
+
+    // Act
+    let second = app.post_form_json(
+        "summer",
+        &json!({"email": "touch@example.jp", "utm_source": "newsletter", "page": "https://lp.example.jp/summer"}),
+        IP,
+    );
+
+    // Assert
+    assert_eq!(second.status, 202, "{}", second.text());
+    let contact = contact_by_email(&app, "touch@example.jp");
+    let touch = &contact["first_touch"];
+    assert_eq!(touch["source"], "form:spring");
+    assert_eq!(touch["form_id"], "spring");
+    assert_eq!(touch["page"], REFERER);
+    assert_eq!(
+        touch["utm"],
+        json!({"utm_source": "google", "utm_medium": "cpc", "utm_campaign": "spring"})
+    );
+    let entries = form_entries(&app, contact["id"].as_str().expect("id"));
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let (newest, oldest) = (&entries[0]["data"], &entries[1]["data"]);
+    assert_eq!(newest["form_id"], "summer");
+    assert_eq!(newest["page"], "https://lp.example.jp/summer");
+    assert_eq!(newest["utm"], json!({"utm_source": "newsletter"}));
+    assert_eq!(oldest["form_id"], "spring");
+    assert_eq!(oldest["page"], REFERER);
+    assert_eq!(
+        oldest["utm"],
+        json!({"utm_source": "google", "utm_medium": "cpc", "utm_campaign": "spring"})
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Consent
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_ticked_consent_box_records_consent_with_its_proof() {
+    // Arrange
+    let app = TestApp::new();
+
+    // Act
+    let response = app.post_form(
+        "spring",
+        "email=consent%40example.jp&consent_email=on&consent_text_version=v2",
+        "203.0.113.77",
+    );
+
+    // Assert
+    assert_eq!(response.status, 200, "{}", response.text());
+    let contact = contact_by_email(&app, "consent@example.jp");
+    let email = &contact["consents"]["email"];
+    assert_eq!(email["status"], "granted");
+    assert_eq!(email["reason"], "form");
+    assert_eq!(email["text_version"], "v2");
+    assert_eq!(email["form_id"], "spring");
+    assert_eq!(email["page"], REFERER);
+    let row: (String, String, String, String, String, String) = app
+        .db()
+        .query_row(
+            "SELECT channel, status, form_id, page_url, text_version, ip_truncated FROM consents WHERE contact_id = ?1",
+            [contact["id"].as_str().expect("id")],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+        )
+        .expect("one consent row");
+    assert_eq!(
+        row,
+        (
+            "email".to_owned(),
+            "granted".to_owned(),
+            "spring".to_owned(),
+            REFERER.to_owned(),
+            "v2".to_owned(),
+            "203.0.113.0/24".to_owned()
+        )
+    );
+}
+
+#[test]
+fn consent_from_an_ipv6_client_keeps_only_the_48_bit_prefix() {
+    // Arrange
+    let app = TestApp::new();
+
+    // Act
+    let response = app.request(
+        "POST",
+        "/v1/forms/spring",
+        &[
+            ("content-type", FORM),
+            ("accept", "text/html"),
+            ("spin-client-addr", "[2001:db8:abcd:12::1]:50000"),
+        ],
+        "email=v6%40example.jp&consent_email=1",
+    );
+
+    // Assert
+    assert_eq!(response.status, 200, "{}", response.text());
+    let ip: String = app
+        .db()
+        .query_row("SELECT ip_truncated FROM consents", [], |r| r.get(0))
+        .expect("one consent row");
+    assert_eq!(ip, "2001:db8:abcd::/48");
+}
+
+#[test]
+fn without_a_ticked_consent_box_no_consent_is_recorded() {
+    // Arrange
+    let app = TestApp::new();
+    let cases = [
+        ("no checkbox", "email=none%40example.jp"),
+        (
+            "unticked (empty)",
+            "email=empty%40example.jp&consent_email=",
+        ),
+        ("off", "email=off%40example.jp&consent_email=off"),
+        ("0", "email=zero%40example.jp&consent_email=0"),
+        ("ticked but no email", "phone=09011112222&consent_email=on"),
+    ];
+
+    for (case, body) in cases {
+        // Act
+        let response = app.post_form("spring", body, IP);
+
+        // Assert
+        assert_eq!(response.status, 200, "case {case}: {}", response.text());
+    }
+    assert_eq!(
+        app.count("SELECT count(*) FROM contacts"),
+        cases.len() as i64
+    );
+    assert_eq!(app.count("SELECT count(*) FROM consents"), 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM interactions WHERE kind = 'consent_granted'"),
+        0
+    );
+    assert_eq!(
+        contact_by_email(&app, "none@example.jp")["consents"],
+        json!({})
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Honeypot
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_filled_honeypot_gets_the_success_answer_and_stores_nothing() {
+    struct Case {
+        case: &'static str,
+        content_type: &'static str,
+        real: String,
+        bot: String,
+    }
+    let cases = [
+        Case {
+            case: "browser, thank-you page",
+            content_type: FORM,
+            real: "email=real1%40example.jp".into(),
+            bot: "email=bot1%40example.jp&name=Bot&_hp=http%3A%2F%2Fspam.example".into(),
+        },
+        Case {
+            case: "browser, redirect",
+            content_type: FORM,
+            real: "email=real2%40example.jp&_redirect=https%3A%2F%2Flp.example.jp%2Fthanks".into(),
+            bot: "email=bot2%40example.jp&_hp=x&_redirect=https%3A%2F%2Flp.example.jp%2Fthanks"
+                .into(),
+        },
+        Case {
+            case: "browser, bot without email",
+            content_type: FORM,
+            real: "email=real3%40example.jp".into(),
+            bot: "name=Bot&company=Spam&_hp=anything".into(),
+        },
+        Case {
+            case: "JSON",
+            content_type: JSON,
+            real: json!({"email": "real4@example.jp"}).to_string(),
+            bot: json!({"email": "bot4@example.jp", "_hp": "anything"}).to_string(),
+        },
+    ];
+    for case in cases {
+        // Arrange
+        let app = TestApp::new();
+        let real = post(&app, "lp", Some(case.content_type), &[], case.real);
+        assert!(real.status < 400, "case {}: {}", case.case, real.text());
+        let before = app.table_counts();
+
+        // Act
+        let bot = post(&app, "lp", Some(case.content_type), &[], case.bot);
+
+        // Assert
+        assert_eq!(bot.status, real.status, "case {}", case.case);
+        assert_eq!(
+            bot.header("location"),
+            real.header("location"),
+            "case {}",
+            case.case
+        );
+        assert_eq!(
+            bot.header("content-type"),
+            real.header("content-type"),
+            "case {}",
+            case.case
+        );
+        assert_eq!(bot.body, real.body, "case {}", case.case);
+        assert_eq!(
+            app.table_counts(),
+            before,
+            "case {}: the bot's submission was stored",
+            case.case
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Rate limit
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_eleventh_submission_in_a_minute_from_one_ip_to_one_form_is_refused() {
+    // Arrange
+    let app = TestApp::new();
+    let body = |n: &str| format!("email=rl{n}%40example.jp");
+    for i in 1..=10 {
+        let response = app.post_form("lp", &body(&i.to_string()), IP);
+        assert_eq!(response.status, 200, "submission {i}: {}", response.text());
+    }
+    let before = stored(&app);
+
+    // Act
+    let refused = app.post_form("lp", &body("11"), IP);
+
+    // Assert
+    refused.assert_problem(429, "11th submission");
+    assert_eq!(refused.header("retry-after"), Some("60"));
+    assert_eq!(stored(&app), before, "the refused submission was stored");
+    assert_eq!(
+        app.count("SELECT count(*) FROM contacts WHERE email = 'rl11@example.jp'"),
+        0
+    );
+
+    let other_ip = app.post_form("lp", &body("other-ip"), "198.51.100.2");
+    assert_eq!(other_ip.status, 200, "another IP: {}", other_ip.text());
+    let other_form = app.post_form("summer", &body("other-form"), IP);
+    assert_eq!(
+        other_form.status,
+        200,
+        "another form: {}",
+        other_form.text()
+    );
+
+    app.clock.advance(time::Duration::seconds(30));
+    let still_refused = app.post_form("lp", &body("half-minute"), IP);
+    still_refused.assert_problem(429, "30 s later");
+    assert_eq!(still_refused.header("retry-after"), Some("30"));
+
+    app.clock.advance(time::Duration::seconds(31));
+    let next_minute = app.post_form("lp", &body("next-minute"), IP);
+    assert_eq!(
+        next_minute.status,
+        200,
+        "61 s later: {}",
+        next_minute.text()
+    );
+    assert_eq!(app.count("SELECT count(*) FROM contacts"), 13);
+}
+
+#[test]
+fn a_json_caller_that_is_rate_limited_gets_a_problem_document() {
+    // Arrange
+    let app = TestApp::new();
+    for i in 0..10 {
+        let response = app.post_form_json("lp", &json!({"email": format!("j{i}@example.jp")}), IP);
+        assert_eq!(response.status, 202, "submission {i}: {}", response.text());
+    }
+    let before = stored(&app);
+
+    // Act
+    let refused = app.post_form_json("lp", &json!({"email": "j10@example.jp"}), IP);
+
+    // Assert
+    refused.assert_problem(429, "JSON 11th submission");
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(stored(&app), before);
+}
+
+// ---------------------------------------------------------------------------
+// Answers
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_browser_is_redirected_to_the_forms_thank_you_url_else_the_default() {
+    // Arrange
+    let app = TestApp::with_variables(&[("default_thank_you_url", "https://lp.example.jp/ty")]);
+    configure(
+        &app,
+        "spring",
+        &json!({"thank_you_url": "https://lp.example.jp/spring/thanks"}),
+    );
+    let cases = [
+        (
+            "form's thank_you_url",
+            "spring",
+            "email=a%40example.jp",
+            "https://lp.example.jp/spring/thanks",
+        ),
+        (
+            "default_thank_you_url",
+            "autumn",
+            "email=b%40example.jp",
+            "https://lp.example.jp/ty",
+        ),
+        (
+            "_redirect wins",
+            "spring",
+            "email=c%40example.jp&_redirect=https%3A%2F%2Flp.example.jp%2Fown",
+            "https://lp.example.jp/own",
+        ),
+    ];
+
+    for (case, form_id, body, location) in cases {
+        // Act
+        let response = app.post_form(form_id, body, IP);
+
+        // Assert
+        assert_eq!(response.status, 303, "case {case}: {}", response.text());
+        assert_eq!(response.header("location"), Some(location), "case {case}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM contacts"), 3);
+}
+
+#[test]
+fn without_any_thank_you_url_a_browser_gets_a_thank_you_page() {
+    // Arrange
+    let app = TestApp::new();
+
+    // Act
+    let response = app.post_form("lp", "email=page%40example.jp", IP);
+
+    // Assert
+    assert_eq!(response.status, 200);
+    assert_eq!(
+        response.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(response.text().contains("Thank you"), "{}", response.text());
+    assert_eq!(app.count("SELECT count(*) FROM contacts"), 1);
+}
+
+#[test]
+fn the_answer_never_reveals_whether_the_contact_existed() {
+    type Variables = &'static [(&'static str, &'static str)];
+    let cases: [(&str, Variables, &str); 3] = [
+        ("thank-you page", &[], FORM),
+        (
+            "redirect",
+            &[("default_thank_you_url", "https://lp.example.jp/ty")],
+            FORM,
+        ),
+        ("JSON", &[], JSON),
+    ];
+    for (case, variables, content_type) in cases {
+        // Arrange
+        let app = TestApp::with_variables(variables);
+        let body = match content_type {
+            JSON => json!({"email": "known@example.jp", "name": "Known"}).to_string(),
+            _ => "email=known%40example.jp&name=Known".to_owned(),
+        };
+
+        // Act
+        let new = post(&app, "lp", Some(content_type), &[], body.clone());
+        let known = post(&app, "lp", Some(content_type), &[], body);
+
+        // Assert
+        assert!(new.status < 400, "case {case}: {}", new.text());
+        assert_eq!(known.status, new.status, "case {case}");
+        assert_eq!(known.headers, new.headers, "case {case}");
+        assert_eq!(known.body, new.body, "case {case}");
+        assert_eq!(app.count("SELECT count(*) FROM contacts"), 1, "case {case}");
+    }
+}
+
+#[test]
+fn a_redirect_answer_always_carries_a_location_header() {
+    // A 303 without Location leaves the visitor on a blank page. A target
+    // that cannot be sent as a header must be refused or percent-encoded.
+    let cases = [
+        ("non-ASCII path", "https://lp.example.jp/ありがとう"),
+        (
+            "CR LF in the target",
+            "https://lp.example.jp/thanks\r\nSet-Cookie: a=b",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (case, target) in cases {
+        // Arrange
+        let app = TestApp::new();
+        started(&app);
+        let before = stored(&app);
+
+        // Act
+        let response = app.post_form(
+            "lp",
+            &form_body(&[("email", "loc@example.jp"), ("_redirect", target)]),
+            IP,
+        );
+
+        // Assert
+        match (response.status, response.header("location")) {
+            (303, Some(location)) if location.starts_with("https://lp.example.jp/") => {}
+            (303, location) => {
+                failures.push(format!("case {case}: 303 with Location {location:?}"))
+            }
+            _ => {
+                response.assert_problem(422, case);
+                assert_eq!(stored(&app), before, "case {case}");
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn a_thank_you_url_that_is_saved_is_a_usable_location() {
+    // Arrange
+    let app = TestApp::new();
+    let saved = put_settings(
+        &app,
+        FORMS_KEY,
+        "spring",
+        &json!({"thank_you_url": "https://lp.example.jp/ありがとう"}),
+    );
+    if saved.status != 200 {
+        // Refusing such a URL up front is as good as encoding it.
+        saved.assert_problem(422, "non-ASCII thank_you_url");
+        return;
+    }
+
+    // Act
+    let response = app.post_form("spring", "email=ty%40example.jp", IP);
+
+    // Assert
+    assert_eq!(response.status, 303, "{}", response.text());
+    let location = response
+        .header("location")
+        .expect("a 303 without a Location header");
+    assert!(location.starts_with("https://lp.example.jp/"), "{location}");
+}
+
+// ---------------------------------------------------------------------------
+// Form settings
+// ---------------------------------------------------------------------------
+
+#[test]
+fn form_settings_round_trip() {
+    // Arrange
+    let app = TestApp::new();
+    let unconfigured = app.get(FORMS_KEY, "/v1/forms/spring/settings");
+    assert_eq!(unconfigured.status, 200, "{}", unconfigured.text());
+    assert_eq!(unconfigured.json()["configured"], false);
+    assert_eq!(unconfigured.json()["settings"]["tags"], json!([]));
+
+    // Act
+    let saved = put_settings(
+        &app,
+        FORMS_KEY,
+        "spring",
+        &json!({
+            "thank_you_url": "https://lp.example.jp/thanks",
+            "allowed_origins": ["https://Shop.Example.com/"],
+            "required_fields": ["name"],
+            "tags": ["spring-2026"],
+            "consent_text_version": "v3",
+        }),
+    );
+    let read = app.get(ADMIN_KEY, "/v1/forms/spring/settings");
+
+    // Assert
+    assert_eq!(saved.status, 200, "{}", saved.text());
+    let expected = json!({
+        "form_id": "spring",
+        "configured": true,
+        "settings": {
+            "thank_you_url": "https://lp.example.jp/thanks",
+            "allowed_origins": ["https://shop.example.com"],
+            "required_fields": ["name"],
+            "tags": ["spring-2026"],
+            "consent_text_version": "v3",
+        },
+    });
+    assert_eq!(saved.json(), expected);
+    assert_eq!(read.status, 200);
+    assert_eq!(read.json(), expected);
+    assert_eq!(
+        app.get(FORMS_KEY, "/v1/forms/autumn/settings").json()["configured"],
+        false
+    );
+}
+
+#[test]
+fn form_settings_need_the_forms_admin_scope() {
+    // Arrange
+    let app = TestApp::new();
+    let original = json!({"tags": ["original"]});
+    configure(&app, "spring", &original);
+    let cases: [(&str, Option<&str>, u16); 6] = [
+        ("forms key", Some(FORMS_KEY), 200),
+        ("admin key", Some(ADMIN_KEY), 200),
+        ("read key", Some(READ_KEY), 403),
+        ("write key", Some(WRITE_KEY), 403),
+        ("unknown key", Some("not-a-key"), 401),
+        ("no key", None, 401),
+    ];
+
+    for (case, key, status) in cases {
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let mut headers: Vec<(&str, &str)> = vec![("content-type", JSON)];
+        if let Some(auth) = &auth {
+            headers.push(("authorization", auth));
+        }
+
+        // Act
+        let get = app.request("GET", "/v1/forms/spring/settings", &headers, "");
+        let put = app.request(
+            "PUT",
+            "/v1/forms/spring/settings",
+            &headers,
+            json!({"tags": [case]}).to_string(),
+        );
+
+        // Assert
+        for (method, response) in [("GET", &get), ("PUT", &put)] {
+            if status == 200 {
+                assert_eq!(
+                    response.status,
+                    200,
+                    "case {case} {method}: {}",
+                    response.text()
+                );
+            } else {
+                response.assert_problem(status, &format!("{case} {method}"));
+            }
+            if status == 401 {
+                assert_eq!(
+                    response.header("www-authenticate"),
+                    Some("Bearer"),
+                    "case {case} {method}"
+                );
+            }
+        }
+        if status == 200 {
+            // Put the original back for the next case.
+            configure(&app, "spring", &original);
+        } else {
+            let now = app.get(FORMS_KEY, "/v1/forms/spring/settings").json();
+            assert_eq!(
+                now["settings"]["tags"],
+                json!(["original"]),
+                "case {case}: settings changed"
+            );
+        }
+    }
+}
+
+#[test]
+fn invalid_form_settings_are_refused_and_change_nothing() {
+    // Arrange
+    let app = TestApp::new();
+    configure(
+        &app,
+        "spring",
+        &json!({"thank_you_url": "https://lp.example.jp/thanks"}),
+    );
+    let before = app.get(FORMS_KEY, "/v1/forms/spring/settings").json();
+    // (case, content type, body, status, fields the problem names)
+    type Case = (
+        &'static str,
+        Option<&'static str>,
+        String,
+        u16,
+        &'static [&'static str],
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "javascript: thank_you_url",
+            Some(JSON),
+            json!({"thank_you_url": "javascript:x"}).to_string(),
+            422,
+            &["thank_you_url"],
+        ),
+        (
+            "relative thank_you_url",
+            Some(JSON),
+            json!({"thank_you_url": "/thanks"}).to_string(),
+            422,
+            &["thank_you_url"],
+        ),
+        (
+            "unknown required field",
+            Some(JSON),
+            json!({"required_fields": ["order_count"]}).to_string(),
+            422,
+            &["required_fields"],
+        ),
+        (
+            "both at once",
+            Some(JSON),
+            json!({"thank_you_url": "javascript:x", "required_fields": ["order_count"]})
+                .to_string(),
+            422,
+            &["thank_you_url", "required_fields"],
+        ),
+        (
+            "origin without scheme",
+            Some(JSON),
+            json!({"allowed_origins": ["lp.example.jp"]}).to_string(),
+            422,
+            &["allowed_origins"],
+        ),
+        (
+            "tag with a slash",
+            Some(JSON),
+            json!({"tags": ["a/b"]}).to_string(),
+            422,
+            &["tags"],
+        ),
+        (
+            "empty consent version",
+            Some(JSON),
+            json!({"consent_text_version": ""}).to_string(),
+            422,
+            &["consent_text_version"],
+        ),
+        (
+            "21 tags",
+            Some(JSON),
+            json!({"tags": (0..21).map(|i| format!("t{i}")).collect::<Vec<_>>()}).to_string(),
+            422,
+            &[],
+        ),
+        (
+            "unknown setting",
+            Some(JSON),
+            json!({"thanks_url": "https://lp.example.jp/"}).to_string(),
+            422,
+            &[],
+        ),
+        (
+            "tags as a string",
+            Some(JSON),
+            json!({"tags": "spring"}).to_string(),
+            422,
+            &[],
+        ),
+        (
+            "invalid JSON",
+            Some(JSON),
+            "{\"tags\": [".to_owned(),
+            400,
+            &[],
+        ),
+        (
+            "text/plain",
+            Some("text/plain"),
+            json!({"tags": ["x"]}).to_string(),
+            415,
+            &[],
+        ),
+    ];
+
+    for (case, content_type, body, status, fields) in cases {
+        let auth = format!("Bearer {FORMS_KEY}");
+        let mut headers = vec![("authorization", auth.as_str())];
+        if let Some(content_type) = content_type {
+            headers.push(("content-type", content_type));
+        }
+
+        // Act
+        let response = app.request("PUT", "/v1/forms/spring/settings", &headers, body);
+
+        // Assert
+        let problem = response.assert_problem(status, case);
+        let named = error_fields(&problem);
+        for field in fields {
+            assert!(
+                named.iter().any(|f| f == field),
+                "case {case}: errors {named:?} lack {field}"
+            );
+        }
+        assert_eq!(
+            app.get(FORMS_KEY, "/v1/forms/spring/settings").json(),
+            before,
+            "case {case}: settings changed"
+        );
+    }
+}
+
+#[test]
+fn settings_tags_are_applied_to_the_lead() {
+    // Arrange
+    let app = TestApp::new();
+    configure(&app, "spring", &json!({"tags": ["spring-2026", "lp"]}));
+
+    // Act
+    let first = app.post_form("spring", "email=tagged%40example.jp", IP);
+    let again = app.post_form("spring", "email=tagged%40example.jp", IP);
+    let other = app.post_form("autumn", "email=untagged%40example.jp", IP);
+
+    // Assert
+    for response in [&first, &again, &other] {
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    assert_eq!(
+        contact_by_email(&app, "tagged@example.jp")["tags"],
+        json!(["lp", "spring-2026"])
+    );
+    assert_eq!(
+        contact_by_email(&app, "untagged@example.jp")["tags"],
+        json!([])
+    );
+    assert_eq!(app.count("SELECT count(*) FROM contact_tags"), 2);
+}
+
+#[test]
+fn settings_allowed_origins_make_a_redirect_to_that_origin_acceptable() {
+    // Arrange
+    let app = TestApp::new();
+    configure(
+        &app,
+        "spring",
+        &json!({"allowed_origins": ["https://shop.example.com"]}),
+    );
+    let body = |email: &str| {
+        form_body(&[
+            ("email", email),
+            ("_redirect", "https://shop.example.com/thanks"),
+        ])
+    };
+
+    // Act
+    let own_form = app.post_form("spring", &body("shop@example.jp"), IP);
+    let other_form = app.post_form("autumn", &body("elsewhere@example.jp"), IP);
+
+    // Assert
+    assert_eq!(own_form.status, 303, "{}", own_form.text());
+    assert_eq!(
+        own_form.header("location"),
+        Some("https://shop.example.com/thanks")
+    );
+    let problem = other_form.assert_problem(422, "another form's origin");
+    assert_eq!(error_fields(&problem), ["_redirect"]);
+    assert_eq!(app.count("SELECT count(*) FROM contacts"), 1);
+}
+
+#[test]
+fn settings_consent_text_version_is_used_when_the_submission_has_none() {
+    // Arrange
+    let app = TestApp::new();
+    configure(&app, "spring", &json!({"consent_text_version": "v3"}));
+
+    // Act
+    let without = app.post_form("spring", "email=v3%40example.jp&consent_email=on", IP);
+    let with = app.post_form(
+        "spring",
+        "email=v4%40example.jp&consent_email=on&consent_text_version=v4",
+        IP,
+    );
+
+    // Assert
+    assert_eq!(without.status, 200, "{}", without.text());
+    assert_eq!(with.status, 200, "{}", with.text());
+    assert_eq!(
+        contact_by_email(&app, "v3@example.jp")["consents"]["email"]["text_version"],
+        "v3"
+    );
+    assert_eq!(
+        contact_by_email(&app, "v4@example.jp")["consents"]["email"]["text_version"],
+        "v4"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// CORS
+// ---------------------------------------------------------------------------
+
+fn preflight(app: &TestApp, form_id: &str, origin: Option<&str>) -> TestResponse {
+    let mut headers = vec![
+        ("access-control-request-method", "POST"),
+        ("access-control-request-headers", "content-type"),
+    ];
+    if let Some(origin) = origin {
+        headers.push(("origin", origin));
+    }
+    app.request("OPTIONS", &format!("/v1/forms/{form_id}"), &headers, "")
+}
+
+#[test]
+fn a_preflight_from_an_allowed_origin_is_answered_with_its_allowances() {
+    // Arrange
+    let app = TestApp::new();
+    configure(
+        &app,
+        "spring",
+        &json!({"allowed_origins": ["https://shop.example.com"]}),
+    );
+    let cases = [
+        ("variable's origin", "x", LP_ORIGIN),
+        ("form's own origin", "spring", "https://shop.example.com"),
+    ];
+
+    for (case, form_id, origin) in cases {
+        // Act
+        let response = preflight(&app, form_id, Some(origin));
+
+        // Assert
+        assert_eq!(response.status, 204, "case {case}: {}", response.text());
+        assert_eq!(
+            response.header("access-control-allow-origin"),
+            Some(origin),
+            "case {case}"
+        );
+        let methods = response
+            .header("access-control-allow-methods")
+            .unwrap_or_default();
+        assert!(methods.contains("POST"), "case {case}: {methods}");
+        let allowed_headers = response
+            .header("access-control-allow-headers")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        assert!(
+            allowed_headers.contains("content-type"),
+            "case {case}: {allowed_headers}"
+        );
+        assert!(response.body.is_empty(), "case {case}");
+    }
+}
+
+#[test]
+fn a_preflight_from_any_other_origin_is_forbidden() {
+    // Arrange
+    let app = TestApp::new();
+    configure(
+        &app,
+        "spring",
+        &json!({"allowed_origins": ["https://shop.example.com"]}),
+    );
+    let cases = [
+        ("foreign origin", "x", Some("https://evil.example")),
+        ("no origin", "x", None),
+        ("allowed host over http", "x", Some("http://lp.example.jp")),
+        (
+            "another form's origin",
+            "autumn",
+            Some("https://shop.example.com"),
+        ),
+        ("null origin", "x", Some("null")),
+    ];
+
+    for (case, form_id, origin) in cases {
+        // Act
+        let response = preflight(&app, form_id, origin);
+
+        // Assert
+        response.assert_problem(403, case);
+        assert_eq!(
+            response.header("access-control-allow-origin"),
+            None,
+            "case {case}"
+        );
+    }
+}
+
+#[test]
+fn json_posts_get_cors_headers_only_for_allowed_origins() {
+    // Arrange
+    let app = TestApp::new();
+    configure(
+        &app,
+        "spring",
+        &json!({"allowed_origins": ["https://shop.example.com"]}),
+    );
+    let cases = [
+        ("variable's origin", "lp", LP_ORIGIN, Some(LP_ORIGIN)),
+        (
+            "form's own origin",
+            "spring",
+            "https://shop.example.com",
+            Some("https://shop.example.com"),
+        ),
+        ("foreign origin", "lp", "https://evil.example", None),
+        (
+            "another form's origin",
+            "lp",
+            "https://shop.example.com",
+            None,
+        ),
+    ];
+
+    for (i, (case, form_id, origin, allow)) in cases.into_iter().enumerate() {
+        // Act
+        let response = post_json_from_origin(
+            &app,
+            form_id,
+            &json!({"email": format!("cors{i}@example.jp")}),
+            origin,
+        );
+
+        // Assert
+        assert_eq!(response.status, 202, "case {case}: {}", response.text());
+        assert_eq!(
+            response.header("access-control-allow-origin"),
+            allow,
+            "case {case}"
+        );
+    }
+}
+
+#[test]
+fn a_refused_json_post_from_an_allowed_origin_is_readable_by_its_script() {
+    // Arrange
+    let app = TestApp::new();
+    configure(
+        &app,
+        "spring",
+        &json!({"allowed_origins": ["https://shop.example.com"]}),
+    );
+    started(&app);
+    let cases = [
+        ("variable's origin", "lp", LP_ORIGIN, Some(LP_ORIGIN)),
+        (
+            "form's own origin",
+            "spring",
+            "https://shop.example.com",
+            Some("https://shop.example.com"),
+        ),
+        ("foreign origin", "lp", "https://evil.example", None),
+    ];
+
+    for (case, form_id, origin, allow) in cases {
+        let before = stored(&app);
+
+        // Act
+        let response =
+            post_json_from_origin(&app, form_id, &json!({"email": "not-an-email"}), origin);
+
+        // Assert
+        response.assert_problem(422, case);
+        assert_eq!(
+            response.header("access-control-allow-origin"),
+            allow,
+            "case {case}"
+        );
+        assert_eq!(stored(&app), before, "case {case}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Routes
+// ---------------------------------------------------------------------------
+
+#[test]
+fn unknown_routes_and_methods_are_refused() {
+    // Arrange
+    let app = TestApp::new();
+    started(&app);
+    let admin = format!("Bearer {ADMIN_KEY}");
+    let cases: [(&str, &str, &str, u16, Option<&str>); 10] = [
+        ("forms without an id", "POST", "/v1/forms", 404, None),
+        ("forms with a slash", "POST", "/v1/forms/", 404, None),
+        ("below a form", "POST", "/v1/forms/lp/extra", 404, None),
+        (
+            "below settings",
+            "GET",
+            "/v1/forms/lp/settings/extra",
+            404,
+            None,
+        ),
+        ("singular forms", "POST", "/v1/form/lp", 404, None),
+        ("other version", "POST", "/v2/forms/lp", 404, None),
+        (
+            "GET a form",
+            "GET",
+            "/v1/forms/x",
+            405,
+            Some("POST, OPTIONS"),
+        ),
+        (
+            "PUT a form",
+            "PUT",
+            "/v1/forms/x",
+            405,
+            Some("POST, OPTIONS"),
+        ),
+        (
+            "DELETE a form",
+            "DELETE",
+            "/v1/forms/x",
+            405,
+            Some("POST, OPTIONS"),
+        ),
+        (
+            "DELETE settings",
+            "DELETE",
+            "/v1/forms/x/settings",
+            405,
+            Some("GET, PUT"),
+        ),
+    ];
+
+    for (case, method, path, status, allow) in cases {
+        let before = stored(&app);
+
+        // Act
+        let response = app.request(
+            method,
+            path,
+            &[
+                ("content-type", FORM),
+                ("authorization", &admin),
+                ("spin-client-addr", "203.0.113.7:1"),
+            ],
+            "email=route%40example.jp",
+        );
+
+        // Assert
+        response.assert_problem(status, case);
+        if let Some(allow) = allow {
+            assert_eq!(response.header("allow"), Some(allow), "case {case}");
+        }
+        assert_eq!(stored(&app), before, "case {case}");
+    }
+}
+
+#[test]
+fn unsubscribe_is_not_a_form() {
+    // Arrange
+    let app = TestApp::new();
+    started(&app);
+    let before = stored(&app);
+
+    // Act
+    let lead = app.post_form("unsubscribe", "email=unsub%40example.jp&name=Taro", IP);
+    let get_settings = app.get(ADMIN_KEY, "/v1/forms/unsubscribe/settings");
+    let put_unsubscribe = put_settings(&app, ADMIN_KEY, "unsubscribe", &json!({"tags": ["x"]}));
+    let options = preflight(&app, "unsubscribe", Some(LP_ORIGIN));
+
+    // Assert
+    assert!(
+        (400..500).contains(&lead.status)
+            && lead.header("content-type") == Some("application/problem+json"),
+        "a lead posted to unsubscribe: {} {}",
+        lead.status,
+        lead.text()
+    );
+    assert_eq!(
+        stored(&app),
+        before,
+        "a lead posted to unsubscribe was stored"
+    );
+    get_settings.assert_problem(404, "GET unsubscribe settings");
+    put_unsubscribe.assert_problem(404, "PUT unsubscribe settings");
+    assert_ne!(
+        options.status, 204,
+        "unsubscribe preflight must not be allowed like a form"
+    );
+}
+
+#[test]
+fn form_ids_with_bad_characters_are_not_forms() {
+    // Arrange
+    let app = TestApp::new();
+    started(&app);
+    let too_long = "x".repeat(65);
+    let cases = [
+        ("dot", "a.b"),
+        ("space", "a%20b"),
+        ("encoded slash", "a%2Fb"),
+        ("quote", "a%27b"),
+        ("semicolon", "a%3Bb"),
+        ("non-ASCII", "%E3%81%82"),
+        ("65 characters", too_long.as_str()),
+    ];
+
+    for (case, form_id) in cases {
+        let before = stored(&app);
+
+        // Act
+        let posted = app.post_form(form_id, "email=badid%40example.jp", IP);
+        let settings = app.get(ADMIN_KEY, &format!("/v1/forms/{form_id}/settings"));
+
+        // Assert
+        posted.assert_problem(404, case);
+        settings.assert_problem(404, &format!("{case} settings"));
+        assert_eq!(stored(&app), before, "case {case}");
+    }
+
+    let longest = app.post_form(&"x".repeat(64), "email=longest%40example.jp", IP);
+    assert_eq!(
+        longest.status,
+        200,
+        "a 64-character id is a form: {}",
+        longest.text()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Concurrency over real HTTP
+// ---------------------------------------------------------------------------
+
+/// POSTs each JSON body from its own thread, all released at once; returns
+/// (status, body) per request, or status 0 with the transport error.
+fn post_concurrently(url: &str, bodies: Vec<String>) -> Vec<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let barrier = std::sync::Barrier::new(bodies.len());
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = bodies
+            .into_iter()
+            .map(|body| {
+                let (agent, barrier) = (&agent, &barrier);
+                scope.spawn(move || {
+                    barrier.wait();
+                    match agent
+                        .post(url)
+                        .header("content-type", JSON)
+                        .header("accept", JSON)
+                        .send(body)
+                    {
+                        Ok(mut response) => {
+                            let status = response.status().as_u16();
+                            (
+                                status,
+                                response.body_mut().read_to_string().unwrap_or_default(),
+                            )
+                        }
+                        Err(error) => (0, error.to_string()),
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client thread"))
+            .collect()
+    })
+}
+
+#[test]
+fn fifty_concurrent_posts_of_one_email_make_one_contact() {
+    // Arrange
+    let app = TestApp::new();
+    let server = app.serve(32);
+    let url = format!("{}/v1/forms/lp", server.url());
+    let bodies = (0..50)
+        .map(|i| json!({"email": "same@example.jp", "n": i}).to_string())
+        .collect();
+
+    // Act
+    let answers = post_concurrently(&url, bodies);
+    server.stop();
+
+    // Assert
+    for (i, (status, body)) in answers.iter().enumerate() {
+        assert_eq!(*status, 202, "request {i}: {body}");
+        assert_eq!(
+            serde_json::from_str::<Json>(body).ok(),
+            Some(json!({"status": "accepted"})),
+            "request {i}"
+        );
+    }
+    assert_eq!(app.count("SELECT count(*) FROM contacts"), 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM interactions WHERE kind = 'form_submitted'"),
+        50
+    );
+    assert_eq!(
+        app.count("SELECT count(DISTINCT contact_id) FROM interactions"),
+        1
+    );
+}
+
+#[test]
+fn fifty_concurrent_posts_of_different_emails_make_fifty_contacts() {
+    // Arrange
+    let app = TestApp::new();
+    let server = app.serve(32);
+    let url = format!("{}/v1/forms/lp", server.url());
+    let bodies = (0..50)
+        .map(|i| json!({"email": format!("lead{i}@example.jp")}).to_string())
+        .collect();
+
+    // Act
+    let answers = post_concurrently(&url, bodies);
+    server.stop();
+
+    // Assert
+    for (i, (status, body)) in answers.iter().enumerate() {
+        assert_eq!(*status, 202, "request {i}: {body}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM contacts"), 50);
+    assert_eq!(app.count("SELECT count(DISTINCT email) FROM contacts"), 50);
+    assert_eq!(
+        app.count("SELECT count(*) FROM interactions WHERE kind = 'form_submitted'"),
+        50
+    );
 }
