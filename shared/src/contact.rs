@@ -219,6 +219,14 @@ pub async fn update(
         for (key, value) in &profile.attributes {
             let keep = policy == WritePolicy::FillEmpty && merged.contains_key(key);
             let room = merged.contains_key(key) || merged.len() < MAX_ATTRIBUTES_PER_CONTACT;
+            // Staff learn that a value did not fit; an anonymous form
+            // simply stops adding keys (its submission is on the timeline).
+            if !room && policy == WritePolicy::Overwrite {
+                return Err(ApiError::invalid(
+                    "attributes",
+                    format!("a contact keeps at most {MAX_ATTRIBUTES_PER_CONTACT} attributes"),
+                ));
+            }
             if !keep && room && merged.get(key) != Some(&Json::String(value.clone())) {
                 merged.insert(key.clone(), Json::String(value.clone()));
                 attributes_changed = true;
@@ -424,6 +432,22 @@ pub async fn load(db: &impl Db, id: &str) -> anyhow::Result<Option<ContactView>>
         .collect::<Result<_, _>>()?;
     view.consents = crate::consent::current(db, id).await?;
     Ok(Some(view))
+}
+
+/// The external id stored on a contact, if any.
+pub async fn external_id(db: &impl Db, id: &str) -> anyhow::Result<Option<String>> {
+    let rows = db
+        .execute(
+            "SELECT external_id FROM contacts WHERE id = ?1",
+            &[id.into()],
+        )
+        .await
+        .context("failed to read an external id")?;
+    Ok(rows
+        .first()
+        .map(|r| r.opt_str("external_id").map(|v| v.map(str::to_owned)))
+        .transpose()?
+        .flatten())
 }
 
 /// Whether a live (not erased) contact with `id` exists.

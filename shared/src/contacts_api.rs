@@ -151,6 +151,9 @@ fn parse_input(input: ContactInput, region: crate::phone::Region) -> Result<Pars
         .external_id
         .and_then(|v| profile::check_text("external_id", &v, 128, &mut errors));
     let mut tags = Vec::new();
+    if input.tags.len() > 50 {
+        errors.push(FieldError::new("tags", "at most 50 tags per request"));
+    }
     for tag in input.tags.iter().take(50) {
         match Tag::parse(tag) {
             Ok(t) => tags.push(t),
@@ -198,6 +201,16 @@ pub async fn create_or_update<D: Db, K: Kv>(
                 if !contact::exists(ctx.db, &id).await? {
                     return Err(ApiError::Conflict(
                         "that identity belongs to an erased contact".into(),
+                    ));
+                }
+                // Found by email or phone, but that contact is another
+                // shop customer: never re-point it to this external id.
+                if let Some(wanted) = parsed.external_id.as_deref()
+                    && let Some(stored) = contact::external_id(ctx.db, &id).await?
+                    && stored != wanted
+                {
+                    return Err(ApiError::Conflict(
+                        "this email or phone belongs to a contact with another external_id".into(),
                     ));
                 }
                 let changed = contact::update(
@@ -417,7 +430,7 @@ pub async fn patch<D: Db, K: Kv>(
             continue;
         };
         match (*field, value) {
-            (_, Json::Null) if *field != "attributes" => clear.push(field),
+            (_, Json::Null) => clear.push(field),
             ("attributes", Json::Object(map)) => {
                 for (k, v) in map {
                     match v {
@@ -464,7 +477,13 @@ pub async fn patch<D: Db, K: Kv>(
         let mut changed =
             contact::update(ctx.db, id, &profile, external_id.as_deref(), WritePolicy::Overwrite, &label, &at).await?;
         if !clear.is_empty() {
-            let sets: Vec<String> = clear.iter().map(|f| format!("{f} = NULL")).collect();
+            let sets: Vec<String> = clear
+                .iter()
+                .map(|f| match *f {
+                    "attributes" => "attributes = '{}'".to_owned(),
+                    _ => format!("{f} = NULL"),
+                })
+                .collect();
             // `clear` holds names from PATCHABLE only, never caller text.
             let sql = format!(
                 "UPDATE contacts SET {}, updated_at = ?2, updated_by = ?3 WHERE id = ?1 RETURNING email, phone, external_id",

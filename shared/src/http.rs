@@ -116,13 +116,32 @@ pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
         return Err(ApiError::BadRequest("the body is empty".into()));
     }
     let mut deserializer = serde_json::Deserializer::from_str(text);
-    match serde_path_to_error(&mut deserializer) {
+    let result = serde_path_to_error::deserialize::<_, T>(&mut deserializer)
+        .map_err(|e| (e.path().to_string(), e.into_inner()))
+        .and_then(|value| {
+            deserializer
+                .end()
+                .map(|()| value)
+                .map_err(|e| (String::new(), e))
+        });
+    match result {
         Ok(value) => Ok(value),
-        Err(e) => match e.classify() {
-            serde_json::error::Category::Data => Err(ApiError::Validation(vec![FieldError::new(
-                "body",
-                shorten(&e.to_string()),
-            )])),
+        Err((path, e)) => match e.classify() {
+            serde_json::error::Category::Data => {
+                let message = e.to_string();
+                // An unknown field is named by the message, not the path
+                // (which points at the object that holds it).
+                let field = message
+                    .strip_prefix("unknown field `")
+                    .and_then(|rest| rest.split_once('`'))
+                    .map(|(name, _)| name.to_owned())
+                    .or_else(|| (!path.is_empty() && path != ".").then_some(path))
+                    .unwrap_or_else(|| "body".to_owned());
+                Err(ApiError::Validation(vec![FieldError::new(
+                    shorten(&field),
+                    shorten(&message),
+                )]))
+            }
             _ => Err(ApiError::BadRequest(format!(
                 "the body is not valid JSON (line {}, column {})",
                 e.line(),
@@ -130,14 +149,6 @@ pub fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
             ))),
         },
     }
-}
-
-fn serde_path_to_error<T: DeserializeOwned>(
-    deserializer: &mut serde_json::Deserializer<serde_json::de::StrRead<'_>>,
-) -> Result<T, serde_json::Error> {
-    let value = T::deserialize(&mut *deserializer)?;
-    deserializer.end()?;
-    Ok(value)
 }
 
 // serde's messages can quote the offending input; keep them short.

@@ -314,6 +314,122 @@ fn create_that_moves_another_contacts_email_is_409_and_changes_nothing() {
 }
 
 #[test]
+fn create_links_an_external_id_to_a_contact_that_has_none() {
+    // Arrange: a lead from a form, later seen as a shop customer.
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "lead@example.jp", "name": "Lead"}));
+    tick(&app);
+
+    // Act
+    let response = app.send_json(
+        "POST",
+        WRITE_KEY,
+        "/v1/contacts",
+        &json!({"external_id": "shop-7", "email": "lead@example.jp"}),
+    );
+
+    // Assert
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["id"], id.as_str());
+    assert_eq!(response.json()["external_id"], "shop-7");
+    assert_eq!(app.count("SELECT count(*) FROM contacts"), 1);
+}
+
+#[test]
+fn create_does_not_move_a_contact_to_another_external_id() {
+    // Arrange: shop customer 1 owns the email and the phone; the shop now
+    // sends customer 2 with the same email (or phone).
+    let cases = [
+        (
+            "same email",
+            json!({"external_id": "shop-2", "email": "one@example.jp", "name": "Two"}),
+        ),
+        (
+            "same phone",
+            json!({"external_id": "shop-2", "phone": "090-4444-5555", "name": "Two"}),
+        ),
+    ];
+
+    for (case, body) in cases {
+        let app = TestApp::new();
+        let one = app.create_contact(&json!({"external_id": "shop-1", "email": "one@example.jp", "phone": "090-4444-5555", "name": "One"}));
+        let before = fetch(&app, &one);
+        let counts = app.table_counts();
+        tick(&app);
+
+        // Act
+        let response = app.send_json("POST", WRITE_KEY, "/v1/contacts", &body);
+
+        // Assert: customer 1 keeps its external id and name.
+        response.assert_problem(409, case);
+        assert_eq!(fetch(&app, &one), before, "case {case}");
+        assert_eq!(app.table_counts(), counts, "case {case}");
+    }
+}
+
+#[test]
+fn create_never_drops_tags_silently() {
+    // Arrange
+    let app = TestApp::new();
+    let tags: Vec<String> = (0..51).map(|i| format!("tag-{i:02}")).collect();
+
+    // Act
+    let response = app.send_json(
+        "POST",
+        WRITE_KEY,
+        "/v1/contacts",
+        &json!({"email": "many@example.jp", "tags": tags}),
+    );
+
+    // Assert: either every tag is stored, or the request is refused whole.
+    if response.status == 201 {
+        assert_eq!(
+            response.json()["tags"].as_array().map(Vec::len),
+            Some(51),
+            "all tags stored"
+        );
+        assert_eq!(app.count("SELECT count(*) FROM contact_tags"), 51);
+    } else {
+        let problem = response.assert_problem(422, "51 tags");
+        assert_eq!(error_fields(&problem), ["tags"]);
+        assert_eq!(app.count("SELECT count(*) FROM contacts"), 0);
+        assert_eq!(app.count("SELECT count(*) FROM contact_tags"), 0);
+    }
+}
+
+#[test]
+fn create_accepts_a_json_content_type_with_parameters() {
+    // Arrange
+    let app = TestApp::new();
+    let cases = [
+        (
+            "charset parameter",
+            "application/json; charset=utf-8",
+            "charset@example.jp",
+        ),
+        ("upper case", "Application/JSON", "upper@example.jp"),
+    ];
+
+    for (case, content_type, email) in cases {
+        // Act
+        let response = app.request(
+            "POST",
+            "/v1/contacts",
+            &[
+                ("authorization", &bearer(WRITE_KEY)),
+                ("content-type", content_type),
+            ],
+            json!({"email": email}).to_string(),
+        );
+
+        // Assert
+        assert_eq!(response.status, 201, "case {case}: {}", response.text());
+        assert_eq!(response.json()["email"], email, "case {case}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM contacts"), 2);
+}
+
+#[test]
 fn patch_to_another_contacts_email_is_409_and_changes_nothing() {
     // Arrange
     let app = TestApp::new();
@@ -371,9 +487,14 @@ fn create_refuses_unknown_fields_and_stores_nothing() {
 
             // Assert
             let problem = response.assert_problem(422, &case);
-            let named = problem["errors"]
-                .as_array()
-                .is_some_and(|errors| errors.iter().any(|e| e.to_string().contains(field)));
+            // Named as the error's field, or quoted in its message.
+            let quoted = format!("`{field}`");
+            let named = problem["errors"].as_array().is_some_and(|errors| {
+                errors.iter().any(|e| {
+                    e["field"] == field
+                        || e["message"].as_str().is_some_and(|m| m.contains(&quoted))
+                })
+            });
             assert!(named, "case {case}: the field is named: {problem}");
         }
     }
@@ -536,7 +657,7 @@ fn list_by_phone_finds_the_same_contact_in_every_japanese_format() {
         let (ids, _) = list(&app, &format!("phone={}", enc(phone)));
 
         // Assert
-        assert_eq!(ids, [id.clone()], "case {case}");
+        assert_eq!(ids, [id.as_str()], "case {case}");
     }
     app.get(READ_KEY, "/v1/contacts?phone=12")
         .assert_problem(422, "invalid phone filter");
@@ -584,6 +705,33 @@ fn search_matches_prefixes_of_name_kana_and_email() {
         .assert_problem(422, "empty q");
     app.get(READ_KEY, "/v1/contacts?q=%20%20")
         .assert_problem(422, "blank q");
+}
+
+#[test]
+fn search_folds_half_width_katakana() {
+    // Arrange: legacy systems and some IMEs produce half-width katakana.
+    let app = TestApp::new();
+    let stored_full =
+        app.create_contact(&json!({"email": "full.kana@example.jp", "family_name_kana": "ヤマダ"}));
+    let stored_half =
+        app.create_contact(&json!({"email": "half.kana@example.jp", "family_name_kana": "ｽｽﾞｷ"}));
+    let cases = [
+        ("half-width query, full-width stored", "ﾔﾏﾀﾞ", &stored_full),
+        (
+            "full-width query, half-width stored",
+            "スズキ",
+            &stored_half,
+        ),
+        ("hiragana query, half-width stored", "すずき", &stored_half),
+    ];
+
+    for (case, q, want) in cases {
+        // Act
+        let (ids, _) = list(&app, &format!("q={}", enc(q)));
+
+        // Assert
+        assert_eq!(ids, [want.as_str()], "case {case} (q={q})");
+    }
 }
 
 #[test]
@@ -688,7 +836,7 @@ fn patch_changes_editable_fields_and_null_clears() {
     assert_eq!((company, address), (None, None), "cleared in the database");
     assert_eq!(
         list(&app, &format!("q={}", enc("新しい"))).0,
-        [id.clone()],
+        [id.as_str()],
         "search sees the new name"
     );
     assert_eq!(
@@ -730,6 +878,162 @@ fn patch_refuses_counters_ids_timestamps_and_changes_nothing() {
         assert_eq!(fetch(&app, &id), before, "case {field}: nothing changed");
     }
     assert_eq!(app.table_counts(), counts);
+}
+
+#[test]
+fn patch_refuses_invalid_values_and_changes_nothing() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(
+        &json!({"email": "valid@example.jp", "name": "Valid", "birthday": "1990-01-01"}),
+    );
+    let before = fetch(&app, &id);
+    let counts = app.table_counts();
+    let cases = [
+        (
+            "invalid email",
+            json!({"email": "not-an-email", "name": "X"}),
+            "email",
+        ),
+        (
+            "invalid phone",
+            json!({"phone": "12", "name": "X"}),
+            "phone",
+        ),
+        ("name of the wrong type", json!({"name": 42}), "name"),
+        (
+            "attributes of the wrong type",
+            json!({"attributes": "plan=gold"}),
+            "attributes",
+        ),
+        (
+            "attribute value not a string",
+            json!({"attributes": {"n": 1}}),
+            "attributes.n",
+        ),
+        (
+            "impossible birthday",
+            json!({"birthday": "1990-02-30"}),
+            "birthday",
+        ),
+        (
+            "external_id too long",
+            json!({"external_id": "x".repeat(129)}),
+            "external_id",
+        ),
+        (
+            "control character",
+            json!({"company": "a\u{7}b"}),
+            "company",
+        ),
+    ];
+
+    for (case, body, field) in cases {
+        tick(&app);
+
+        // Act
+        let response = app.send_json("PATCH", WRITE_KEY, &format!("/v1/contacts/{id}"), &body);
+
+        // Assert
+        let problem = response.assert_problem(422, case);
+        assert!(
+            error_fields(&problem).iter().any(|f| f == field),
+            "case {case}: {problem}"
+        );
+        assert_eq!(fetch(&app, &id), before, "case {case}: nothing changed");
+    }
+    let malformed = [
+        ("invalid JSON", "application/json", "{\"name\": ", 400),
+        ("array body", "application/json", "[]", 422),
+        ("text/plain", "text/plain", "{\"name\": \"X\"}", 415),
+    ];
+    for (case, content_type, body, status) in malformed {
+        let response = app.request(
+            "PATCH",
+            &format!("/v1/contacts/{id}"),
+            &[
+                ("authorization", &bearer(WRITE_KEY)),
+                ("content-type", content_type),
+            ],
+            body,
+        );
+        response.assert_problem(status, case);
+    }
+    assert_eq!(fetch(&app, &id), before);
+    assert_eq!(app.table_counts(), counts);
+}
+
+#[test]
+fn patch_null_clears_the_attributes() {
+    // Arrange
+    let app = TestApp::new();
+    let id =
+        app.create_contact(&json!({"email": "attrs@example.jp", "attributes": {"plan": "gold"}}));
+    tick(&app);
+
+    // Act
+    let response = app.send_json(
+        "PATCH",
+        WRITE_KEY,
+        &format!("/v1/contacts/{id}"),
+        &json!({"attributes": null}),
+    );
+
+    // Assert
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(response.json()["attributes"], json!({}));
+    assert_eq!(fetch(&app, &id)["attributes"], json!({}));
+}
+
+#[test]
+fn patch_never_drops_an_attribute_silently() {
+    // Arrange: a contact holding the most attributes a contact may hold.
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "full@example.jp"}));
+    for batch in 0..4 {
+        let attributes: serde_json::Map<String, Json> = (0..50)
+            .map(|i| (format!("a{batch}_{i:02}"), json!("x")))
+            .collect();
+        let response = app.send_json(
+            "PATCH",
+            WRITE_KEY,
+            &format!("/v1/contacts/{id}"),
+            &json!({"attributes": attributes}),
+        );
+        assert_eq!(response.status, 200, "batch {batch}: {}", response.text());
+    }
+    assert_eq!(
+        fetch(&app, &id)["attributes"].as_object().map(|m| m.len()),
+        Some(200)
+    );
+    tick(&app);
+
+    // Act
+    let response = app.send_json(
+        "PATCH",
+        WRITE_KEY,
+        &format!("/v1/contacts/{id}"),
+        &json!({"attributes": {"one_more": "y"}}),
+    );
+
+    // Assert: either stored, or refused with a 4xx; never a 200 that ignores it.
+    let stored = fetch(&app, &id)["attributes"].get("one_more").cloned();
+    if response.status == 200 {
+        assert_eq!(
+            stored,
+            Some(json!("y")),
+            "a 200 must mean the attribute was stored"
+        );
+    } else {
+        let problem = response.assert_problem(422, "attribute beyond the limit");
+        assert!(
+            error_fields(&problem)
+                .iter()
+                .any(|f| f.starts_with("attributes")),
+            "{problem}"
+        );
+        assert_eq!(stored, None);
+    }
 }
 
 #[test]
@@ -796,7 +1100,7 @@ fn patch_cannot_clear_the_last_identity() {
         assert_eq!(fetch(&app, id), before, "case {case}: unchanged");
     }
     assert_eq!(app.table_counts(), counts);
-    assert_eq!(list(&app, "q=both").0, [both.clone()], "search terms kept");
+    assert_eq!(list(&app, "q=both").0, [both.as_str()], "search terms kept");
 }
 
 #[test]
@@ -1104,6 +1408,32 @@ fn interactions_and_timeline_of_an_unknown_contact_are_404() {
     app.get(READ_KEY, "/v1/contacts/nope/timeline")
         .assert_problem(404, "timeline of a non-UUID");
     assert_eq!(app.table_counts(), counts);
+}
+
+#[test]
+fn timeline_refuses_bad_cursors_and_limits() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "tl@example.jp"}));
+    let cases = [
+        ("cursor not base64", "cursor=%21%21", "cursor"),
+        (
+            "cursor of the contact list's shape",
+            "cursor=YWJj",
+            "cursor",
+        ),
+        ("limit zero", "limit=0", "limit"),
+        ("limit above 200", "limit=201", "limit"),
+    ];
+
+    for (case, query, field) in cases {
+        // Act
+        let response = app.get(READ_KEY, &format!("/v1/contacts/{id}/timeline?{query}"));
+
+        // Assert
+        let problem = response.assert_problem(422, case);
+        assert_eq!(error_fields(&problem), [field], "case {case}");
+    }
 }
 
 #[test]
@@ -1573,7 +1903,7 @@ fn erasure_removes_personal_values_from_every_answer() {
     );
     assert_eq!(
         list(&app, "").0,
-        [other.clone()],
+        [other.as_str()],
         "erased contacts are not listed"
     );
     let (erased_by, erasures): (String, i64) = app
@@ -1600,6 +1930,71 @@ fn erasure_removes_personal_values_from_every_answer() {
     assert_eq!(app.count("SELECT count(*) FROM erasures"), 1);
 }
 
+#[test]
+fn an_erased_contact_is_read_only_and_its_email_is_free_again() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "gone@example.jp", "phone": "090-7777-8888"}));
+    let erased = app.request(
+        "DELETE",
+        &format!("/v1/contacts/{id}"),
+        &[("authorization", &bearer(ADMIN_KEY))],
+        Bytes::new(),
+    );
+    assert_eq!(erased.status, 200, "{}", erased.text());
+    let tombstone = fetch(&app, &id);
+    let counts = app.table_counts();
+    let writes = [
+        (
+            "PATCH",
+            format!("/v1/contacts/{id}"),
+            json!({"name": "Back"}),
+        ),
+        (
+            "POST",
+            format!("/v1/contacts/{id}/interactions"),
+            json!({"kind": "note", "body": "x"}),
+        ),
+        (
+            "POST",
+            format!("/v1/contacts/{id}/consents"),
+            json!({"channel": "email", "status": "granted"}),
+        ),
+    ];
+
+    for (method, path, body) in &writes {
+        // Act
+        let response = app.send_json(method, WRITE_KEY, path, body);
+
+        // Assert
+        response.assert_problem(404, &format!("{method} {path}"));
+    }
+    let tag = app.request(
+        "PUT",
+        &format!("/v1/contacts/{id}/tags/vip"),
+        &[("authorization", &bearer(WRITE_KEY))],
+        Bytes::new(),
+    );
+    tag.assert_problem(404, "tag on an erased contact");
+    app.get(READ_KEY, &format!("/v1/contacts/{id}/unsubscribe-link"))
+        .assert_problem(404, "unsubscribe link");
+    assert_eq!(app.table_counts(), counts, "nothing stored");
+    assert_eq!(fetch(&app, &id), tombstone);
+
+    // Act: the person signs up again.
+    let again = app.send_json(
+        "POST",
+        WRITE_KEY,
+        "/v1/contacts",
+        &json!({"email": "gone@example.jp"}),
+    );
+
+    // Assert: a new contact, not the tombstone.
+    assert_eq!(again.status, 201, "{}", again.text());
+    assert_ne!(again.json()["id"], id.as_str());
+    assert_eq!(fetch(&app, &id), tombstone);
+}
+
 /// Every file of the database: the main file (which must exist) and its
 /// `-wal` if present.
 fn database_bytes(app: &TestApp) -> Vec<(String, Vec<u8>)> {
@@ -1615,10 +2010,14 @@ fn database_bytes(app: &TestApp) -> Vec<(String, Vec<u8>)> {
     files
 }
 
-#[test]
-fn erasure_leaves_no_personal_bytes_in_the_database_files() {
-    // Arrange: a contact from the API (with a saved idempotent answer) and
-    // from a form, so the timeline and consent log hold the values too.
+/// Creates a contact through the API (with a saved idempotent answer), a
+/// form post and a note, so the profile, search terms, timeline, consent
+/// log and saved answers all hold its values; erases it; then searches
+/// the raw bytes of the database files. With `other_connection`, another
+/// connection stays open throughout, as a concurrent request's would, so
+/// closing the erasing connection does not checkpoint the WAL by itself.
+fn assert_erasure_leaves_no_personal_bytes(other_connection: bool) {
+    // Arrange
     let app = TestApp::new();
     let email = "zq.erase.7731@example.jp";
     let phone_e164 = "+819077312468";
@@ -1634,6 +2033,13 @@ fn erasure_leaves_no_personal_bytes_in_the_database_files() {
     );
     assert_eq!(created.status, 201, "{}", created.text());
     let id = created.json()["id"].as_str().expect("id").to_owned();
+    let keeper = other_connection.then(|| {
+        let connection = app.db();
+        let _: i64 = connection
+            .query_row("SELECT count(*) FROM contacts", [], |r| r.get(0))
+            .expect("open the WAL");
+        connection
+    });
     tick(&app);
     let form = app.post_form_json(
         "lp",
@@ -1674,7 +2080,7 @@ fn erasure_leaves_no_personal_bytes_in_the_database_files() {
         Bytes::new(),
     );
 
-    // Assert
+    // Assert: read while the other connection (if any) is still open.
     assert_eq!(erased.status, 200, "{}", erased.text());
     let files = database_bytes(&app);
     for (file, bytes) in &files {
@@ -1691,6 +2097,17 @@ fn erasure_leaves_no_personal_bytes_in_the_database_files() {
             .any(|(_, bytes)| contains_bytes(bytes, b"bystander@example.jp")),
         "other contacts are kept"
     );
+    drop(keeper);
+}
+
+#[test]
+fn erasure_leaves_no_personal_bytes_in_the_database_files() {
+    assert_erasure_leaves_no_personal_bytes(false);
+}
+
+#[test]
+fn erasure_leaves_no_personal_bytes_while_another_connection_is_open() {
+    assert_erasure_leaves_no_personal_bytes(true);
 }
 
 // ---------------------------------------------------------------------------
@@ -1804,6 +2221,14 @@ fn auth_failures_are_problem_documents_and_store_nothing() {
 // Malformed bodies
 // ---------------------------------------------------------------------------
 
+type BodyCase = (
+    &'static str,
+    Option<&'static str>,
+    Vec<u8>,
+    u16,
+    Option<&'static str>,
+);
+
 #[test]
 fn malformed_create_bodies_are_refused_and_store_nothing() {
     // Arrange
@@ -1815,7 +2240,8 @@ fn malformed_create_bodies_are_refused_and_store_nothing() {
         r#"{{"email":"big@example.jp","name":"{}"}}"#,
         "x".repeat(1024 * 1024)
     );
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, Option<&str>)> = vec![
+    // (case, content type, body, status, field named in `errors`)
+    let cases: Vec<BodyCase> = vec![
         ("empty body", json_type, vec![], 400, None),
         ("whitespace body", json_type, b"  \n ".to_vec(), 400, None),
         (
@@ -2074,16 +2500,16 @@ fn quotes_and_sql_fragments_are_stored_and_returned_verbatim() {
     assert_eq!(inquiry["body"], interaction["body"]);
     assert_eq!(
         list(&app, &format!("q={}", enc("robert'); drop"))).0,
-        [id.clone()],
+        [id.as_str()],
         "search with quotes"
     );
     assert_eq!(
         list(&app, &format!("q={}", enc("o'brien \"the"))).0,
-        [id.clone()]
+        [id.as_str()]
     );
     assert_eq!(
         list(&app, &format!("email={}", enc("O'Brien+SQL@example.jp"))).0,
-        [id.clone()]
+        [id.as_str()]
     );
     for table in [
         "contacts",
