@@ -132,6 +132,9 @@ async fn rollback(db: &impl Db) {
 /// `-wal`. Best effort: with readers active the checkpoint may stop early;
 /// the next checkpoint then finishes the job.
 pub async fn checkpoint_truncate(db: &impl Db) -> Result<(), DbError> {
+    // Waiting the full busy timeout for readers to finish would stall the
+    // erasure answer by seconds; a short wait, then the next checkpoint.
+    db.execute("PRAGMA busy_timeout = 250", &[]).await?;
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)", &[])
         .await
         .map(|_| ())

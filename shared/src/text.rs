@@ -33,10 +33,12 @@ pub fn fold_half_width_katakana(input: &str) -> String {
                 let composed = out.chars().last().and_then(|base| {
                     let voiced = match base {
                         'ウ' if !semi => Some('ヴ'),
-                        'カ'..='ト' if !semi && (base as u32 - 'カ' as u32) % 2 == 0 => {
+                        // Each of these is followed in Unicode by its voiced
+                        // (and, for ハ行, semi-voiced) form.
+                        _ if !semi && "カキクケコサシスセソタチツテト".contains(base) => {
                             char::from_u32(base as u32 + 1)
                         }
-                        'ハ'..='ホ' if (base as u32 - 'ハ' as u32) % 3 == 0 => {
+                        _ if "ハヒフヘホ".contains(base) => {
                             char::from_u32(base as u32 + if semi { 2 } else { 1 })
                         }
                         _ => None,
@@ -99,6 +101,7 @@ mod tests {
         assert_eq!(search_fold("ﾔﾏﾀﾞ ﾀﾛｳ"), "ヤマダタロウ");
         assert_eq!(search_fold("ｽｽﾞｷ ﾊﾟﾝ ｳﾞｧ"), "スズキパンヴァ");
         assert_eq!(search_fold("ｱﾞ"), "ア゛");
+        assert_eq!(search_fold("ﾂﾞﾃﾞﾄﾞﾎﾟ"), "ヅデドポ");
         assert!(has_control_chars("a\u{0}b"));
         assert!(!has_control_chars("a\tb\n"));
     }

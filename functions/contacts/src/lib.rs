@@ -58,7 +58,8 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
     match segments.as_slice() {
         ["v1", "forms", "unsubscribe"] => match *method {
             Method::POST => unsubscribe(request, ctx).await,
-            _ => Err(ApiError::MethodNotAllowed("POST")),
+            Method::GET => unsubscribe_page(request, ctx),
+            _ => Err(ApiError::MethodNotAllowed("GET, POST")),
         },
         ["v1", "forms", form_id] => {
             let form_id = forms::parse_form_id(form_id)?;
@@ -167,6 +168,35 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
         },
         _ => Err(ApiError::NotFound("no such route".into())),
     }
+}
+
+/// `GET /v1/forms/unsubscribe?token=…`: the page a person reaches by
+/// clicking the link in a mail body. It only asks for confirmation: mail
+/// scanners follow links, so a GET must never unsubscribe anyone.
+fn unsubscribe_page<D: Db, K: Kv>(
+    request: &Request,
+    ctx: &Ctx<'_, D, K>,
+) -> Result<Response, ApiError> {
+    let query = kizuna::http::query_pairs(request);
+    let token = kizuna::http::query_param(&query, "token").unwrap_or("");
+    if kizuna::privacy::verify_unsubscribe_token(&ctx.config.unsubscribe_secret, token).is_none() {
+        return Ok(forms::html_response(
+            http::StatusCode::BAD_REQUEST,
+            "Invalid link",
+            "このリンクは無効です。This unsubscribe link is not valid.",
+        ));
+    }
+    // The token verified, so it is base64url only: safe inside the HTML.
+    let form = format!(
+        "<form method=\"post\" action=\"/v1/forms/unsubscribe?token={token}\">\
+         <p>メールの配信を停止しますか？ Stop marketing email?</p>\
+         <button type=\"submit\">配信停止 / Unsubscribe</button></form>"
+    );
+    Ok(forms::html_response(
+        http::StatusCode::OK,
+        "Unsubscribe",
+        &form,
+    ))
 }
 
 /// `POST /v1/forms/unsubscribe?token=…` (RFC 8058 one-click; the token may

@@ -2528,3 +2528,46 @@ fn quotes_and_sql_fragments_are_stored_and_returned_verbatim() {
         1
     );
 }
+
+#[test]
+fn opening_the_unsubscribe_link_asks_first_and_changes_nothing() {
+    // Arrange: a consenting contact and its link, as a person would click it.
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "clicker@example.jp"}));
+    let granted = app.send_json(
+        "POST",
+        WRITE_KEY,
+        &format!("/v1/contacts/{id}/consents"),
+        &json!({"channel": "email", "status": "granted", "reason": "form"}),
+    );
+    assert_eq!(granted.status, 201, "{}", granted.text());
+    let token = unsubscribe_token(&app, &id);
+    let counts = app.table_counts();
+
+    // Act
+    let page = app.request(
+        "GET",
+        &format!("/v1/forms/unsubscribe?token={token}"),
+        &[("accept", "text/html")],
+        "",
+    );
+    let forged = app.request(
+        "GET",
+        "/v1/forms/unsubscribe?token=AAAA",
+        &[("accept", "text/html")],
+        "",
+    );
+
+    // Assert: a confirmation form that posts the token; consent untouched.
+    assert_eq!(page.status, 200, "{}", page.text());
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
+    assert!(page.text().contains("method=\"post\""), "{}", page.text());
+    assert!(page.text().contains(&token));
+    assert_eq!(forged.status, 400);
+    assert_eq!(app.table_counts(), counts);
+    assert_eq!(fetch(&app, &id)["consents"]["email"]["status"], "granted");
+}

@@ -40,8 +40,12 @@ pub struct TestResponse {
 
 impl TestResponse {
     pub fn json(&self) -> Json {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
@@ -59,7 +63,10 @@ impl TestResponse {
         );
         let problem = self.json();
         assert_eq!(problem["status"], status, "case {case}");
-        assert!(problem["title"].is_string() && problem["detail"].is_string(), "case {case}");
+        assert!(
+            problem["title"].is_string() && problem["detail"].is_string(),
+            "case {case}"
+        );
         problem
     }
 }
@@ -86,28 +93,52 @@ impl TestApp {
         for (name, value) in extra {
             host = host.with_variable(name, value);
         }
-        TestApp { host: Arc::new(host), clock, dir }
+        TestApp {
+            host: Arc::new(host),
+            clock,
+            dir,
+        }
     }
 
-    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> TestResponse {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> TestResponse {
         let mut builder = http::Request::builder().method(method).uri(path);
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        let response = self.host.handle(builder.body(body.into()).expect("request"));
+        let response = self
+            .host
+            .handle(builder.body(body.into()).expect("request"));
         let (parts, body) = response.into_parts();
-        TestResponse { status: parts.status.as_u16(), headers: parts.headers, body }
+        TestResponse {
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body,
+        }
     }
 
     pub fn get(&self, key: &str, path: &str) -> TestResponse {
-        self.request("GET", path, &[("authorization", &format!("Bearer {key}"))], Bytes::new())
+        self.request(
+            "GET",
+            path,
+            &[("authorization", &format!("Bearer {key}"))],
+            Bytes::new(),
+        )
     }
 
     pub fn send_json(&self, method: &str, key: &str, path: &str, body: &Json) -> TestResponse {
         self.request(
             method,
             path,
-            &[("authorization", &format!("Bearer {key}")), ("content-type", "application/json")],
+            &[
+                ("authorization", &format!("Bearer {key}")),
+                ("content-type", "application/json"),
+            ],
             body.to_string(),
         )
     }
@@ -160,10 +191,23 @@ impl TestApp {
     /// Row counts of every table that holds contact data: "nothing stored"
     /// means these did not change.
     pub fn table_counts(&self) -> Vec<(String, i64)> {
-        ["contacts", "interactions", "consents", "contact_tags", "contact_search", "idempotency_keys", "erasures"]
-            .iter()
-            .map(|t| ((*t).to_owned(), self.count(&format!("SELECT count(*) FROM {t}"))))
-            .collect()
+        [
+            "contacts",
+            "interactions",
+            "consents",
+            "contact_tags",
+            "contact_search",
+            "idempotency_keys",
+            "erasures",
+        ]
+        .iter()
+        .map(|t| {
+            (
+                (*t).to_owned(),
+                self.count(&format!("SELECT count(*) FROM {t}")),
+            )
+        })
+        .collect()
     }
 
     /// Serves this app over HTTP on a loopback port.
