@@ -224,14 +224,11 @@ pub async fn create_or_update<D: Db, K: Kv>(
                 )
                 .await?;
                 if !changed.is_empty() {
-                    let entry = Entry {
-                        kind: Kind::ContactUpdated,
-                        channel: None,
-                        subject: None,
-                        body: None,
-                        data: Some(json!({ "fields": changed })),
-                        occurred_at: now,
-                    };
+                    let entry = Entry::event(
+                        Kind::ContactUpdated,
+                        Some(json!({ "fields": changed })),
+                        now,
+                    );
                     timeline::append(ctx.db, &id, &entry, &label, now).await?;
                 }
                 (id, StatusCode::OK)
@@ -256,14 +253,7 @@ pub async fn create_or_update<D: Db, K: Kv>(
                     &at,
                 )
                 .await?;
-                let entry = Entry {
-                    kind: Kind::ContactCreated,
-                    channel: None,
-                    subject: None,
-                    body: None,
-                    data: None,
-                    occurred_at: now,
-                };
+                let entry = Entry::event(Kind::ContactCreated, None, now);
                 timeline::append(ctx.db, &id, &entry, &label, now).await?;
                 (id, StatusCode::CREATED)
             }
@@ -287,6 +277,15 @@ pub async fn create_or_update<D: Db, K: Kv>(
 pub async fn get(db: &impl Db, id: &str) -> Result<Response, ApiError> {
     let view = contact::load(db, id).await?.ok_or_else(not_found)?;
     Ok(json_response(StatusCode::OK, &view))
+}
+
+/// 404 unless a live contact with `id` exists.
+async fn require_contact(db: &impl Db, id: &str) -> Result<(), ApiError> {
+    if contact::exists(db, id).await? {
+        Ok(())
+    } else {
+        Err(not_found())
+    }
 }
 
 pub fn not_found() -> ApiError {
@@ -468,9 +467,7 @@ pub async fn patch<D: Db, K: Kv>(
         return Err(ApiError::Validation(errors));
     }
     write(ctx, actor, request, async || {
-        if !contact::exists(ctx.db, id).await? {
-            return Err(not_found());
-        }
+        require_contact(ctx.db, id).await?;
         let now = ctx.clock.now();
         let at = timestamp::format(now);
         let label = actor.label();
@@ -498,14 +495,7 @@ pub async fn patch<D: Db, K: Kv>(
             changed.extend(clear.iter().map(|f| (*f).to_owned()));
         }
         if !changed.is_empty() {
-            let entry = Entry {
-                kind: Kind::ContactUpdated,
-                channel: None,
-                subject: None,
-                body: None,
-                data: Some(json!({ "fields": changed })),
-                occurred_at: now,
-            };
+            let entry = Entry::event(Kind::ContactUpdated, Some(json!({ "fields": changed })), now);
             timeline::append(ctx.db, id, &entry, &label, now).await?;
         }
         let view = contact::load(ctx.db, id).await?.context("patched contact")?;
@@ -525,9 +515,7 @@ pub async fn set_tag<D: Db, K: Kv>(
 ) -> Result<Response, ApiError> {
     let tag = Tag::parse(tag)?;
     write(ctx, actor, request, async || {
-        if !contact::exists(ctx.db, id).await? {
-            return Err(not_found());
-        }
+        require_contact(ctx.db, id).await?;
         let now = ctx.clock.now();
         let label = actor.label();
         let changed = if present {
@@ -608,9 +596,7 @@ pub async fn add_interaction<D: Db, K: Kv>(
         return Err(ApiError::Validation(errors));
     };
     write(ctx, actor, request, async || {
-        if !contact::exists(ctx.db, id).await? {
-            return Err(not_found());
-        }
+        require_contact(ctx.db, id).await?;
         let entry = Entry {
             kind,
             channel,
@@ -640,9 +626,7 @@ pub async fn timeline_page(
 ) -> Result<Response, ApiError> {
     let pairs = crate::http::query_pairs(request);
     let limit = page_limit(&pairs)?;
-    if !contact::exists(db, id).await? {
-        return Err(not_found());
-    }
+    require_contact(db, id).await?;
     let page = timeline::page(db, id, limit, query_param(&pairs, "cursor")).await?;
     Ok(json_response(StatusCode::OK, &page))
 }
@@ -676,9 +660,7 @@ pub async fn change_consent<D: Db, K: Kv>(
         return Err(ApiError::Validation(errors));
     }
     write(ctx, actor, request, async || {
-        if !contact::exists(ctx.db, id).await? {
-            return Err(not_found());
-        }
+        require_contact(ctx.db, id).await?;
         let change = ConsentChange {
             channel,
             status,
@@ -704,9 +686,7 @@ pub async fn unsubscribe_link<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
     id: &str,
 ) -> Result<Response, ApiError> {
-    if !contact::exists(ctx.db, id).await? {
-        return Err(not_found());
-    }
+    require_contact(ctx.db, id).await?;
     let token = crate::privacy::unsubscribe_token(&ctx.config.unsubscribe_secret, id)?;
     let url = format!(
         "{}/v1/forms/unsubscribe?token={token}",

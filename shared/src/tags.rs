@@ -48,14 +48,7 @@ pub async fn add(
         .context("failed to add a tag")?;
     let added = !rows.is_empty();
     if added {
-        let entry = Entry {
-            kind: Kind::TagAdded,
-            channel: None,
-            subject: None,
-            body: None,
-            data: Some(json!({ "tag": tag.as_str() })),
-            occurred_at: now,
-        };
+        let entry = Entry::event(Kind::TagAdded, Some(json!({ "tag": tag.as_str() })), now);
         timeline::append(db, contact_id, &entry, actor, now).await?;
     }
     Ok(added)
@@ -78,14 +71,7 @@ pub async fn remove(
         .context("failed to remove a tag")?;
     let removed = !rows.is_empty();
     if removed {
-        let entry = Entry {
-            kind: Kind::TagRemoved,
-            channel: None,
-            subject: None,
-            body: None,
-            data: Some(json!({ "tag": tag.as_str() })),
-            occurred_at: now,
-        };
+        let entry = Entry::event(Kind::TagRemoved, Some(json!({ "tag": tag.as_str() })), now);
         timeline::append(db, contact_id, &entry, actor, now).await?;
     }
     Ok(removed)

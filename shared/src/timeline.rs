@@ -83,6 +83,20 @@ pub struct Entry<'a> {
     pub occurred_at: OffsetDateTime,
 }
 
+impl<'a> Entry<'a> {
+    /// An entry Kizuna records about itself: no channel or text, only data.
+    pub fn event(kind: Kind, data: Option<Json>, now: OffsetDateTime) -> Entry<'a> {
+        Entry {
+            kind,
+            channel: None,
+            subject: None,
+            body: None,
+            data,
+            occurred_at: now,
+        }
+    }
+}
+
 /// Appends one entry; returns its id.
 pub async fn append(
     db: &impl Db,
