@@ -15,6 +15,7 @@ pub enum Scope {
     ContactsWrite,
     ContactsErase,
     FormsAdmin,
+    OrdersRead,
 }
 
 impl Scope {
@@ -24,6 +25,7 @@ impl Scope {
             Scope::ContactsWrite => "contacts:write",
             Scope::ContactsErase => "contacts:erase",
             Scope::FormsAdmin => "forms:admin",
+            Scope::OrdersRead => "orders:read",
         }
     }
 }

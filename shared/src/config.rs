@@ -3,12 +3,14 @@
 //! documented default.
 
 use crate::auth::ApiKeys;
+use crate::money::Currency;
 use crate::phone::Region;
+use crate::signatures::secret_list;
 use anyhow::Context as _;
 use std::collections::BTreeMap;
 
-/// Every variable a component may read; adapters fetch exactly these.
-pub const VARIABLE_NAMES: &[&str] = &[
+/// The variables the `contacts` component reads.
+pub const CONTACTS_VARIABLES: &[&str] = &[
     "api_keys",
     "unsubscribe_secret",
     "default_phone_region",
@@ -18,10 +20,24 @@ pub const VARIABLE_NAMES: &[&str] = &[
     "public_base_url",
 ];
 
+/// The variables the `purchases` component reads.
+pub const PURCHASES_VARIABLES: &[&str] = &[
+    "api_keys",
+    "default_phone_region",
+    "shop_currency",
+    "orders_webhook_secrets",
+    "shopify_webhook_secrets",
+    "woocommerce_webhook_secrets",
+];
+
+/// Settings for one request. A component reads only its own variables
+/// (see `spin.toml`); settings of other components stay at their empty
+/// values and the code that needs one asks for it through an accessor
+/// that fails loudly when it is missing.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub api_keys: ApiKeys,
-    pub unsubscribe_secret: Vec<u8>,
+    unsubscribe_secret: Option<Vec<u8>>,
     pub default_phone_region: Region,
     /// Origins (`https://lp.example.jp`) that may post forms from a
     /// browser script and be redirected to; forms may add their own.
@@ -29,17 +45,20 @@ pub struct Config {
     pub default_thank_you_url: Option<String>,
     pub form_rate_limit_per_minute: u32,
     pub public_base_url: String,
+    /// The shop's base currency; orders in any other are refused.
+    pub shop_currency: Currency,
+    /// Webhook secrets per source, several during a rotation.
+    pub orders_webhook_secrets: Vec<String>,
+    pub shopify_webhook_secrets: Vec<String>,
+    pub woocommerce_webhook_secrets: Vec<String>,
 }
 
 impl Config {
     pub fn from_variables(vars: &BTreeMap<String, String>) -> anyhow::Result<Config> {
         let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
         let api_keys = ApiKeys::parse(get("api_keys").context("variable `api_keys` is not set")?)?;
-        let unsubscribe_secret = get("unsubscribe_secret")
-            .context("variable `unsubscribe_secret` is not set")?
-            .as_bytes()
-            .to_vec();
-        if unsubscribe_secret.len() < 16 {
+        let unsubscribe_secret = get("unsubscribe_secret").map(|s| s.as_bytes().to_vec());
+        if unsubscribe_secret.as_ref().is_some_and(|s| s.len() < 16) {
             anyhow::bail!("variable `unsubscribe_secret` must be at least 16 bytes");
         }
         let default_phone_region = Region::parse(get("default_phone_region").unwrap_or("JP"))
@@ -64,6 +83,8 @@ impl Config {
             .unwrap_or("http://127.0.0.1:3000")
             .trim_end_matches('/')
             .to_owned();
+        let shop_currency = Currency::parse(get("shop_currency").unwrap_or("JPY"))
+            .map_err(|e| anyhow::anyhow!("variable `shop_currency`: {e}"))?;
         Ok(Config {
             api_keys,
             unsubscribe_secret,
@@ -72,7 +93,18 @@ impl Config {
             default_thank_you_url,
             form_rate_limit_per_minute,
             public_base_url,
+            shop_currency,
+            orders_webhook_secrets: secret_list(get("orders_webhook_secrets")),
+            shopify_webhook_secrets: secret_list(get("shopify_webhook_secrets")),
+            woocommerce_webhook_secrets: secret_list(get("woocommerce_webhook_secrets")),
         })
+    }
+
+    /// The key that signs unsubscribe links.
+    pub fn unsubscribe_secret(&self) -> anyhow::Result<&[u8]> {
+        self.unsubscribe_secret
+            .as_deref()
+            .context("variable `unsubscribe_secret` is not set for this component")
     }
 }
 

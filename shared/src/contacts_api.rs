@@ -687,7 +687,7 @@ pub async fn unsubscribe_link<D: Db, K: Kv>(
     id: &str,
 ) -> Result<Response, ApiError> {
     require_contact(ctx.db, id).await?;
-    let token = crate::privacy::unsubscribe_token(&ctx.config.unsubscribe_secret, id)?;
+    let token = crate::privacy::unsubscribe_token(ctx.config.unsubscribe_secret()?, id)?;
     let url = format!(
         "{}/v1/forms/unsubscribe?token={token}",
         ctx.config.public_base_url

@@ -14,7 +14,10 @@ use anyhow::Context as _;
 
 /// The migrations, in order. Migration `n` (1-based) brings the schema to
 /// `user_version = n`. Append only: never edit one that has shipped.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/0001_contacts.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/0001_contacts.sql"),
+    include_str!("migrations/0002_orders.sql"),
+];
 
 /// The schema version this build expects.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

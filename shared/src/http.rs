@@ -16,7 +16,7 @@ pub type Response = http::Response<Bytes>;
 /// The most any component reads of a body. The Spin adapters stop reading
 /// one byte past it, so larger bodies never reach memory in full; each
 /// route then applies its own, smaller limit.
-pub const MAX_BODY_BYTES: usize = 256 * 1024;
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// Default limit for API bodies.
 pub const API_BODY_LIMIT: usize = 64 * 1024;

@@ -27,10 +27,13 @@ pub mod forms;
 pub mod http;
 pub mod idempotency;
 pub mod ids;
+pub mod money;
 pub mod phone;
 pub mod ports;
 pub mod privacy;
 pub mod profile;
+pub mod purchases;
+pub mod signatures;
 #[cfg(feature = "spin")]
 pub mod spin_ports;
 pub mod tags;

@@ -132,6 +132,9 @@ pub async fn erase(
             "interactions",
         ),
         ("DELETE FROM idempotency_keys WHERE contact_id = ?1", "saved answers"),
+        // The shop's customer ids name the person at the shop; the orders
+        // themselves stay, attached to the tombstone, for accounting.
+        ("DELETE FROM contact_external_ids WHERE contact_id = ?1", "shop customer ids"),
     ] {
         db.execute(sql, &[id.into()])
             .await

@@ -2,6 +2,8 @@
 //! with the `spin` feature, so native builds and tests never link spin-sdk
 //! (whose host calls abort outside a Wasm host).
 
+use crate::error::ApiError;
+use crate::http::{MAX_BODY_BYTES, error_response};
 use crate::ports::{Db, DbError, Kv, Rows, Value};
 use anyhow::Context as _;
 use spin_sdk::{key_value, sqlite};
@@ -106,4 +108,55 @@ pub async fn read_variables(names: &[&str]) -> std::collections::BTreeMap<String
         }
     }
     values
+}
+
+/// A component's whole Spin entry point: read the body (at most one byte
+/// past [`MAX_BODY_BYTES`], so an oversized upload is refused without
+/// being held), read the component's variables, open the stores, prepare
+/// the database, call `handler`, and return its response.
+pub async fn serve<F>(
+    request: spin_sdk::http::Request,
+    variable_names: &[&str],
+    handler: F,
+) -> http::Response<spin_sdk::http::FullBody<bytes::Bytes>>
+where
+    F: AsyncFnOnce(crate::http::Request, &crate::Ctx<'_, SpinDb, SpinKv>) -> crate::http::Response,
+{
+    use futures::StreamExt as _;
+    use spin_sdk::http::body::IncomingBodyExt as _;
+
+    let (parts, body) = request.into_parts();
+    let mut stream = body.stream();
+    let mut buffer = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(bytes) => buffer.extend_from_slice(&bytes),
+            Err(_) => {
+                let error = ApiError::BadRequest("the body could not be read".into());
+                return error_response(&error).map(spin_sdk::http::FullBody::new);
+            }
+        }
+        if buffer.len() > MAX_BODY_BYTES {
+            buffer.truncate(MAX_BODY_BYTES + 1);
+            break;
+        }
+    }
+    let request = http::Request::from_parts(parts, bytes::Bytes::from(buffer));
+    let response = async {
+        let variables = read_variables(variable_names).await;
+        let config = crate::config::Config::from_variables(&variables)?;
+        let db = SpinDb::open_default().await?;
+        crate::db::prepare(&db).await?;
+        let kv = SpinKv::open_default().await?;
+        let ctx = crate::Ctx {
+            db: &db,
+            kv: &kv,
+            clock: &crate::ports::SystemClock,
+            config: &config,
+        };
+        anyhow::Ok(handler(request, &ctx).await)
+    }
+    .await
+    .unwrap_or_else(|cause| error_response(&ApiError::Unexpected(cause)));
+    response.map(spin_sdk::http::FullBody::new)
 }

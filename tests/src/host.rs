@@ -44,6 +44,7 @@ async fn call_component(
 ) -> Option<Response> {
     match component {
         "contacts" => Some(kizuna_contacts::handle(request, ctx).await),
+        "purchases" => Some(kizuna_purchases::handle(request, ctx).await),
         _ => None,
     }
 }

@@ -254,12 +254,32 @@ mod tests {
                 );
             }
         }
-        for name in kizuna::config::VARIABLE_NAMES {
-            assert!(
-                manifest.components["contacts"]
-                    .variables
-                    .contains_key(*name),
-                "contacts lacks variable {name}"
+        for (component, names) in [
+            ("contacts", kizuna::config::CONTACTS_VARIABLES),
+            ("purchases", kizuna::config::PURCHASES_VARIABLES),
+        ] {
+            let declared: Vec<&str> = manifest.components[component]
+                .variables
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let mut expected = names.to_vec();
+            expected.sort_unstable();
+            assert_eq!(
+                declared, expected,
+                "{component}: spin.toml variables differ from what it reads"
+            );
+        }
+        for path in [
+            "/v1/webhooks/shopify",
+            "/v1/orders",
+            "/v1/orders/abc",
+            "/v1/webhook-deliveries",
+        ] {
+            assert_eq!(
+                manifest.route(path).map(|c| c.id.as_str()),
+                Some("purchases"),
+                "case {path}"
             );
         }
     }

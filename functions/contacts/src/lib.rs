@@ -179,7 +179,8 @@ fn unsubscribe_page<D: Db, K: Kv>(
 ) -> Result<Response, ApiError> {
     let query = kizuna::http::query_pairs(request);
     let token = kizuna::http::query_param(&query, "token").unwrap_or("");
-    if kizuna::privacy::verify_unsubscribe_token(&ctx.config.unsubscribe_secret, token).is_none() {
+    if kizuna::privacy::verify_unsubscribe_token(ctx.config.unsubscribe_secret()?, token).is_none()
+    {
         return Ok(forms::html_response(
             http::StatusCode::BAD_REQUEST,
             "Invalid link",
@@ -215,8 +216,9 @@ async fn unsubscribe<D: Db, K: Kv>(
             .map(|(_, v)| v);
     }
     let token = token.ok_or_else(|| ApiError::invalid("token", "is required"))?;
-    let contact = kizuna::privacy::verify_unsubscribe_token(&ctx.config.unsubscribe_secret, &token)
-        .ok_or_else(|| ApiError::invalid("token", "this unsubscribe link is not valid"))?;
+    let contact =
+        kizuna::privacy::verify_unsubscribe_token(ctx.config.unsubscribe_secret()?, &token)
+            .ok_or_else(|| ApiError::invalid("token", "this unsubscribe link is not valid"))?;
     let now = ctx.clock.now();
     kizuna::db::transaction(ctx.db, async || -> Result<(), ApiError> {
         Ok(kizuna::privacy::unsubscribe(ctx.db, &contact, now).await?)
@@ -240,55 +242,15 @@ async fn unsubscribe<D: Db, K: Kv>(
 /// The Spin adapter: Spin request and stores in, `handle` in the middle.
 #[cfg(target_arch = "wasm32")]
 mod entrypoint {
-    use bytes::Bytes;
-    use futures::StreamExt as _;
-    use kizuna::http::{MAX_BODY_BYTES, error_response};
-    use kizuna::ports::SystemClock;
-    use kizuna::spin_ports::{SpinDb, SpinKv, read_variables};
-    use spin_sdk::http::body::IncomingBodyExt as _;
     use spin_sdk::http::{IntoResponse, Request};
 
     #[spin_sdk::http_service]
     async fn contacts(request: Request) -> impl IntoResponse {
-        let (parts, body) = request.into_parts();
-        // Read at most one byte past the largest body any route takes, so
-        // an oversized upload is refused without being held in memory.
-        let mut stream = body.stream();
-        let mut buffer = Vec::new();
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(bytes) => buffer.extend_from_slice(&bytes),
-                Err(_) => {
-                    let error =
-                        kizuna::error::ApiError::BadRequest("the body could not be read".into());
-                    return error_response(&error).map(spin_sdk::http::FullBody::new);
-                }
-            }
-            if buffer.len() > MAX_BODY_BYTES {
-                buffer.truncate(MAX_BODY_BYTES + 1);
-                break;
-            }
-        }
-        let request = http::Request::from_parts(parts, Bytes::from(buffer));
-        let response = match run(request).await {
-            Ok(response) => response,
-            Err(cause) => error_response(&kizuna::error::ApiError::Unexpected(cause)),
-        };
-        response.map(spin_sdk::http::FullBody::new)
-    }
-
-    async fn run(request: kizuna::http::Request) -> anyhow::Result<kizuna::http::Response> {
-        let variables = read_variables(kizuna::config::VARIABLE_NAMES).await;
-        let config = kizuna::config::Config::from_variables(&variables)?;
-        let db = SpinDb::open_default().await?;
-        kizuna::db::prepare(&db).await?;
-        let kv = SpinKv::open_default().await?;
-        let ctx = kizuna::Ctx {
-            db: &db,
-            kv: &kv,
-            clock: &SystemClock,
-            config: &config,
-        };
-        Ok(super::handle(request, &ctx).await)
+        kizuna::spin_ports::serve(
+            request,
+            kizuna::config::CONTACTS_VARIABLES,
+            async |request, ctx| super::handle(request, ctx).await,
+        )
+        .await
     }
 }

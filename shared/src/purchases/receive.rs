@@ -1,0 +1,200 @@
+//! A delivery end to end, once its signature has been verified: parse
+//! and check the payload, de-duplicate by event identity, apply, log, and
+//! answer. A refused payload is logged as `rejected` (without its body)
+//! and stores nothing else.
+
+use super::ingest::{self, Applied};
+use super::model::{Event, Source};
+use crate::Ctx;
+use crate::db::transaction;
+use crate::error::ApiError;
+use crate::http::{Response, json_response};
+use crate::ids::new_id;
+use crate::ports::{Db, Kv};
+use crate::timestamp;
+use anyhow::Context as _;
+use http::StatusCode;
+use serde_json::json;
+use time::OffsetDateTime;
+
+/// Who sent what, as the headers say.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub source: Source,
+    /// The event's identity: a repeat of it is a duplicate.
+    pub event_id: String,
+    pub delivery_id: Option<String>,
+    pub topic: String,
+}
+
+/// The outcome of a delivery, as logged and answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Duplicate,
+    Ignored,
+    Rejected,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Duplicate => "duplicate",
+            Outcome::Ignored => "ignored",
+            Outcome::Rejected => "rejected",
+        }
+    }
+}
+
+fn bounded(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
+async fn log_delivery(
+    db: &impl Db,
+    delivery: &Delivery,
+    order_external_id: Option<&str>,
+    outcome: Outcome,
+    error: Option<&str>,
+    now: OffsetDateTime,
+) -> anyhow::Result<()> {
+    db.execute(
+        "INSERT INTO webhook_deliveries (id, source, event_id, delivery_id, topic, order_external_id, received_at, outcome, error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        &[
+            new_id(now).into(),
+            delivery.source.as_str().into(),
+            bounded(&delivery.event_id, 200).into(),
+            delivery.delivery_id.as_deref().map(|d| bounded(d, 200)).into(),
+            bounded(&delivery.topic, 100).into(),
+            order_external_id.into(),
+            timestamp::format(now).into(),
+            outcome.as_str().into(),
+            error.map(|e| bounded(e, 1000)).into(),
+        ],
+    )
+    .await
+    .context("failed to log a delivery")?;
+    Ok(())
+}
+
+/// What a refusal says in the log: the problem's detail and field errors,
+/// with quoted strings blanked, since serde quotes offending values and
+/// those may be personal data.
+fn describe(error: &ApiError) -> String {
+    let problem = error.to_problem();
+    let mut text = format!("{} {}: {}", problem.status, problem.title, problem.detail);
+    for e in &problem.errors {
+        text.push_str(&format!("; {}: {}", e.field, e.message));
+    }
+    redact_quoted(&text)
+}
+
+fn redact_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut inside = false;
+    for c in text.chars() {
+        if c == '"' {
+            if !inside {
+                out.push_str("\"…\"");
+            }
+            inside = !inside;
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quoted_values_are_blanked() {
+        assert_eq!(
+            super::redact_quoted(r#"invalid type: string "taro@example.jp", expected u64"#),
+            r#"invalid type: string "…", expected u64"#
+        );
+    }
+}
+
+/// Handles a verified delivery whose payload `parse` turns into an event.
+pub async fn receive<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    delivery: &Delivery,
+    parse: impl FnOnce(OffsetDateTime) -> Result<Event, ApiError>,
+) -> Result<Response, ApiError> {
+    receive_with(ctx, delivery, parse, async |_, _| Ok(())).await
+}
+
+/// Like [`receive`], with `hook` run inside the same transaction after
+/// the order is applied (the points ledger's entry point).
+pub async fn receive_with<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    delivery: &Delivery,
+    parse: impl FnOnce(OffsetDateTime) -> Result<Event, ApiError>,
+    hook: impl AsyncFnOnce(&D, &Applied) -> Result<(), ApiError>,
+) -> Result<Response, ApiError> {
+    let now = ctx.clock.now();
+    let event = parse(now).and_then(|event| {
+        event.validate(ctx.config.shop_currency)?;
+        Ok(event)
+    });
+    let event = match event {
+        Ok(event) => event,
+        Err(error @ (ApiError::BadRequest(_) | ApiError::Validation(_))) => {
+            let described = describe(&error);
+            eprintln!(
+                "webhook rejected: source={} topic={} error={described}",
+                delivery.source.as_str(),
+                delivery.topic
+            );
+            transaction(ctx.db, async || -> Result<(), ApiError> {
+                Ok(log_delivery(
+                    ctx.db,
+                    delivery,
+                    None,
+                    Outcome::Rejected,
+                    Some(&described),
+                    now,
+                )
+                .await?)
+            })
+            .await?;
+            return Err(error);
+        }
+        Err(other) => return Err(other),
+    };
+    let (outcome, applied) = transaction(ctx.db, async || -> Result<(Outcome, Applied), ApiError> {
+        let fresh = ctx
+            .db
+            .execute(
+                "INSERT INTO webhook_events (source, event_id, topic, received_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING RETURNING event_id",
+                &[
+                    delivery.source.as_str().into(),
+                    bounded(&delivery.event_id, 200).into(),
+                    bounded(&delivery.topic, 100).into(),
+                    timestamp::format(now).into(),
+                ],
+            )
+            .await
+            .context("failed to record an event")?;
+        let (outcome, applied) = if fresh.is_empty() {
+            (Outcome::Duplicate, Applied::default())
+        } else if let Event::Ignored(_) = event {
+            (Outcome::Ignored, Applied::default())
+        } else {
+            let applied = ingest::apply(ctx.db, delivery.source, &event, now).await?;
+            hook(ctx.db, &applied).await?;
+            (Outcome::Applied, applied)
+        };
+        log_delivery(ctx.db, delivery, event.order_external_id(), outcome, None, now).await?;
+        Ok((outcome, applied))
+    })
+    .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "status": outcome.as_str(), "order_id": applied.order_id }),
+    ))
+}
