@@ -398,6 +398,7 @@ impl ContactView {
             counters: json!({
                 "order_count": row.i64("order_count")?,
                 "total_spent_minor": row.i64("total_spent_minor")?,
+                "average_order_value_minor": row.i64("average_order_value_minor")?,
                 "first_order_at": row.opt_str("first_order_at")?,
                 "last_order_at": row.opt_str("last_order_at")?,
                 "points_balance": row.i64("points_balance")?,

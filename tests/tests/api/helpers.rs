@@ -15,6 +15,11 @@ pub const WRITE_KEY: &str = "test-write-key-2222";
 pub const FORMS_KEY: &str = "test-forms-key-3333";
 pub const UNSUBSCRIBE_SECRET: &str = "test-unsubscribe-secret-0123456789";
 pub const LP_ORIGIN: &str = "https://lp.example.jp";
+/// Standard Webhooks secret for `/v1/webhooks/orders` (base64 after `whsec_`).
+pub const ORDERS_SECRET: &str = "whsec_dGVzdC1vcmRlcnMtd2ViaG9vay1zZWNyZXQ=";
+pub const SHOPIFY_SECRET: &str = "shpss_test_shopify_secret";
+pub const WOO_SECRET: &str = "test-woocommerce-secret";
+pub const ORDERS_KEY: &str = "test-orders-key-4444";
 
 pub fn api_keys_variable() -> String {
     serde_json::json!([
@@ -22,6 +27,7 @@ pub fn api_keys_variable() -> String {
         {"name": "reader", "sha256": key_digest(READ_KEY), "scopes": ["contacts:read"]},
         {"name": "writer", "sha256": key_digest(WRITE_KEY), "scopes": ["contacts:read", "contacts:write"]},
         {"name": "forms", "sha256": key_digest(FORMS_KEY), "scopes": ["forms:admin"]},
+        {"name": "orders", "sha256": key_digest(ORDERS_KEY), "scopes": ["orders:read"]},
     ])
     .to_string()
 }
@@ -89,6 +95,9 @@ impl TestApp {
             .with_variable("unsubscribe_secret", UNSUBSCRIBE_SECRET)
             .with_variable("allowed_origins", LP_ORIGIN)
             .with_variable("public_base_url", "https://crm.example.jp")
+            .with_variable("orders_webhook_secrets", ORDERS_SECRET)
+            .with_variable("shopify_webhook_secrets", SHOPIFY_SECRET)
+            .with_variable("woocommerce_webhook_secrets", WOO_SECRET)
             .with_clock(clock.clone());
         for (name, value) in extra {
             host = host.with_variable(name, value);
@@ -217,7 +226,10 @@ impl TestApp {
             .with_variable("api_keys", &api_keys_variable())
             .with_variable("unsubscribe_secret", UNSUBSCRIBE_SECRET)
             .with_variable("allowed_origins", LP_ORIGIN)
-            .with_variable("form_rate_limit_per_minute", "1000");
+            .with_variable("form_rate_limit_per_minute", "1000")
+            .with_variable("orders_webhook_secrets", ORDERS_SECRET)
+            .with_variable("shopify_webhook_secrets", SHOPIFY_SECRET)
+            .with_variable("woocommerce_webhook_secrets", WOO_SECRET);
         Server::start(host, "127.0.0.1:0", threads).expect("server")
     }
 }

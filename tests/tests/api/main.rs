@@ -4,4 +4,5 @@
 mod contacts;
 mod forms;
 mod helpers;
+mod purchases;
 mod storage;
