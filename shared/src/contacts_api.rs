@@ -328,7 +328,12 @@ pub async fn list<D: Db, K: Kv>(
     if filters > 1 {
         return Err(ApiError::invalid("query", "use one of email, phone or q"));
     }
+    // Query strings decode `+` as a space. An email holds no space, and a
+    // phone number's leading space can only be an unencoded `+`.
+    let plus = |text: &str| text.replace(' ', "+");
     let (sql, params): (String, Vec<Value>) = if let Some(email) = query_param(&pairs, "email") {
+        let email = plus(email);
+        let email = email.as_str();
         let email = Email::parse(email).map_err(|e| ApiError::invalid("email", e.to_string()))?;
         (
             format!(
@@ -337,6 +342,11 @@ pub async fn list<D: Db, K: Kv>(
             vec![email.as_str().into(), after.into(), fetch.into()],
         )
     } else if let Some(phone) = query_param(&pairs, "phone") {
+        let phone = match phone.strip_prefix(' ') {
+            Some(rest) => format!("+{rest}"),
+            None => phone.to_owned(),
+        };
+        let phone = phone.as_str();
         let phone = Phone::parse(phone, ctx.config.default_phone_region)
             .map_err(|e| ApiError::invalid("phone", e.to_string()))?;
         (
@@ -714,18 +724,16 @@ pub async fn erase<D: Db, K: Kv>(
     id: &str,
 ) -> Result<Response, ApiError> {
     let now = ctx.clock.now();
-    let erased = transaction(ctx.db, async || -> Result<bool, ApiError> {
+    let erased_at = transaction(ctx.db, async || -> Result<Option<String>, ApiError> {
         Ok(crate::privacy::erase(ctx.db, id, &actor.label(), now).await?)
     })
-    .await?;
-    if !erased {
-        return Err(not_found());
-    }
+    .await?
+    .ok_or_else(not_found)?;
     if let Err(e) = crate::db::checkpoint_truncate(ctx.db).await {
         eprintln!("checkpoint after erasure did not complete: {e}");
     }
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "contact_id": id, "erased": true, "erased_at": timestamp::format(now) }),
+        &json!({ "contact_id": id, "erased": true, "erased_at": erased_at }),
     ))
 }

@@ -58,10 +58,6 @@ pub async fn migrate(db: &impl Db) -> anyhow::Result<()> {
     if user_version(db).await? >= SCHEMA_VERSION {
         return Ok(());
     }
-    // WAL is a property of the file and cannot change inside a transaction.
-    db.execute("PRAGMA journal_mode = WAL", &[])
-        .await
-        .context("failed to switch to WAL")?;
     transaction(db, async || {
         let current = user_version(db).await?;
         if current > SCHEMA_VERSION {
@@ -79,7 +75,25 @@ pub async fn migrate(db: &impl Db) -> anyhow::Result<()> {
             .context("failed to record the schema version")?;
         Ok(())
     })
-    .await
+    .await?;
+    switch_to_wal(db).await
+}
+
+/// WAL is a property of the file and cannot change inside a transaction.
+/// Switching needs a moment with no other connection in the file, and
+/// SQLite answers "busy" at once rather than waiting, so racing first
+/// requests retry briefly. If the file is still busy after that, it stays
+/// in rollback mode (correct, only slower) and a later migration retries.
+async fn switch_to_wal(db: &impl Db) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        match db.execute("PRAGMA journal_mode = WAL", &[]).await {
+            Ok(_) => return Ok(()),
+            Err(DbError::Busy(_)) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(other) => return Err(anyhow::Error::from(other).context("failed to switch to WAL")),
+        }
+    }
+    eprintln!("journal_mode = WAL postponed: the database stayed busy");
+    Ok(())
 }
 
 /// Spin's `execute` runs one statement at a time, so a migration file is

@@ -19,10 +19,14 @@ use crate::tags::{self, Tag};
 use crate::timeline::{self, Entry, Kind};
 use anyhow::Context as _;
 use bytes::Bytes;
+use hmac::{Hmac, Mac};
 use http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json, json};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
+
+/// A client may post this many times the per-form limit across all forms.
+pub const ALL_FORMS_FACTOR: u32 = 5;
 
 /// Form bodies above this are refused before they are parsed.
 pub const FORM_BODY_LIMIT: usize = 16 * 1024;
@@ -140,7 +144,18 @@ fn settings_key(form_id: &str) -> String {
     format!("forms/{form_id}/settings")
 }
 
-pub async fn load_settings(kv: &impl Kv, form_id: &str) -> anyhow::Result<Option<FormSettings>> {
+/// Settings as stored: with who last wrote them and when.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredSettings {
+    pub settings: FormSettings,
+    pub updated_at: String,
+    pub updated_by: String,
+}
+
+pub async fn load_stored_settings(
+    kv: &impl Kv,
+    form_id: &str,
+) -> anyhow::Result<Option<StoredSettings>> {
     match kv.get(&settings_key(form_id)).await? {
         None => Ok(None),
         Some(bytes) => Ok(Some(
@@ -149,14 +164,19 @@ pub async fn load_settings(kv: &impl Kv, form_id: &str) -> anyhow::Result<Option
     }
 }
 
+pub async fn load_settings(kv: &impl Kv, form_id: &str) -> anyhow::Result<Option<FormSettings>> {
+    Ok(load_stored_settings(kv, form_id).await?.map(|s| s.settings))
+}
+
+/// Saves settings, recording the acting key as their author.
 pub async fn save_settings(
     kv: &impl Kv,
     form_id: &str,
-    settings: &FormSettings,
+    stored: &StoredSettings,
 ) -> anyhow::Result<()> {
     kv.set(
         &settings_key(form_id),
-        &serde_json::to_vec(settings).context("settings")?,
+        &serde_json::to_vec(stored).context("settings")?,
     )
     .await
 }
@@ -273,7 +293,8 @@ pub fn parse_submission(
 ) -> Result<Submission, ApiError> {
     let mut submission = Submission::default();
     let mut errors = Vec::new();
-    let mut extra_fields = 0usize;
+    // Distinct names: a checkbox group repeats one name per ticked box.
+    let mut extra_fields = std::collections::BTreeSet::new();
     for (key, value) in pairs {
         match key.as_str() {
             "_hp" => submission.honeypot_filled |= !value.trim().is_empty(),
@@ -308,18 +329,26 @@ pub fn parse_submission(
                     region,
                     &mut errors,
                 ) {
-                    extra_fields += 1;
-                    if extra_fields <= MAX_ATTRIBUTES_PER_SUBMISSION {
+                    extra_fields.insert(key.clone());
+                    if extra_fields.len() <= MAX_ATTRIBUTES_PER_SUBMISSION {
                         profile::add_attribute(&mut submission.profile, &key, &value, &mut errors);
                     }
                 }
             }
         }
         if !key.starts_with('_') && submission.fields.len() < 200 {
-            submission.fields.insert(key, Json::String(value));
+            match submission.fields.get_mut(&key) {
+                Some(Json::String(kept)) => {
+                    kept.push_str(", ");
+                    kept.push_str(&value);
+                }
+                _ => {
+                    submission.fields.insert(key, Json::String(value));
+                }
+            }
         }
     }
-    if extra_fields > MAX_ATTRIBUTES_PER_SUBMISSION {
+    if extra_fields.len() > MAX_ATTRIBUTES_PER_SUBMISSION {
         errors.push(FieldError::new(
             "attributes",
             format!("at most {MAX_ATTRIBUTES_PER_SUBMISSION} fields besides the known ones"),
@@ -424,10 +453,23 @@ pub async fn submit<D: Db, K: Kv>(
 
     let now = ctx.clock.now();
     let limit = ctx.config.form_rate_limit_per_minute;
-    let bucket = rate_limit_bucket(sender.client_ip.as_deref(), form_id);
+    // Per form, and across all forms, so that inventing form ids does
+    // not multiply a client's allowance.
+    let network = client_network(sender.client_ip.as_deref());
+    let key = ctx.config.unsubscribe_secret()?;
+    let form_bucket = rate_limit_bucket(key, &network, &format!("form:{form_id}"));
+    let all_bucket = rate_limit_bucket(key, &network, "all-forms");
     let window = now.unix_timestamp().div_euclid(60);
     let stored = transaction(ctx.db, async || -> Result<bool, ApiError> {
-        if !take_rate_limit_slot(ctx.db, &bucket, window, limit).await? {
+        let form_ok = take_rate_limit_slot(ctx.db, &form_bucket, window, limit).await?;
+        let all_ok = take_rate_limit_slot(
+            ctx.db,
+            &all_bucket,
+            window,
+            limit.saturating_mul(ALL_FORMS_FACTOR),
+        )
+        .await?;
+        if !(form_ok && all_ok) {
             return Ok(false);
         }
         if !submission.honeypot_filled {
@@ -510,6 +552,11 @@ async fn store_submission(
             tags::add(db, &id, &tag, &actor, now).await?;
         }
     }
+    // An anonymous post never overrides a withdrawal (unsubscribe,
+    // complaint, bounce): anyone can type someone else's address. Renewed
+    // consent then needs staff (or a double opt-in flow) to record it.
+    let withdrawn = consent::current(db, &id).await?["email"]["status"] == "withdrawn";
+    let grant = submission.consent_email && submission.profile.email.is_some() && !withdrawn;
     let entry = Entry {
         kind: Kind::FormSubmitted,
         channel: Some("web"),
@@ -521,11 +568,12 @@ async fn store_submission(
             "utm": submission.utm,
             "fields": submission.fields,
             "consent_email": submission.consent_email,
+            "consent_recorded": grant,
         })),
         occurred_at: now,
     };
     timeline::append(db, &id, &entry, &actor, now).await?;
-    if submission.consent_email && submission.profile.email.is_some() {
+    if grant {
         let ip = sender.client_ip.as_deref().and_then(consent::truncate_ip);
         let version = submission
             .consent_text_version
@@ -545,10 +593,28 @@ async fn store_submission(
     Ok(())
 }
 
-/// A digest of client and form, so the table never holds an IP address.
-fn rate_limit_bucket(client_ip: Option<&str>, form_id: &str) -> String {
-    let digest = Sha256::digest(format!("{}\n{form_id}", client_ip.unwrap_or("unknown")));
-    hex::encode(&digest[..16])
+/// The network a client is limited as: its IPv4 address, or its IPv6
+/// /64 (one subscriber line usually holds a whole /64).
+fn client_network(client_ip: Option<&str>) -> String {
+    match client_ip.and_then(|ip| ip.parse::<std::net::IpAddr>().ok()) {
+        Some(std::net::IpAddr::V6(v6)) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        Some(std::net::IpAddr::V4(v4)) => v4.to_string(),
+        None => "unknown".to_owned(),
+    }
+}
+
+/// A keyed digest of network and scope, so the table holds no address
+/// that could be recovered by trying every IPv4 address.
+fn rate_limit_bucket(key: &[u8], network: &str, scope: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(b"kizuna-rate-limit-v1\n");
+    mac.update(network.as_bytes());
+    mac.update(b"\n");
+    mac.update(scope.as_bytes());
+    hex::encode(&mac.finalize().into_bytes()[..16])
 }
 
 /// Counts a hit in the client's current one-minute window; false once the

@@ -90,15 +90,23 @@ pub async fn export(db: &impl Db, id: &str) -> Result<Option<Json>, ApiError> {
 }
 
 /// Removes the person's data for good, inside the caller's transaction.
-/// Returns false when there is no live contact with `id`.
+/// Returns when the contact was erased (now, or by an earlier request: a
+/// retried erasure changes nothing), or `None` when there is no contact.
 pub async fn erase(
     db: &impl Db,
     id: &str,
     actor: &str,
     now: OffsetDateTime,
-) -> anyhow::Result<bool> {
-    if !crate::contact::exists(db, id).await? {
-        return Ok(false);
+) -> anyhow::Result<Option<String>> {
+    let rows = db
+        .execute("SELECT erased_at FROM contacts WHERE id = ?1", &[id.into()])
+        .await
+        .context("failed to read a contact")?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    if let Some(erased_at) = row.opt_str("erased_at")? {
+        return Ok(Some(erased_at.to_owned()));
     }
     let count = |sql: &'static str| async move {
         let rows = db
@@ -159,7 +167,7 @@ pub async fn erase(
     )
     .await
     .context("failed to record the erasure")?;
-    Ok(true)
+    Ok(Some(at))
 }
 
 const UNSUBSCRIBE_CONTEXT: &[u8] = b"kizuna-unsubscribe-v1";

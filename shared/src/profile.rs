@@ -151,17 +151,15 @@ pub fn check_text(
 
 /// Checks an attribute's key and value, adding it to `profile`.
 pub fn add_attribute(profile: &mut Profile, key: &str, value: &str, errors: &mut Vec<FieldError>) {
-    let valid_key = !key.is_empty()
+    // Names only ever go into JSON, so any printable name a form builder
+    // produces (`interest[]`, `お問い合わせ内容`) is kept as it came.
+    let valid_key = !key.trim().is_empty()
         && key.chars().count() <= MAX_ATTRIBUTE_KEY_CHARS
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        && !has_control_chars(key);
     if !valid_key {
         errors.push(FieldError::new(
             "attributes",
-            format!(
-                "field names may use letters, digits, `_`, `-` and `.`, at most {MAX_ATTRIBUTE_KEY_CHARS} characters"
-            ),
+            format!("field names are 1 to {MAX_ATTRIBUTE_KEY_CHARS} printable characters"),
         ));
         return;
     }

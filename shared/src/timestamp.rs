@@ -14,11 +14,12 @@ pub fn format(at: OffsetDateTime) -> String {
         .expect("a UTC date-time always formats")
 }
 
-/// Parses any RFC 3339 timestamp (any offset) into UTC.
+/// Parses any RFC 3339 timestamp (any offset) into UTC; `None` for text
+/// that is not one, or whose UTC time falls outside years 1..=9999.
 pub fn parse(text: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(text.trim(), &Rfc3339)
         .ok()
-        .map(|t| t.to_offset(UtcOffset::UTC))
+        .and_then(|t| t.checked_to_offset(UtcOffset::UTC))
 }
 
 #[cfg(test)]
@@ -31,5 +32,9 @@ mod tests {
         assert_eq!(format(t), "2026-11-22T06:04:05.000000Z");
         assert!(parse("2026-11-22").is_none());
         assert!(parse("yesterday").is_none());
+        assert!(
+            parse("9999-12-31T23:59:59-09:00").is_none(),
+            "past year 9999 in UTC"
+        );
     }
 }

@@ -194,7 +194,12 @@ fn serve_one(host: &Host, mut incoming: tiny_http::Request) {
         .method(incoming.method().as_str())
         .uri(incoming.url());
     for header in incoming.headers() {
-        builder = builder.header(header.field.as_str().as_str(), header.value.as_str());
+        // Like Spin, the host alone says who the peer is: a client's own
+        // `spin-*` headers are dropped.
+        let name = header.field.as_str().as_str();
+        if !name.to_ascii_lowercase().starts_with("spin-") {
+            builder = builder.header(name, header.value.as_str());
+        }
     }
     if let Some(peer) = incoming.remote_addr() {
         builder = builder.header("spin-client-addr", peer.to_string());
@@ -205,7 +210,14 @@ fn serve_one(host: &Host, mut incoming: tiny_http::Request) {
         .take(MAX_BODY_BYTES as u64 + 1)
         .read_to_end(&mut body);
     let response = match (read, builder.body(Bytes::from(body))) {
-        (Ok(_), Ok(request)) => host.handle(request),
+        // A panic in a handler is a bug; it answers 500 and the worker
+        // lives on, as a trapped Wasm instance does under Spin.
+        (Ok(_), Ok(request)) => {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| host.handle(request)))
+                .unwrap_or_else(|_| {
+                    error_response(&ApiError::Unexpected(anyhow::anyhow!("handler panicked")))
+                })
+        }
         _ => error_response(&ApiError::BadRequest("unreadable request".into())),
     };
     let (parts, body) = response.into_parts();

@@ -62,8 +62,9 @@ impl Db for RusqliteDb {
     }
 }
 
-/// Spin's default key-value store is SQLite-backed too; this mirrors it
-/// with one table in its own file.
+/// Spin's default key-value store is SQLite-backed too; this uses Spin's
+/// own table (`spin_key_value`, keyed by store and key) in Spin's file
+/// name, so `kizuna-local` and `spin up` can share a `.spin/` directory.
 pub struct SqliteKv(rusqlite::Connection);
 
 impl SqliteKv {
@@ -71,7 +72,9 @@ impl SqliteKv {
         let connection = rusqlite::Connection::open(path)?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         connection.execute(
-            "CREATE TABLE IF NOT EXISTS spin_key_value (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS spin_key_value (
+                store TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+                PRIMARY KEY (store, key))",
             [],
         )?;
         Ok(SqliteKv(connection))
@@ -84,7 +87,7 @@ impl Kv for SqliteKv {
         Ok(self
             .0
             .query_row(
-                "SELECT value FROM spin_key_value WHERE key = ?1",
+                "SELECT value FROM spin_key_value WHERE store = 'default' AND key = ?1",
                 [key],
                 |r| r.get(0),
             )
@@ -92,15 +95,17 @@ impl Kv for SqliteKv {
     }
     async fn set(&self, key: &str, value: &[u8]) -> anyhow::Result<()> {
         self.0.execute(
-            "INSERT INTO spin_key_value (key, value) VALUES (?1, ?2)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            "INSERT INTO spin_key_value (store, key, value) VALUES ('default', ?1, ?2)
+             ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
             rusqlite::params![key, value],
         )?;
         Ok(())
     }
     async fn delete(&self, key: &str) -> anyhow::Result<()> {
-        self.0
-            .execute("DELETE FROM spin_key_value WHERE key = ?1", [key])?;
+        self.0.execute(
+            "DELETE FROM spin_key_value WHERE store = 'default' AND key = ?1",
+            [key],
+        )?;
         Ok(())
     }
 }

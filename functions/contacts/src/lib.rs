@@ -71,26 +71,39 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
         }
         ["v1", "forms", form_id, "settings"] => {
             let form_id = forms::parse_form_id(form_id)?;
-            authorize(Scope::FormsAdmin)?;
+            let actor = authorize(Scope::FormsAdmin)?;
             match *method {
                 Method::GET => {
-                    let settings = forms::load_settings(ctx.kv, &form_id).await?;
+                    let stored = forms::load_stored_settings(ctx.kv, &form_id).await?;
                     Ok(json_response(
                         http::StatusCode::OK,
                         &serde_json::json!({
                             "form_id": form_id,
-                            "configured": settings.is_some(),
-                            "settings": settings.unwrap_or_default(),
+                            "configured": stored.is_some(),
+                            "updated_at": stored.as_ref().map(|s| &s.updated_at),
+                            "updated_by": stored.as_ref().map(|s| &s.updated_by),
+                            "settings": stored.map(|s| s.settings).unwrap_or_default(),
                         }),
                     ))
                 }
                 Method::PUT => {
                     let settings: forms::FormSettings = kizuna::http::read_json(request)?;
                     let settings = settings.validate()?;
-                    forms::save_settings(ctx.kv, &form_id, &settings).await?;
+                    let stored = forms::StoredSettings {
+                        settings,
+                        updated_at: kizuna::timestamp::format(ctx.clock.now()),
+                        updated_by: actor.label(),
+                    };
+                    forms::save_settings(ctx.kv, &form_id, &stored).await?;
                     Ok(json_response(
                         http::StatusCode::OK,
-                        &serde_json::json!({ "form_id": form_id, "configured": true, "settings": settings }),
+                        &serde_json::json!({
+                            "form_id": form_id,
+                            "configured": true,
+                            "updated_at": stored.updated_at,
+                            "updated_by": stored.updated_by,
+                            "settings": stored.settings,
+                        }),
                     ))
                 }
                 _ => Err(ApiError::MethodNotAllowed("GET, PUT")),

@@ -390,9 +390,9 @@ fn bad_inputs() -> Vec<BadInput> {
             &["attributes"],
         ),
         bad(
-            "attribute name with a space",
+            "attribute name over 64 characters",
             Some(FORM),
-            "email=a%40example.jp&my+field=x",
+            "email=a%40example.jp&aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa=x",
             422,
             &["attributes"],
         ),
@@ -1281,6 +1281,8 @@ fn form_settings_round_trip() {
     let expected = json!({
         "form_id": "spring",
         "configured": true,
+        "updated_at": "2026-11-22T03:00:00.000000Z",
+        "updated_by": "key:forms",
         "settings": {
             "thank_you_url": "https://lp.example.jp/thanks",
             "allowed_origins": ["https://shop.example.com"],
@@ -2006,4 +2008,124 @@ fn fifty_concurrent_posts_of_different_emails_make_fifty_contacts() {
         app.count("SELECT count(*) FROM interactions WHERE kind = 'form_submitted'"),
         50
     );
+}
+
+#[test]
+fn an_anonymous_post_never_re_grants_a_withdrawn_consent() {
+    // Arrange: a subscriber who then unsubscribed.
+    let app = TestApp::new();
+    let first = app.post_form_json(
+        "lp",
+        &json!({"email": "optout@example.jp", "consent_email": true}),
+        IP,
+    );
+    assert_eq!(first.status, 202);
+    let id = only_contact_id(&app);
+    app.clock.advance(time::Duration::seconds(1));
+    let withdrawn = app.send_json(
+        "POST",
+        WRITE_KEY,
+        &format!("/v1/contacts/{id}/consents"),
+        &json!({"channel": "email", "status": "withdrawn", "reason": "unsubscribed"}),
+    );
+    assert_eq!(withdrawn.status, 201, "{}", withdrawn.text());
+    app.clock.advance(time::Duration::seconds(1));
+
+    // Act: anyone who knows the address ticks the box again.
+    let again = app.post_form_json(
+        "lp",
+        &json!({"email": "optout@example.jp", "consent_email": true}),
+        "198.51.100.9",
+    );
+
+    // Assert: same answer, consent stays withdrawn, the attempt is on the timeline.
+    assert_eq!(again.status, 202);
+    let contact = contact_by_id(&app, &id);
+    assert_eq!(contact["consents"]["email"]["status"], "withdrawn");
+    let entries = form_entries(&app, &id);
+    assert_eq!(entries[0]["data"]["consent_email"], true);
+    assert_eq!(entries[0]["data"]["consent_recorded"], false);
+}
+
+#[test]
+fn form_builders_field_names_are_kept_and_checkbox_groups_count_once() {
+    // Arrange: names real form builders produce, and a 60-box checkbox group.
+    let app = TestApp::new();
+    let mut pairs = vec![
+        ("email", "builder@example.jp"),
+        ("interest[]", "tea"),
+        ("interest[]", "sweets"),
+        ("お問い合わせ内容", "配送について"),
+        ("my field", "x"),
+    ];
+    let ticks: Vec<String> = (0..60).map(|i| format!("option-{i}")).collect();
+    for tick in &ticks {
+        pairs.push(("boxes", tick));
+    }
+
+    // Act
+    let response = post(&app, "lp", Some(FORM), &[], form_body(&pairs));
+
+    // Assert
+    assert_eq!(response.status, 200, "{}", response.text());
+    let contact = contact_by_email(&app, "builder@example.jp");
+    assert_eq!(contact["attributes"]["interest[]"], "tea, sweets");
+    assert_eq!(contact["attributes"]["お問い合わせ内容"], "配送について");
+    assert_eq!(contact["attributes"]["my field"], "x");
+    assert!(
+        contact["attributes"]["boxes"]
+            .as_str()
+            .unwrap()
+            .ends_with("option-59")
+    );
+}
+
+#[test]
+fn inventing_form_ids_does_not_multiply_a_clients_allowance() {
+    // Arrange: the per-form limit is 10 a minute, 50 across all forms.
+    let app = TestApp::new();
+
+    // Act: one client posts to 51 different forms.
+    let answers: Vec<u16> = (0..51)
+        .map(|i| {
+            app.post_form_json(
+                &format!("form{i}"),
+                &json!({"email": format!("spray{i}@example.jp")}),
+                "192.0.2.44",
+            )
+            .status
+        })
+        .collect();
+
+    // Assert
+    assert!(answers[..50].iter().all(|s| *s == 202), "{answers:?}");
+    assert_eq!(answers[50], 429);
+}
+
+#[test]
+fn one_ipv6_subscriber_line_is_one_client() {
+    // Arrange
+    let app = TestApp::new();
+
+    // Act: eleven posts from eleven addresses of one /64.
+    let answers: Vec<u16> = (1..=11)
+        .map(|i| {
+            let client = format!("[2001:db8:1:2::{i:x}]:40000");
+            app.request(
+                "POST",
+                "/v1/forms/lp",
+                &[
+                    ("content-type", JSON),
+                    ("accept", JSON),
+                    ("spin-client-addr", &client),
+                ],
+                json!({"email": format!("v6-{i}@example.jp")}).to_string(),
+            )
+            .status
+        })
+        .collect();
+
+    // Assert
+    assert!(answers[..10].iter().all(|s| *s == 202), "{answers:?}");
+    assert_eq!(answers[10], 429);
 }
