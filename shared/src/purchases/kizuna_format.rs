@@ -253,7 +253,7 @@ pub fn parse(
         refunds,
     };
     if errors.is_empty() {
-        Ok(Event::Order(order))
+        Ok(Event::Order(Box::new(order)))
     } else {
         Err(ApiError::Validation(errors))
     }

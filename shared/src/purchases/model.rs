@@ -119,7 +119,7 @@ pub struct Order {
 /// What one delivery asks Kizuna to do.
 #[derive(Debug, Clone)]
 pub enum Event {
-    Order(Order),
+    Order(Box<Order>),
     /// A refund on its own (Shopify `refunds/create`); the order may not
     /// have arrived yet.
     Refund {

@@ -107,17 +107,6 @@ fn redact_quoted(text: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn quoted_values_are_blanked() {
-        assert_eq!(
-            super::redact_quoted(r#"invalid type: string "taro@example.jp", expected u64"#),
-            r#"invalid type: string "…", expected u64"#
-        );
-    }
-}
-
 /// Handles a verified delivery whose payload `parse` turns into an event.
 pub async fn receive<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
@@ -197,4 +186,15 @@ pub async fn receive_with<D: Db, K: Kv>(
         StatusCode::OK,
         &json!({ "status": outcome.as_str(), "order_id": applied.order_id }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn quoted_values_are_blanked() {
+        assert_eq!(
+            super::redact_quoted(r#"invalid type: string "taro@example.jp", expected u64"#),
+            r#"invalid type: string "…", expected u64"#
+        );
+    }
 }

@@ -219,7 +219,7 @@ pub fn parse_order(
         refunds,
     };
     if errors.is_empty() {
-        Ok(Event::Order(order))
+        Ok(Event::Order(Box::new(order)))
     } else {
         Err(ApiError::Validation(errors))
     }
