@@ -8,6 +8,7 @@
 //! - `host`: routes a request to the component's own `handle`, and serves
 //!   over HTTP on loopback for end-to-end and load tests.
 
+pub mod bench;
 pub mod host;
 pub mod manifest;
 pub mod stores;

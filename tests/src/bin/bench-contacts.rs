@@ -55,14 +55,19 @@
 //! and WAL) and the row counts, which are checked against what the run
 //! wrote.
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::ensure;
 use bytes::Bytes;
 use kizuna::auth::key_digest;
 use kizuna_tests::Host;
+use kizuna_tests::bench::{
+    BenchDir, Lcg, Stats, baseline_path, body_text, database_size, file_size, measure, mib,
+    open_baseline, parse_args, print_machine, print_ratios, print_table, request, run_in_dir,
+    settle, uuid_like,
+};
 use rusqlite::{Connection, TransactionBehavior, params};
 use serde_json::Value as Json;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Instant;
 
 const READ_KEY: &str = "bench-read-key-0123456789";
 const UNSUBSCRIBE_SECRET: &str = "bench-unsubscribe-secret-0123456789";
@@ -73,41 +78,25 @@ const PRELOAD_BATCH: u64 = 10_000;
 struct Options {
     contacts: u64,
     requests: u64,
-    dir: Option<PathBuf>,
-    keep: bool,
+    dir: BenchDir,
 }
 
 const USAGE: &str = "usage: bench-contacts [--contacts N] [--requests M] [--dir PATH] [--keep]";
 
 fn parse_options() -> anyhow::Result<Option<Options>> {
-    let mut options = Options {
-        contacts: 100_000,
-        requests: 2_000,
-        dir: None,
-        keep: false,
+    let (mut contacts, mut requests) = (100_000, 2_000);
+    let Some(dir) = parse_args(
+        USAGE,
+        &mut [("--contacts", &mut contacts), ("--requests", &mut requests)],
+    )?
+    else {
+        return Ok(None);
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || {
-            args.next()
-                .ok_or_else(|| anyhow::anyhow!("{arg} needs a value"))
-        };
-        match arg.as_str() {
-            "--contacts" => {
-                options.contacts = value()?.parse().context("--contacts takes a number")?
-            }
-            "--requests" => {
-                options.requests = value()?.parse().context("--requests takes a number")?
-            }
-            "--dir" => options.dir = Some(value()?.into()),
-            "--keep" => options.keep = true,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(None);
-            }
-            other => bail!("unknown argument {other}\n{USAGE}"),
-        }
-    }
+    let options = Options {
+        contacts,
+        requests,
+        dir,
+    };
     ensure!(options.contacts >= 1, "--contacts must be at least 1");
     ensure!(
         options.contacts <= 99_999_999,
@@ -115,65 +104,6 @@ fn parse_options() -> anyhow::Result<Option<Options>> {
     );
     ensure!(options.requests >= 2, "--requests must be at least 2");
     Ok(Some(options))
-}
-
-/// A 64-bit linear congruential generator: reproducible pseudo-random
-/// picks without a `rand` dependency.
-struct Lcg(u64);
-
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % n
-    }
-}
-
-/// A canonical UUID (version 7 and variant bits set) unique per `n`.
-fn uuid_like(prefix: u32, n: u64) -> String {
-    format!("{prefix:08x}-0000-7000-8000-{n:012x}")
-}
-
-/// Per-request latencies of one scenario and the wall time of its loop.
-struct Stats {
-    name: &'static str,
-    wall: Duration,
-    latencies: Vec<Duration>,
-}
-
-impl Stats {
-    fn throughput(&self) -> f64 {
-        self.latencies.len() as f64 / self.wall.as_secs_f64()
-    }
-    /// Nearest-rank percentile, in milliseconds.
-    fn percentile_ms(&self, p: f64) -> f64 {
-        let mut sorted = self.latencies.clone();
-        sorted.sort_unstable();
-        let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-        sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1e3
-    }
-    fn max_ms(&self) -> f64 {
-        self.latencies
-            .iter()
-            .max()
-            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
-    }
-}
-
-/// Runs `one(j)` for `j` in `0..count`, timing each call and the loop.
-fn measure(name: &'static str, count: u64, mut one: impl FnMut(u64) -> Duration) -> Stats {
-    let mut latencies = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
-    let started = Instant::now();
-    for j in 0..count {
-        latencies.push(one(j));
-    }
-    Stats {
-        name,
-        wall: started.elapsed(),
-        latencies,
-    }
 }
 
 fn build_host(dir: &Path) -> anyhow::Result<Host> {
@@ -188,36 +118,6 @@ fn build_host(dir: &Path) -> anyhow::Result<Host> {
         // High enough never to refuse, so the rate-limit statement still
         // runs on every submission but never turns it into a 429.
         .with_variable("form_rate_limit_per_minute", "1000000000"))
-}
-
-fn request(
-    method: &str,
-    uri: &str,
-    headers: &[(&str, &str)],
-    body: impl Into<Bytes>,
-) -> kizuna::http::Request {
-    let mut builder = http::Request::builder().method(method).uri(uri);
-    for (name, value) in headers {
-        builder = builder.header(*name, *value);
-    }
-    builder.body(body.into()).expect("a valid request")
-}
-
-fn body_text(response: &kizuna::http::Response) -> String {
-    String::from_utf8_lossy(response.body()).into_owned()
-}
-
-/// Copies the WAL into the main file, empties it and syncs the file, so
-/// that the next phase neither inherits a long WAL nor pays for flushing
-/// the previous phase's dirty pages.
-fn settle(connection: &Connection, path: &Path) -> anyhow::Result<()> {
-    let (busy, _, _): (i64, i64, i64) =
-        connection.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?;
-    ensure!(busy == 0, "checkpoint of {} was blocked", path.display());
-    std::fs::File::open(path)?.sync_all()?;
-    Ok(())
 }
 
 /// Writes `count` contacts straight into Kizuna's schema, in large
@@ -335,21 +235,6 @@ fn phone_lookup(host: &Host, contacts: u64, requests: u64) -> Stats {
     })
 }
 
-/// The same durability settings Kizuna uses: WAL (set by its migration)
-/// plus the per-connection pragmas of `db::prepare`.
-fn open_baseline(path: &Path) -> anyhow::Result<Connection> {
-    let connection = Connection::open(path)?;
-    let mode: String = connection.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-    ensure!(mode == "wal", "baseline refused WAL: {mode}");
-    connection.execute_batch(
-        "PRAGMA busy_timeout = 5000;
-         PRAGMA foreign_keys = ON;
-         PRAGMA synchronous = FULL;
-         PRAGMA secure_delete = ON;",
-    )?;
-    Ok(connection)
-}
-
 fn baseline_data(i: u64) -> String {
     serde_json::json!({"phone": format!("+8190{i:08}"), "name": format!("Bench User {i}"), "source": "bench"}).to_string()
 }
@@ -410,67 +295,16 @@ fn baseline(path: &Path, contacts: u64, requests: u64) -> anyhow::Result<(Stats,
     Ok((inserts, lookups))
 }
 
-fn file_size(path: &Path) -> u64 {
-    std::fs::metadata(path).map_or(0, |m| m.len())
-}
-
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
-}
-
-fn print_row(stats: &Stats) {
-    println!(
-        "{:<18} {:>8} {:>12.1} {:>10.3} {:>10.3} {:>10.3}",
-        stats.name,
-        stats.latencies.len(),
-        stats.throughput(),
-        stats.percentile_ms(50.0),
-        stats.percentile_ms(99.0),
-        stats.max_ms()
-    );
-}
-
-fn print_ratios(label: &str, kizuna: &Stats, base: &Stats) {
-    println!(
-        "{label:<34} throughput {:>7.3}x   p50 {:>7.2}x   p99 {:>7.2}x",
-        kizuna.throughput() / base.throughput(),
-        kizuna.percentile_ms(50.0) / base.percentile_ms(50.0),
-        kizuna.percentile_ms(99.0) / base.percentile_ms(99.0),
-    );
-}
-
 fn run(options: &Options, dir: &Path) -> anyhow::Result<()> {
     let host = build_host(dir)?;
     let database = host.database_path();
-    let baseline_path = dir.join("baseline.db");
-    ensure!(
-        !database.exists() && !baseline_path.exists(),
-        "{} already holds a bench database; use an empty directory",
-        dir.display()
-    );
+    let baseline_path = baseline_path(dir);
 
     println!(
         "bench-contacts: {} contacts, {} requests per scenario",
         options.contacts, options.requests
     );
-    println!(
-        "machine: {} logical CPUs, {}/{}, SQLite {}, {} build",
-        std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
-        std::env::consts::OS,
-        std::env::consts::ARCH,
-        rusqlite::version(),
-        if cfg!(debug_assertions) {
-            "DEBUG (numbers not meaningful)"
-        } else {
-            "release"
-        },
-    );
+    print_machine();
     println!("directory: {}", dir.display());
 
     // The first request runs the migrations (and switches the file to WAL).
@@ -503,19 +337,12 @@ fn run(options: &Options, dir: &Path) -> anyhow::Result<()> {
         baseline(&baseline_path, options.contacts, options.requests)?;
 
     println!();
-    println!(
-        "{:<18} {:>8} {:>12} {:>10} {:>10} {:>10}",
-        "scenario", "requests", "req/s", "p50 ms", "p99 ms", "max ms"
-    );
-    for stats in [&forms, &lookups, &base_inserts, &base_lookups] {
-        print_row(stats);
-    }
+    print_table(&[&forms, &lookups, &base_inserts, &base_lookups]);
     println!();
-    println!(
-        "ratios (Kizuna / baseline; throughput above 1 is faster, p50/p99 above 1 is slower):"
-    );
-    print_ratios("form capture / baseline insert", &forms, &base_inserts);
-    print_ratios("phone lookup / baseline lookup", &lookups, &base_lookups);
+    print_ratios(&[
+        ("form capture / baseline insert", &forms, &base_inserts),
+        ("phone lookup / baseline lookup", &lookups, &base_lookups),
+    ]);
 
     let check = Connection::open(&database)?;
     let count = |sql: &str| -> anyhow::Result<u64> { Ok(check.query_row(sql, [], |r| r.get(0))?) };
@@ -526,17 +353,12 @@ fn run(options: &Options, dir: &Path) -> anyhow::Result<()> {
     let new_leads = options.requests.div_ceil(2);
     println!();
     println!(
-        "kizuna database: {:.1} MiB + WAL {:.1} MiB; {contacts} contacts (expected {}), \
+        "kizuna database: {}; {contacts} contacts (expected {}), \
          {interactions} form_submitted entries, {consents} consent records",
-        mib(file_size(&database)),
-        mib(file_size(&with_suffix(&database, "-wal"))),
+        database_size(&database),
         options.contacts + new_leads,
     );
-    println!(
-        "baseline database: {:.1} MiB + WAL {:.1} MiB",
-        mib(file_size(&baseline_path)),
-        mib(file_size(&with_suffix(&baseline_path, "-wal"))),
-    );
+    println!("baseline database: {}", database_size(&baseline_path));
     ensure!(
         contacts == options.contacts + new_leads,
         "expected {} contacts after the run, found {contacts}",
@@ -549,45 +371,9 @@ fn run(options: &Options, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Deletes what the bench created: the whole directory if it made it,
-/// otherwise only its database files.
-fn clean_up(dir: &Path, created_dir: bool) {
-    let result = if created_dir {
-        std::fs::remove_dir_all(dir)
-    } else {
-        let mut result = Ok(());
-        for base in ["sqlite_db.db", "sqlite_key_value.db", "baseline.db"] {
-            for suffix in ["", "-wal", "-shm", "-journal"] {
-                let path = dir.join(format!("{base}{suffix}"));
-                if path.exists() {
-                    result = result.and(std::fs::remove_file(path));
-                }
-            }
-        }
-        result
-    };
-    if let Err(e) = result {
-        eprintln!("failed to clean up {}: {e}", dir.display());
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let Some(options) = parse_options()? else {
         return Ok(());
     };
-    let dir = options.dir.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("kizuna-bench-{}", std::process::id()))
-    });
-    let created_dir = !dir.exists();
-    // A failed assertion panics; the databases are still cleaned up.
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&options, &dir)));
-    if options.keep {
-        println!("kept the databases in {}", dir.display());
-    } else {
-        clean_up(&dir, created_dir);
-    }
-    match outcome {
-        Ok(result) => result,
-        Err(panic) => std::panic::resume_unwind(panic),
-    }
+    run_in_dir(&options.dir, |dir| run(&options, dir))
 }
