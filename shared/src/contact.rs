@@ -203,7 +203,12 @@ pub async fn update(
         let Some(value) = value else { continue };
         let stored = before.opt_str(field)?;
         let write = match policy {
-            WritePolicy::FillEmpty => stored.is_none(),
+            // Anonymous data never takes an identity from another contact:
+            // the value is skipped (it stays on the timeline) rather than
+            // failing the write, so a webhook's order is never lost to it.
+            WritePolicy::FillEmpty => {
+                stored.is_none() && !identity_taken(db, id, field, &value, before).await?
+            }
             WritePolicy::Overwrite => stored != Some(value.as_str()),
         };
         if write {
@@ -254,6 +259,31 @@ pub async fn update(
         refresh_search_terms(db, id).await?;
     }
     Ok(changed)
+}
+
+/// Whether setting `field` to `value` on contact `id` would collide with
+/// another contact's identity under the unique indexes.
+async fn identity_taken(
+    db: &impl Db,
+    id: &str,
+    field: &str,
+    value: &str,
+    before: Row<'_>,
+) -> anyhow::Result<bool> {
+    let sql = match field {
+        "email" => "SELECT 1 AS taken FROM contacts WHERE email = ?1 AND id <> ?2",
+        "external_id" => "SELECT 1 AS taken FROM contacts WHERE external_id = ?1 AND id <> ?2",
+        // Phones are unique only among contacts without an email.
+        "phone" if before.opt_str("email")?.is_none() => {
+            "SELECT 1 AS taken FROM contacts WHERE phone = ?1 AND email IS NULL AND id <> ?2"
+        }
+        _ => return Ok(false),
+    };
+    let rows = db
+        .execute(sql, &[value.into(), id.into()])
+        .await
+        .context("failed to check an identity")?;
+    Ok(!rows.is_empty())
 }
 
 /// A unique index refusing a write means the value belongs to another

@@ -26,6 +26,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("missing or invalid API key")]
     Unauthorized,
+    #[error("missing or invalid webhook signature")]
+    BadSignature,
     #[error("forbidden: {0}")]
     Forbidden(String),
     #[error("not found: {0}")]
@@ -74,6 +76,13 @@ impl ApiError {
                 "unauthorized",
                 "Unauthorized",
                 "a valid API key is required: `Authorization: Bearer <key>`".to_owned(),
+                vec![],
+            ),
+            ApiError::BadSignature => (
+                401,
+                "bad-signature",
+                "Unauthorized",
+                "the webhook signature is missing, stale or does not verify".to_owned(),
                 vec![],
             ),
             ApiError::Forbidden(d) => (403, "forbidden", "Forbidden", d.clone(), vec![]),

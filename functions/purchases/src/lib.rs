@@ -35,7 +35,7 @@ fn unauthorized(source: Source, error: SignatureError) -> ApiError {
         "webhook signature refused: source={} reason={error}",
         source.as_str()
     );
-    ApiError::Unauthorized
+    ApiError::BadSignature
 }
 
 fn required<'a>(request: &'a Request, name: &'static str) -> Result<&'a str, ApiError> {

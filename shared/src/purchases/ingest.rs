@@ -57,7 +57,8 @@ pub async fn apply(
             if let Some((order_id, contact_id)) = find_order(db, source, order_external_id).await? {
                 refresh_order(db, &order_id).await?;
                 if let Some(contact_id) = &contact_id {
-                    note_refunds(db, contact_id, &order_id, &applied.new_refunds, now).await?;
+                    note_refunds(db, source, contact_id, &order_id, &applied.new_refunds, now)
+                        .await?;
                     refresh_contact(db, contact_id).await?;
                 }
                 applied.order_id = Some(order_id);
@@ -68,7 +69,8 @@ pub async fn apply(
     }
 }
 
-async fn find_order(
+/// The order (row id, contact id) for a source's external id.
+pub async fn find_order(
     db: &impl Db,
     source: Source,
     external_id: &str,
@@ -292,6 +294,22 @@ async fn apply_order(
         newly_cancelled: order.cancelled && !was_cancelled,
         new_refunds: Vec::new(),
     };
+    if existing.is_none() {
+        // Refunds that arrived before their order (Shopify may deliver
+        // `refunds/create` first) take effect now, as if just received.
+        let early = db
+            .execute(
+                "SELECT id, amount_minor FROM refunds WHERE source = ?1 AND order_external_id = ?2 ORDER BY id",
+                &[source.as_str().into(), order.external_id.as_str().into()],
+            )
+            .await
+            .context("failed to read early refunds")?;
+        for row in early.iter() {
+            applied
+                .new_refunds
+                .push((row.str("id")?.to_owned(), row.i64("amount_minor")?));
+        }
+    }
     for refund in &order.refunds {
         if let Some(new) = insert_refund(
             db,
@@ -340,7 +358,7 @@ async fn apply_order(
             )
             .await?;
         }
-        note_refunds(db, contact_id, &order_id, &applied.new_refunds, now).await?;
+        note_refunds(db, source, contact_id, &order_id, &applied.new_refunds, now).await?;
         refresh_contact(db, contact_id).await?;
     }
     Ok(applied)
@@ -411,6 +429,7 @@ async fn insert_refund(
 
 async fn note_refunds(
     db: &impl Db,
+    source: Source,
     contact_id: &str,
     order_id: &str,
     refunds: &[(String, i64)],
@@ -422,7 +441,7 @@ async fn note_refunds(
             db,
             contact_id,
             &Entry::event(Kind::OrderRefunded, Some(data), now),
-            "webhook",
+            &format!("webhook:{}", source.as_str()),
             now,
         )
         .await?;

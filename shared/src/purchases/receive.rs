@@ -86,22 +86,42 @@ fn describe(error: &ApiError) -> String {
     let problem = error.to_problem();
     let mut text = format!("{} {}: {}", problem.status, problem.title, problem.detail);
     for e in &problem.errors {
-        text.push_str(&format!("; {}: {}", e.field, e.message));
+        text.push_str(&format!("; {}: {}", e.field, redact_unexpected(&e.message)));
     }
     redact_quoted(&text)
 }
 
+/// serde describes a wrong value as `invalid type: <value>, expected …`;
+/// the value part goes, whatever quoting it used.
+fn redact_unexpected(message: &str) -> String {
+    for marker in ["invalid type: ", "invalid value: ", "unknown variant "] {
+        if let Some(start) = message.find(marker) {
+            let from = start + marker.len();
+            let to = message[from..]
+                .find(", expected")
+                .map_or(message.len(), |i| from + i);
+            return format!("{}…{}", &message[..from], &message[to..]);
+        }
+    }
+    message.to_owned()
+}
+
+/// Blanks every span serde quotes, in `"…"` (strings) or in backticks
+/// (numbers, and names, which the field path already gives).
 fn redact_quoted(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    let mut inside = false;
+    let mut inside: Option<char> = None;
     for c in text.chars() {
-        if c == '"' {
-            if !inside {
-                out.push_str("\"…\"");
+        match inside {
+            None if c == '"' || c == '`' => {
+                out.push(c);
+                out.push('…');
+                out.push(c);
+                inside = Some(c);
             }
-            inside = !inside;
-        } else if !inside {
-            out.push(c);
+            None => out.push(c),
+            Some(quote) if c == quote => inside = None,
+            Some(_) => {}
         }
     }
     out
@@ -170,7 +190,12 @@ pub async fn receive_with<D: Db, K: Kv>(
             .await
             .context("failed to record an event")?;
         let (outcome, applied) = if fresh.is_empty() {
-            (Outcome::Duplicate, Applied::default())
+            // A repeat answers with the order the first delivery stored.
+            let order_id = match event.order_external_id() {
+                Some(external_id) => ingest::find_order(ctx.db, delivery.source, external_id).await?.map(|(id, _)| id),
+                None => None,
+            };
+            (Outcome::Duplicate, Applied { order_id, ..Applied::default() })
         } else if let Event::Ignored(_) = event {
             (Outcome::Ignored, Applied::default())
         } else {
@@ -195,6 +220,16 @@ mod tests {
         assert_eq!(
             super::redact_quoted(r#"invalid type: string "taro@example.jp", expected u64"#),
             r#"invalid type: string "…", expected u64"#
+        );
+        assert_eq!(
+            super::redact_quoted("invalid type: integer `819012345678`, expected a string"),
+            "invalid type: integer `…`, expected a string"
+        );
+        assert_eq!(
+            super::redact_unexpected(
+                r#"invalid type: string "a\"b@example.jp", expected u64 at line 1"#
+            ),
+            "invalid type: …, expected u64 at line 1"
         );
     }
 }

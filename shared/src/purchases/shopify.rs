@@ -44,6 +44,9 @@ pub struct OrderDto {
     billing_address: Option<AddressDto>,
     #[serde(default)]
     refunds: Vec<RefundDto>,
+    /// Orders placed in test mode (Bogus Gateway) are not sales.
+    #[serde(default)]
+    test: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +166,9 @@ pub fn parse_order(
     received_at: OffsetDateTime,
     region: Region,
 ) -> Result<Event, ApiError> {
+    if dto.test {
+        return Ok(Event::Ignored("test order"));
+    }
     let mut errors = Vec::new();
     let currency =
         Currency::parse(&dto.currency).map_err(|e| ApiError::invalid("currency", e.to_string()))?;

@@ -180,7 +180,9 @@ pub fn parse_order(
     let status = dto.status.as_deref().unwrap_or("pending");
     let paid_at = gmt("date_paid_gmt", dto.date_paid_gmt.as_deref(), &mut errors);
     let paid = paid_at.is_some() || matches!(status, "processing" | "completed" | "refunded");
-    let cancelled = matches!(status, "cancelled" | "failed");
+    // `failed` is a failed payment attempt, not a cancellation: the
+    // customer may pay again, and a cancellation could not be undone.
+    let cancelled = status == "cancelled";
     let placed_at = gmt(
         "date_created_gmt",
         dto.date_created_gmt.as_deref(),
