@@ -16,6 +16,9 @@ pub enum Scope {
     ContactsErase,
     FormsAdmin,
     OrdersRead,
+    PointsRead,
+    PointsWrite,
+    PointsAdmin,
 }
 
 impl Scope {
@@ -26,6 +29,9 @@ impl Scope {
             Scope::ContactsErase => "contacts:erase",
             Scope::FormsAdmin => "forms:admin",
             Scope::OrdersRead => "orders:read",
+            Scope::PointsRead => "points:read",
+            Scope::PointsWrite => "points:write",
+            Scope::PointsAdmin => "points:admin",
         }
     }
 }

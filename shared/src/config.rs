@@ -30,6 +30,9 @@ pub const PURCHASES_VARIABLES: &[&str] = &[
     "woocommerce_webhook_secrets",
 ];
 
+/// The variables the `points` component reads.
+pub const POINTS_VARIABLES: &[&str] = &["api_keys", "shop_currency"];
+
 /// Settings for one request. A component reads only its own variables
 /// (see `spin.toml`); settings of other components stay at their empty
 /// values and the code that needs one asks for it through an accessor

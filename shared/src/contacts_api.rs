@@ -14,7 +14,7 @@ use crate::error::{ApiError, FieldError};
 use crate::http::{
     Request, Response, decode_cursor, encode_cursor, json_response, page_limit, query_param,
 };
-use crate::idempotency::{self, IdempotencyKey, NextAction};
+use crate::idempotency::{WriteAnswer, write};
 use crate::ids::new_id;
 use crate::phone::Phone;
 use crate::ports::{Db, Kv, Value};
@@ -24,68 +24,9 @@ use crate::text::search_fold;
 use crate::timeline::{self, Entry, Kind};
 use crate::timestamp;
 use anyhow::Context as _;
-use bytes::Bytes;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Map, Value as Json, json};
-
-/// The answer of a write, before it is saved for replays.
-pub struct WriteAnswer {
-    pub status: StatusCode,
-    pub body: Json,
-    pub contact_id: Option<String>,
-}
-
-/// Runs `work` in one transaction, replaying a saved answer when the
-/// request repeats an `Idempotency-Key`.
-pub async fn write<D: Db, K: Kv>(
-    ctx: &Ctx<'_, D, K>,
-    actor: &Actor,
-    request: &Request,
-    work: impl AsyncFnOnce() -> Result<WriteAnswer, ApiError>,
-) -> Result<Response, ApiError> {
-    let key = IdempotencyKey::from_headers(request.headers())?;
-    let hash = idempotency::request_hash(
-        request.method().as_str(),
-        request.uri().path(),
-        request.body(),
-    );
-    let actor_label = actor.label();
-    let (status, body) = transaction(
-        ctx.db,
-        async || -> Result<(StatusCode, String), ApiError> {
-            if let Some(key) = &key
-                && let NextAction::Replay { status, body } =
-                    idempotency::check(ctx.db, &actor_label, key, &hash).await?
-            {
-                return Ok((StatusCode::from_u16(status).context("stored status")?, body));
-            }
-            let answer = work().await?;
-            let body = answer.body.to_string();
-            if let Some(key) = &key {
-                let now = timestamp::format(ctx.clock.now());
-                idempotency::save(
-                    ctx.db,
-                    &actor_label,
-                    key,
-                    &hash,
-                    answer.status.as_u16(),
-                    &body,
-                    answer.contact_id.as_deref(),
-                    &now,
-                )
-                .await?;
-            }
-            Ok((answer.status, body))
-        },
-    )
-    .await?;
-    Ok(http::Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Bytes::from(body))
-        .expect("static headers are valid"))
-}
 
 /// `POST /v1/contacts` body. Unknown fields (counters, ids, timestamps)
 /// are refused: no mass assignment.

@@ -17,6 +17,7 @@ use anyhow::Context as _;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_contacts.sql"),
     include_str!("migrations/0002_orders.sql"),
+    include_str!("migrations/0003_points.sql"),
 ];
 
 /// The schema version this build expects.

@@ -36,6 +36,8 @@ pub enum ApiError {
     MethodNotAllowed(&'static str),
     #[error("conflict: {0}")]
     Conflict(String),
+    #[error("not enough points")]
+    InsufficientPoints { available: i64 },
     #[error("body larger than {0} bytes")]
     PayloadTooLarge(usize),
     #[error("unsupported content type: {0}")]
@@ -64,6 +66,9 @@ pub struct Problem {
     pub detail: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// Extension members (RFC 9457 §3.2), e.g. `available` on a 409.
+    #[serde(flatten)]
+    pub extensions: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -95,6 +100,13 @@ impl ApiError {
                 vec![],
             ),
             ApiError::Conflict(d) => (409, "conflict", "Conflict", d.clone(), vec![]),
+            ApiError::InsufficientPoints { available } => (
+                409,
+                "insufficient-points",
+                "Insufficient points",
+                format!("only {available} points are available"),
+                vec![],
+            ),
             ApiError::PayloadTooLarge(limit) => (
                 413,
                 "too-large",
@@ -133,12 +145,17 @@ impl ApiError {
                 vec![],
             ),
         };
+        let mut extensions = serde_json::Map::new();
+        if let ApiError::InsufficientPoints { available } = self {
+            extensions.insert("available".to_owned(), (*available).into());
+        }
         Problem {
             kind: format!("https://kizuna.dev/problems/{slug}"),
             title,
             status,
             detail,
             errors,
+            extensions,
         }
     }
 }

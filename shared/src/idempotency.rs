@@ -3,10 +3,18 @@
 //! body gets that answer back and changes nothing, a repeat with another
 //! body is refused (422).
 
+use crate::Ctx;
+use crate::auth::Actor;
+use crate::db::transaction;
 use crate::error::ApiError;
-use crate::ports::Db;
+use crate::http::{Request, Response};
+use crate::ports::{Db, Kv};
+use crate::timestamp;
 use anyhow::Context as _;
+use bytes::Bytes;
 use http::HeaderMap;
+use http::StatusCode;
+use serde_json::Value as Json;
 use sha2::{Digest, Sha256};
 
 /// A key a client sent: 1 to 255 visible ASCII characters.
@@ -104,4 +112,62 @@ pub async fn save(
     .await
     .context("failed to save an idempotency key")?;
     Ok(())
+}
+
+/// The answer of a write, before it is saved for replays.
+pub struct WriteAnswer {
+    pub status: StatusCode,
+    pub body: Json,
+    pub contact_id: Option<String>,
+}
+
+/// Runs `work` in one transaction, replaying a saved answer when the
+/// request repeats an `Idempotency-Key`.
+pub async fn write<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    actor: &Actor,
+    request: &Request,
+    work: impl AsyncFnOnce() -> Result<WriteAnswer, ApiError>,
+) -> Result<Response, ApiError> {
+    let key = IdempotencyKey::from_headers(request.headers())?;
+    let hash = request_hash(
+        request.method().as_str(),
+        request.uri().path(),
+        request.body(),
+    );
+    let actor_label = actor.label();
+    let (status, body) = transaction(
+        ctx.db,
+        async || -> Result<(StatusCode, String), ApiError> {
+            if let Some(key) = &key
+                && let NextAction::Replay { status, body } =
+                    check(ctx.db, &actor_label, key, &hash).await?
+            {
+                return Ok((StatusCode::from_u16(status).context("stored status")?, body));
+            }
+            let answer = work().await?;
+            let body = answer.body.to_string();
+            if let Some(key) = &key {
+                let now = timestamp::format(ctx.clock.now());
+                save(
+                    ctx.db,
+                    &actor_label,
+                    key,
+                    &hash,
+                    answer.status.as_u16(),
+                    &body,
+                    answer.contact_id.as_deref(),
+                    &now,
+                )
+                .await?;
+            }
+            Ok((answer.status, body))
+        },
+    )
+    .await?;
+    Ok(http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Bytes::from(body))
+        .expect("static headers are valid"))
 }

@@ -29,6 +29,7 @@ pub mod idempotency;
 pub mod ids;
 pub mod money;
 pub mod phone;
+pub mod points;
 pub mod ports;
 pub mod privacy;
 pub mod profile;

@@ -45,6 +45,7 @@ async fn call_component(
     match component {
         "contacts" => Some(kizuna_contacts::handle(request, ctx).await),
         "purchases" => Some(kizuna_purchases::handle(request, ctx).await),
+        "points" => Some(kizuna_points::handle(request, ctx).await),
         _ => None,
     }
 }

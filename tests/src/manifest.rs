@@ -257,6 +257,7 @@ mod tests {
         for (component, names) in [
             ("contacts", kizuna::config::CONTACTS_VARIABLES),
             ("purchases", kizuna::config::PURCHASES_VARIABLES),
+            ("points", kizuna::config::POINTS_VARIABLES),
         ] {
             let declared: Vec<&str> = manifest.components[component]
                 .variables

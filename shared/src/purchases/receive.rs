@@ -128,21 +128,12 @@ fn redact_quoted(text: &str) -> String {
 }
 
 /// Handles a verified delivery whose payload `parse` turns into an event.
+/// The order, the contact's counters and the points ledger change in one
+/// transaction, or not at all.
 pub async fn receive<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
     delivery: &Delivery,
     parse: impl FnOnce(OffsetDateTime) -> Result<Event, ApiError>,
-) -> Result<Response, ApiError> {
-    receive_with(ctx, delivery, parse, async |_, _| Ok(())).await
-}
-
-/// Like [`receive`], with `hook` run inside the same transaction after
-/// the order is applied (the points ledger's entry point).
-pub async fn receive_with<D: Db, K: Kv>(
-    ctx: &Ctx<'_, D, K>,
-    delivery: &Delivery,
-    parse: impl FnOnce(OffsetDateTime) -> Result<Event, ApiError>,
-    hook: impl AsyncFnOnce(&D, &Applied) -> Result<(), ApiError>,
 ) -> Result<Response, ApiError> {
     let now = ctx.clock.now();
     let event = parse(now).and_then(|event| {
@@ -200,7 +191,7 @@ pub async fn receive_with<D: Db, K: Kv>(
             (Outcome::Ignored, Applied::default())
         } else {
             let applied = ingest::apply(ctx.db, delivery.source, &event, now).await?;
-            hook(ctx.db, &applied).await?;
+            crate::points::orders::on_order(ctx.db, delivery.source, &applied, now).await?;
             (Outcome::Applied, applied)
         };
         log_delivery(ctx.db, delivery, event.order_external_id(), outcome, None, now).await?;

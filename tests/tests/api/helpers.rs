@@ -20,6 +20,10 @@ pub const ORDERS_SECRET: &str = "whsec_dGVzdC1vcmRlcnMtd2ViaG9vay1zZWNyZXQ=";
 pub const SHOPIFY_SECRET: &str = "shpss_test_shopify_secret";
 pub const WOO_SECRET: &str = "test-woocommerce-secret";
 pub const ORDERS_KEY: &str = "test-orders-key-4444";
+/// `points:read` and `points:write`.
+pub const POINTS_KEY: &str = "test-points-key-5555";
+/// `points:read` and `points:admin`.
+pub const POINTS_ADMIN_KEY: &str = "test-points-admin-key-6666";
 
 pub fn api_keys_variable() -> String {
     serde_json::json!([
@@ -28,6 +32,8 @@ pub fn api_keys_variable() -> String {
         {"name": "writer", "sha256": key_digest(WRITE_KEY), "scopes": ["contacts:read", "contacts:write"]},
         {"name": "forms", "sha256": key_digest(FORMS_KEY), "scopes": ["forms:admin"]},
         {"name": "orders", "sha256": key_digest(ORDERS_KEY), "scopes": ["orders:read"]},
+        {"name": "points", "sha256": key_digest(POINTS_KEY), "scopes": ["points:read", "points:write"]},
+        {"name": "points-admin", "sha256": key_digest(POINTS_ADMIN_KEY), "scopes": ["points:read", "points:admin"]},
     ])
     .to_string()
 }

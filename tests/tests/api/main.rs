@@ -4,5 +4,6 @@
 mod contacts;
 mod forms;
 mod helpers;
+mod points;
 mod purchases;
 mod storage;

@@ -1,0 +1,522 @@
+//! Every movement of points, inside the caller's `BEGIN IMMEDIATE`
+//! transaction: entries (append-only), lots (what is left of each credit),
+//! allocations (which lots a redemption drew from) and debt.
+//!
+//! Per contact, after every call: `sum(entries) = sum(lots.remaining) -
+//! debt`, no lot below zero or above its original, and a redemption never
+//! takes more than is available. Balances are derived from lots and the
+//! clock at read time; nothing depends on a scheduled job.
+
+use crate::error::ApiError;
+use crate::ids::new_id;
+use crate::ports::{Db, Value};
+use crate::timestamp;
+use anyhow::Context as _;
+use serde::Serialize;
+use time::{Duration, OffsetDateTime};
+
+/// The closed set of ledger entry kinds, with their one storage mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Earn,
+    Redeem,
+    Expire,
+    Cancel,
+    Adjust,
+    Reverse,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Earn => "earn",
+            Kind::Redeem => "redeem",
+            Kind::Expire => "expire",
+            Kind::Cancel => "cancel",
+            Kind::Adjust => "adjust",
+            Kind::Reverse => "reverse",
+        }
+    }
+
+    /// The lifetime total an entry of this kind moves.
+    fn total_column(self, points: i64) -> (&'static str, i64) {
+        match self {
+            Kind::Earn => ("earned", points),
+            Kind::Redeem => ("redeemed", -points),
+            Kind::Expire => ("expired", -points),
+            Kind::Cancel => ("reversed", -points),
+            Kind::Adjust => ("adjusted", points),
+            // A positive reversal gives back redeemed points.
+            Kind::Reverse if points > 0 => ("redeemed", -points),
+            Kind::Reverse => ("reversed", -points),
+        }
+    }
+}
+
+/// An entry to append. `points` is signed.
+#[derive(Debug, Clone, Default)]
+pub struct NewEntry<'a> {
+    pub kind: Option<Kind>,
+    pub points: i64,
+    pub reason: Option<&'a str>,
+    pub order_id: Option<&'a str>,
+    pub order_ref: Option<&'a str>,
+    pub refund_id: Option<&'a str>,
+    pub related_entry_id: Option<&'a str>,
+    pub program_version: Option<i64>,
+}
+
+impl<'a> NewEntry<'a> {
+    pub fn new(kind: Kind, points: i64) -> NewEntry<'a> {
+        NewEntry {
+            kind: Some(kind),
+            points,
+            ..NewEntry::default()
+        }
+    }
+}
+
+async fn ensure_account(db: &impl Db, contact_id: &str) -> anyhow::Result<()> {
+    db.execute(
+        "INSERT INTO points_accounts (contact_id) VALUES (?1) ON CONFLICT DO NOTHING",
+        &[contact_id.into()],
+    )
+    .await
+    .context("failed to open a points account")?;
+    Ok(())
+}
+
+/// Appends `entry`, keeping the account's running sum and totals.
+async fn append(
+    db: &impl Db,
+    contact_id: &str,
+    entry: &NewEntry<'_>,
+    actor: &str,
+    now: OffsetDateTime,
+) -> anyhow::Result<String> {
+    let kind = entry.kind.context("an entry needs a kind")?;
+    ensure_account(db, contact_id).await?;
+    let (column, amount) = kind.total_column(entry.points);
+    // `column` comes from the closed set above, never from input.
+    let rows = db
+        .execute(
+            &format!(
+                "UPDATE points_accounts SET balance = balance + ?2, {column} = {column} + ?3
+                 WHERE contact_id = ?1 RETURNING balance"
+            ),
+            &[contact_id.into(), entry.points.into(), amount.into()],
+        )
+        .await
+        .context("failed to update a points account")?;
+    let balance_after = rows.first().context("points account")?.i64("balance")?;
+    let id = new_id(now);
+    db.execute(
+        "INSERT INTO points_entries (id, contact_id, kind, points, balance_after, reason, order_id, order_ref,
+             refund_id, related_entry_id, program_version, created_at, created_by)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        &[
+            id.as_str().into(),
+            contact_id.into(),
+            kind.as_str().into(),
+            entry.points.into(),
+            balance_after.into(),
+            entry.reason.into(),
+            entry.order_id.into(),
+            entry.order_ref.into(),
+            entry.refund_id.into(),
+            entry.related_entry_id.into(),
+            entry.program_version.into(),
+            timestamp::format(now).into(),
+            actor.into(),
+        ],
+    )
+    .await
+    .context("failed to append a points entry")?;
+    Ok(id)
+}
+
+/// Credits `entry.points` (> 0) into a new lot. Debt is paid first.
+pub async fn credit(
+    db: &impl Db,
+    contact_id: &str,
+    entry: &NewEntry<'_>,
+    available_at: OffsetDateTime,
+    expires_at: Option<OffsetDateTime>,
+    actor: &str,
+    now: OffsetDateTime,
+) -> anyhow::Result<String> {
+    anyhow::ensure!(entry.points > 0, "a credit must be positive");
+    expire_due(db, Some(contact_id), actor, now).await?;
+    let entry_id = append(db, contact_id, entry, actor, now).await?;
+    db.execute(
+        "INSERT INTO points_lots (id, contact_id, entry_id, original, remaining, available_at, expires_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7)",
+        &[
+            new_id(now).into(),
+            contact_id.into(),
+            entry_id.as_str().into(),
+            entry.points.into(),
+            timestamp::format(available_at).into(),
+            expires_at.map(timestamp::format).into(),
+            timestamp::format(now).into(),
+        ],
+    )
+    .await
+    .context("failed to open a points lot")?;
+    settle_debt(db, contact_id, now).await?;
+    Ok(entry_id)
+}
+
+/// An open lot, as read for spending.
+struct Lot {
+    id: String,
+    remaining: i64,
+}
+
+/// Unexpired lots with points left, in spending order: available ones
+/// soonest-expiring first (never-expiring last), then the oldest; then,
+/// if `include_pending`, pending ones by when they become available.
+async fn open_lots(
+    db: &impl Db,
+    contact_id: &str,
+    now: OffsetDateTime,
+    include_pending: bool,
+) -> anyhow::Result<Vec<Lot>> {
+    let rows = db
+        .execute(
+            "SELECT id, remaining FROM points_lots
+             WHERE contact_id = ?1 AND remaining > 0 AND (expires_at IS NULL OR expires_at > ?2)
+               AND (?3 OR available_at <= ?2)
+             ORDER BY available_at > ?2, CASE WHEN available_at > ?2 THEN available_at END,
+                      expires_at IS NULL, expires_at, id",
+            &[
+                contact_id.into(),
+                timestamp::format(now).into(),
+                Value::from(include_pending),
+            ],
+        )
+        .await
+        .context("failed to read points lots")?;
+    rows.iter()
+        .map(|r| {
+            Ok(Lot {
+                id: r.str("id")?.to_owned(),
+                remaining: r.i64("remaining")?,
+            })
+        })
+        .collect()
+}
+
+async fn take_from_lot(db: &impl Db, lot_id: &str, points: i64) -> anyhow::Result<()> {
+    db.execute(
+        "UPDATE points_lots SET remaining = remaining - ?2 WHERE id = ?1",
+        &[lot_id.into(), points.into()],
+    )
+    .await
+    .context("failed to take points from a lot")?;
+    Ok(())
+}
+
+/// Pays debt from unexpired lots, soonest-expiring first.
+async fn settle_debt(db: &impl Db, contact_id: &str, now: OffsetDateTime) -> anyhow::Result<()> {
+    let mut debt = debt(db, contact_id).await?;
+    if debt == 0 {
+        return Ok(());
+    }
+    for lot in open_lots(db, contact_id, now, true).await? {
+        if debt == 0 {
+            break;
+        }
+        let take = lot.remaining.min(debt);
+        take_from_lot(db, &lot.id, take).await?;
+        debt -= take;
+    }
+    db.execute(
+        "UPDATE points_accounts SET debt = ?2 WHERE contact_id = ?1",
+        &[contact_id.into(), debt.into()],
+    )
+    .await
+    .context("failed to update debt")?;
+    Ok(())
+}
+
+async fn debt(db: &impl Db, contact_id: &str) -> anyhow::Result<i64> {
+    let rows = db
+        .execute(
+            "SELECT debt FROM points_accounts WHERE contact_id = ?1",
+            &[contact_id.into()],
+        )
+        .await
+        .context("failed to read debt")?;
+    Ok(rows
+        .first()
+        .map(|r| r.i64("debt"))
+        .transpose()?
+        .unwrap_or(0))
+}
+
+/// Takes `-entry.points` (> 0) back: from `first_lot` if it is still
+/// open, then from the contact's other unexpired lots, and records what
+/// is still missing as debt (see the debt policy in `points`).
+pub async fn debit(
+    db: &impl Db,
+    contact_id: &str,
+    entry: &NewEntry<'_>,
+    first_lot: Option<&str>,
+    actor: &str,
+    now: OffsetDateTime,
+) -> anyhow::Result<String> {
+    anyhow::ensure!(entry.points < 0, "a debit must be negative");
+    expire_due(db, Some(contact_id), actor, now).await?;
+    let entry_id = append(db, contact_id, entry, actor, now).await?;
+    let mut missing = -entry.points;
+    let mut lots = open_lots(db, contact_id, now, true).await?;
+    if let Some(first) = first_lot
+        && let Some(index) = lots.iter().position(|l| l.id == first)
+    {
+        let lot = lots.remove(index);
+        lots.insert(0, lot);
+    }
+    for lot in lots {
+        if missing == 0 {
+            break;
+        }
+        let take = lot.remaining.min(missing);
+        take_from_lot(db, &lot.id, take).await?;
+        missing -= take;
+    }
+    if missing > 0 {
+        db.execute(
+            "UPDATE points_accounts SET debt = debt + ?2 WHERE contact_id = ?1",
+            &[contact_id.into(), missing.into()],
+        )
+        .await
+        .context("failed to record debt")?;
+    }
+    Ok(entry_id)
+}
+
+/// Spends `points` (> 0) from available lots in spending order, recording
+/// the allocation per lot. Refuses (409) when fewer are available.
+pub async fn redeem(
+    db: &impl Db,
+    contact_id: &str,
+    points: i64,
+    reason: Option<&str>,
+    order_ref: Option<&str>,
+    actor: &str,
+    now: OffsetDateTime,
+) -> Result<String, ApiError> {
+    expire_due(db, Some(contact_id), actor, now).await?;
+    let lots = open_lots(db, contact_id, now, false).await?;
+    let available: i64 = lots.iter().map(|l| l.remaining).sum();
+    if available < points {
+        return Err(ApiError::InsufficientPoints { available });
+    }
+    let entry = NewEntry {
+        reason,
+        order_ref,
+        ..NewEntry::new(Kind::Redeem, -points)
+    };
+    let entry_id = append(db, contact_id, &entry, actor, now).await?;
+    let mut missing = points;
+    for lot in lots {
+        if missing == 0 {
+            break;
+        }
+        let take = lot.remaining.min(missing);
+        take_from_lot(db, &lot.id, take).await?;
+        db.execute(
+            "INSERT INTO points_allocations (redeem_entry_id, lot_id, points) VALUES (?1, ?2, ?3)",
+            &[
+                entry_id.as_str().into(),
+                lot.id.as_str().into(),
+                take.into(),
+            ],
+        )
+        .await
+        .context("failed to record an allocation")?;
+        missing -= take;
+    }
+    Ok(entry_id)
+}
+
+/// Gives back up to `points` that redemptions for `order_ref` drew, to
+/// the lots they came from; points whose lot has expired meanwhile are
+/// not given back (they would have expired anyway). Returns how many
+/// came back.
+pub async fn restore_for_order(
+    db: &impl Db,
+    contact_id: &str,
+    order_ref: &str,
+    points: i64,
+    order_id: Option<&str>,
+    actor: &str,
+    now: OffsetDateTime,
+) -> anyhow::Result<i64> {
+    expire_due(db, Some(contact_id), actor, now).await?;
+    let rows = db
+        .execute(
+            "SELECT a.redeem_entry_id, a.lot_id, a.points - a.restored AS open_points
+             FROM points_allocations a
+             JOIN points_entries e ON e.id = a.redeem_entry_id
+             JOIN points_lots l ON l.id = a.lot_id
+             WHERE e.contact_id = ?1 AND e.order_ref = ?2 AND e.kind = 'redeem'
+               AND a.restored < a.points AND (l.expires_at IS NULL OR l.expires_at > ?3)
+             ORDER BY a.redeem_entry_id, l.expires_at IS NULL, l.expires_at, l.id",
+            &[
+                contact_id.into(),
+                order_ref.into(),
+                timestamp::format(now).into(),
+            ],
+        )
+        .await
+        .context("failed to read allocations")?;
+    let mut left = points;
+    let mut per_redeem: Vec<(String, i64)> = Vec::new();
+    for row in rows.iter() {
+        if left == 0 {
+            break;
+        }
+        let give = row.i64("open_points")?.min(left);
+        let (redeem_id, lot_id) = (row.str("redeem_entry_id")?, row.str("lot_id")?);
+        db.execute(
+            "UPDATE points_allocations SET restored = restored + ?3 WHERE redeem_entry_id = ?1 AND lot_id = ?2",
+            &[redeem_id.into(), lot_id.into(), give.into()],
+        )
+        .await
+        .context("failed to restore an allocation")?;
+        take_from_lot(db, lot_id, -give).await?;
+        match per_redeem.last_mut() {
+            Some((id, sum)) if id == redeem_id => *sum += give,
+            _ => per_redeem.push((redeem_id.to_owned(), give)),
+        }
+        left -= give;
+    }
+    for (redeem_id, given) in &per_redeem {
+        let entry = NewEntry {
+            reason: Some("points that paid for a refunded order"),
+            order_id,
+            order_ref: Some(order_ref),
+            related_entry_id: Some(redeem_id),
+            ..NewEntry::new(Kind::Reverse, *given)
+        };
+        append(db, contact_id, &entry, actor, now).await?;
+    }
+    settle_debt(db, contact_id, now).await?;
+    Ok(points - left)
+}
+
+/// Materialises `expire` entries for lots past their expiry (one entry
+/// per lot), for one contact or all. Idempotent: an expired lot is left
+/// with nothing remaining. Returns the number of lots expired.
+pub async fn expire_due(
+    db: &impl Db,
+    contact_id: Option<&str>,
+    actor: &str,
+    now: OffsetDateTime,
+) -> anyhow::Result<usize> {
+    let rows = db
+        .execute(
+            "SELECT id, contact_id, entry_id, remaining FROM points_lots
+             WHERE remaining > 0 AND expires_at IS NOT NULL AND expires_at <= ?1
+               AND (?2 IS NULL OR contact_id = ?2)
+             ORDER BY contact_id, expires_at, id",
+            &[timestamp::format(now).into(), contact_id.into()],
+        )
+        .await
+        .context("failed to find expired lots")?;
+    for row in rows.iter() {
+        let (lot_id, owner, remaining) = (
+            row.str("id")?,
+            row.str("contact_id")?,
+            row.i64("remaining")?,
+        );
+        take_from_lot(db, lot_id, remaining).await?;
+        let entry = NewEntry {
+            reason: Some("expired"),
+            related_entry_id: Some(row.str("entry_id")?),
+            ..NewEntry::new(Kind::Expire, -remaining)
+        };
+        append(db, owner, &entry, actor, now).await?;
+    }
+    Ok(rows.len())
+}
+
+/// A contact's points as one screen shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Balance {
+    pub available: i64,
+    pub pending: i64,
+    /// When the next pending points become available.
+    pub next_available_at: Option<String>,
+    pub expiring_within_30_days: i64,
+    /// The earliest expiry among the points expiring within 30 days.
+    pub expiring_earliest_at: Option<String>,
+    pub lifetime_earned: i64,
+    pub redeemed: i64,
+    pub expired: i64,
+    pub reversed: i64,
+    pub adjusted: i64,
+    pub debt: i64,
+    /// The ledger's running sum: available + pending - debt, plus any
+    /// expired points not yet written as `expire` entries.
+    pub ledger_balance: i64,
+}
+
+/// Reads the balance at `now`, from lots (indexed) and the account row.
+pub async fn balance(
+    db: &impl Db,
+    contact_id: &str,
+    now: OffsetDateTime,
+) -> anyhow::Result<Balance> {
+    let at = timestamp::format(now);
+    let horizon = timestamp::format(now + Duration::days(30));
+    let rows = db
+        .execute(
+            "SELECT
+               COALESCE(SUM(CASE WHEN available_at <= ?2 THEN remaining END), 0) AS available,
+               COALESCE(SUM(CASE WHEN available_at > ?2 THEN remaining END), 0) AS pending,
+               MIN(CASE WHEN available_at > ?2 THEN available_at END) AS next_available_at,
+               COALESCE(SUM(CASE WHEN expires_at <= ?3 THEN remaining END), 0) AS expiring,
+               MIN(CASE WHEN expires_at <= ?3 THEN expires_at END) AS expiring_earliest_at
+             FROM points_lots
+             WHERE contact_id = ?1 AND remaining > 0 AND (expires_at IS NULL OR expires_at > ?2)",
+            &[
+                contact_id.into(),
+                at.as_str().into(),
+                horizon.as_str().into(),
+            ],
+        )
+        .await
+        .context("failed to read points lots")?;
+    let lots = rows.first().context("balance row")?;
+    let account = db
+        .execute(
+            "SELECT balance, debt, earned, redeemed, expired, reversed, adjusted FROM points_accounts WHERE contact_id = ?1",
+            &[contact_id.into()],
+        )
+        .await
+        .context("failed to read a points account")?;
+    let get = |column: &str| -> anyhow::Result<i64> {
+        Ok(account
+            .first()
+            .map(|r| r.i64(column))
+            .transpose()?
+            .unwrap_or(0))
+    };
+    Ok(Balance {
+        available: lots.i64("available")?,
+        pending: lots.i64("pending")?,
+        next_available_at: lots.opt_str("next_available_at")?.map(str::to_owned),
+        expiring_within_30_days: lots.i64("expiring")?,
+        expiring_earliest_at: lots.opt_str("expiring_earliest_at")?.map(str::to_owned),
+        lifetime_earned: get("earned")?,
+        redeemed: get("redeemed")?,
+        expired: get("expired")?,
+        reversed: get("reversed")?,
+        adjusted: get("adjusted")?,
+        debt: get("debt")?,
+        ledger_balance: get("balance")?,
+    })
+}
