@@ -431,7 +431,6 @@ impl ContactView {
                 "average_order_value_minor": row.i64("average_order_value_minor")?,
                 "first_order_at": row.opt_str("first_order_at")?,
                 "last_order_at": row.opt_str("last_order_at")?,
-                "points_balance": row.i64("points_balance")?,
             }),
             created_at: row.str("created_at")?.to_owned(),
             updated_at: row.str("updated_at")?.to_owned(),
@@ -440,8 +439,13 @@ impl ContactView {
     }
 }
 
-/// The whole contact for one screen: profile, tags, current consents.
-pub async fn load(db: &impl Db, id: &str) -> anyhow::Result<Option<ContactView>> {
+/// The whole contact for one screen: profile, tags, current consents,
+/// order counters and points (derived from the ledger at `now`).
+pub async fn load(
+    db: &impl Db,
+    id: &str,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<Option<ContactView>> {
     let rows = db
         .execute("SELECT * FROM contacts WHERE id = ?1", &[id.into()])
         .await
@@ -462,6 +466,10 @@ pub async fn load(db: &impl Db, id: &str) -> anyhow::Result<Option<ContactView>>
         .map(|r| r.str("tag").map(str::to_owned))
         .collect::<Result<_, _>>()?;
     view.consents = crate::consent::current(db, id).await?;
+    let points = crate::points::ledger::balance(db, id, now).await?;
+    view.counters["points_balance"] = points.available.into();
+    view.counters["points_pending"] = points.pending.into();
+    view.counters["points_debt"] = points.debt.into();
     Ok(Some(view))
 }
 

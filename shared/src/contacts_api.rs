@@ -202,7 +202,7 @@ pub async fn create_or_update<D: Db, K: Kv>(
         for tag in &parsed.tags {
             tags::add(ctx.db, &id, tag, &label, now).await?;
         }
-        let view = contact::load(ctx.db, &id)
+        let view = contact::load(ctx.db, &id, ctx.clock.now())
             .await?
             .context("contact just written")?;
         Ok(WriteAnswer {
@@ -215,8 +215,12 @@ pub async fn create_or_update<D: Db, K: Kv>(
 }
 
 /// `GET /v1/contacts/{id}`.
-pub async fn get(db: &impl Db, id: &str) -> Result<Response, ApiError> {
-    let view = contact::load(db, id).await?.ok_or_else(not_found)?;
+/// The whole customer on one screen: profile, consents, tags, order
+/// counters and points (derived from the ledger at `now`).
+pub async fn get<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, id: &str) -> Result<Response, ApiError> {
+    let view = contact::load(ctx.db, id, ctx.clock.now())
+        .await?
+        .ok_or_else(not_found)?;
     Ok(json_response(StatusCode::OK, &view))
 }
 
@@ -449,7 +453,7 @@ pub async fn patch<D: Db, K: Kv>(
             let entry = Entry::event(Kind::ContactUpdated, Some(json!({ "fields": changed })), now);
             timeline::append(ctx.db, id, &entry, &label, now).await?;
         }
-        let view = contact::load(ctx.db, id).await?.context("patched contact")?;
+        let view = contact::load(ctx.db, id, ctx.clock.now()).await?.context("patched contact")?;
         Ok(WriteAnswer { status: StatusCode::OK, body: serde_json::to_value(view).context("view")?, contact_id: Some(id.to_owned()) })
     })
     .await
@@ -650,8 +654,8 @@ pub async fn unsubscribe_link<D: Db, K: Kv>(
 }
 
 /// `GET /v1/contacts/{id}/export`.
-pub async fn export(db: &impl Db, id: &str) -> Result<Response, ApiError> {
-    let document = crate::privacy::export(db, id)
+pub async fn export<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, id: &str) -> Result<Response, ApiError> {
+    let document = crate::privacy::export(ctx.db, id, ctx.clock.now())
         .await?
         .ok_or_else(not_found)?;
     Ok(json_response(StatusCode::OK, &document))

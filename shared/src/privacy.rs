@@ -23,8 +23,8 @@ use sha2::Sha256;
 use time::OffsetDateTime;
 
 /// Everything stored about a contact.
-pub async fn export(db: &impl Db, id: &str) -> Result<Option<Json>, ApiError> {
-    let Some(contact) = crate::contact::load(db, id).await? else {
+pub async fn export(db: &impl Db, id: &str, now: OffsetDateTime) -> Result<Option<Json>, ApiError> {
+    let Some(contact) = crate::contact::load(db, id, now).await? else {
         return Ok(None);
     };
     let consents = db
@@ -63,6 +63,29 @@ pub async fn export(db: &impl Db, id: &str) -> Result<Option<Json>, ApiError> {
         .iter()
         .map(timeline::entry_json)
         .collect::<anyhow::Result<_>>()?;
+    let points = db
+        .execute(
+            "SELECT id, kind, points, balance_after, reason, order_ref, created_at, created_by
+             FROM points_entries WHERE contact_id = ?1 ORDER BY id",
+            &[id.into()],
+        )
+        .await
+        .context("failed to read the points ledger")?;
+    let points: Vec<Json> = points
+        .iter()
+        .map(|r| {
+            Ok(json!({
+                "id": r.str("id")?,
+                "kind": r.str("kind")?,
+                "points": r.i64("points")?,
+                "balance_after": r.i64("balance_after")?,
+                "reason": r.opt_str("reason")?,
+                "order_ref": r.opt_str("order_ref")?,
+                "created_at": r.str("created_at")?,
+                "created_by": r.str("created_by")?,
+            }))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let erasures = db
         .execute(
             "SELECT erased_at, erased_by, erased FROM erasures WHERE contact_id = ?1 ORDER BY erased_at",
@@ -86,6 +109,7 @@ pub async fn export(db: &impl Db, id: &str) -> Result<Option<Json>, ApiError> {
         "consent_log": consent_log,
         "timeline": timeline,
         "erasures": erasures,
+        "points_ledger": points,
     })))
 }
 

@@ -123,7 +123,7 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
         ["v1", "contacts", id] => match *method {
             Method::GET => {
                 authorize(Scope::ContactsRead)?;
-                contacts_api::get(ctx.db, &contact_id(id)?).await
+                contacts_api::get(ctx, &contact_id(id)?).await
             }
             Method::PATCH => {
                 let actor = authorize(Scope::ContactsWrite)?;
@@ -175,7 +175,7 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
         ["v1", "contacts", id, "export"] => match *method {
             Method::GET => {
                 authorize(Scope::ContactsRead)?;
-                contacts_api::export(ctx.db, &contact_id(id)?).await
+                contacts_api::export(ctx, &contact_id(id)?).await
             }
             _ => Err(ApiError::MethodNotAllowed("GET")),
         },

@@ -3,6 +3,10 @@
 -- holds its points until they are spent, expire or are taken back.
 -- Invariant, per contact: sum(entries.points) = sum(lots.remaining) - debt.
 
+-- Points are derived from the ledger at read time; the placeholder
+-- column from 0001 never held anything.
+ALTER TABLE contacts DROP COLUMN points_balance;
+
 -- The program's rules, one row per version; the newest is in force.
 CREATE TABLE points_programs (
     version    INTEGER PRIMARY KEY,

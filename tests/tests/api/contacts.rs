@@ -564,7 +564,7 @@ fn get_shows_profile_consents_tags_lifecycle_and_counters() {
     assert_eq!(contact["consents"]["email"]["text_version"], "v2");
     assert_eq!(
         contact["counters"],
-        json!({"order_count": 0, "total_spent_minor": 0, "average_order_value_minor": 0, "first_order_at": null, "last_order_at": null, "points_balance": 0})
+        json!({"order_count": 0, "total_spent_minor": 0, "average_order_value_minor": 0, "first_order_at": null, "last_order_at": null, "points_balance": 0, "points_pending": 0, "points_debt": 0})
     );
     assert_eq!(contact["erased"], false);
     assert_eq!(contact["created_at"], "2026-11-22T03:00:00.000000Z");

@@ -2039,7 +2039,9 @@ fn counters_and_lifecycle_follow_orders_refunds_and_cancellations() {
         json!({
             "order_count": 1, "total_spent_minor": 6100, "average_order_value_minor": 6100,
             "first_order_at": "2026-11-22T02:50:00.000000Z",
-            "last_order_at": "2026-11-22T02:50:00.000000Z", "points_balance": 0
+            "last_order_at": "2026-11-22T02:50:00.000000Z",
+            // The default program: 1 point per ¥100 of the ¥5,000 subtotal.
+            "points_balance": 50, "points_pending": 0, "points_debt": 0
         })
     );
 
