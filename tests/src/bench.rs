@@ -77,6 +77,48 @@ pub fn uuid_like(prefix: u32, n: u64) -> String {
     format!("{prefix:08x}-0000-7000-8000-{n:012x}")
 }
 
+/// A canonical UUID v7 stamped with `unix_ms` and unique per `n`: rows
+/// preloaded with these ids sort by time, as Kizuna's own ids do, and
+/// before any id Kizuna makes later.
+pub fn uuid_v7_like(unix_ms: u64, n: u64) -> String {
+    format!(
+        "{:08x}-{:04x}-7000-8000-{n:012x}",
+        (unix_ms >> 16) & 0xffff_ffff,
+        unix_ms & 0xffff
+    )
+}
+
+/// The `EXPLAIN QUERY PLAN` of `sql` with `params`, one line per step,
+/// indented under its parent step.
+pub fn query_plan(
+    connection: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<String>> {
+    let mut statement = connection.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+    let steps = statement
+        .query_map(params, |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(3)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut depths: Vec<(i64, usize)> = Vec::new();
+    Ok(steps
+        .into_iter()
+        .map(|(id, parent, detail)| {
+            let depth = depths
+                .iter()
+                .find(|(step, _)| *step == parent)
+                .map_or(0, |(_, d)| d + 1);
+            depths.push((id, depth));
+            format!("{}{detail}", "  ".repeat(depth))
+        })
+        .collect())
+}
+
 /// Per-request latencies of one scenario and the wall time of its loop.
 pub struct Stats {
     pub name: &'static str,

@@ -373,11 +373,16 @@ pub async fn cancel_earn<D: Db, K: Kv>(
             .context("failed to read an entry")?;
         let row = rows.first().ok_or_else(not_found)?;
         let (contact, earned) = (row.str("contact_id")?.to_owned(), row.i64("points")?);
-        let left = earned - super::orders::taken_back(ctx.db, &entry_id).await?;
+        let now = ctx.clock.now();
+        // Expired points are gone already; only what is left or was spent
+        // can be taken back.
+        ledger::expire_due(ctx.db, Some(&contact), &actor.label(), now).await?;
+        let left = earned
+            - super::orders::taken_back(ctx.db, &entry_id).await?
+            - super::orders::expired_from(ctx.db, &entry_id).await?;
         if left <= 0 {
             return Err(ApiError::Conflict("this earn has already been taken back in full".into()));
         }
-        let now = ctx.clock.now();
         let entry = NewEntry {
             reason: Some(reason.as_deref().unwrap_or("earn cancelled")),
             related_entry_id: Some(&entry_id),
@@ -443,7 +448,9 @@ pub async fn liability<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>) -> Result<Response, Ap
         .await
         .context("failed to sum debt")?;
     let debt = debt.first().context("debt")?.i64("debt")?;
-    // Months in shop time, from this month on.
+    // Months in shop time, from this month on. Points are listed under the
+    // last month they can be used: an `expires_at` of 1 December 00:00
+    // JST is "expiring in November".
     let local = now.to_offset(SHOP_OFFSET);
     let mut months = Vec::new();
     let (mut year, mut month) = (local.year(), local.month());
@@ -468,7 +475,7 @@ pub async fn liability<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>) -> Result<Response, Ap
     let rows = ctx
         .db
         .execute(
-            "SELECT strftime('%Y-%m', expires_at, '+9 hours') AS month, SUM(remaining) AS points
+            "SELECT strftime('%Y-%m', expires_at, '+9 hours', '-0.001 seconds') AS month, SUM(remaining) AS points
              FROM points_lots WHERE remaining > 0 AND expires_at > ?1 AND expires_at <= ?2
              GROUP BY month",
             &[at.as_str().into(), timestamp::format(end).into()],

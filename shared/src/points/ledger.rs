@@ -308,11 +308,11 @@ pub async fn redeem(
     now: OffsetDateTime,
 ) -> Result<String, ApiError> {
     expire_due(db, Some(contact_id), actor, now).await?;
-    let lots = open_lots(db, contact_id, now, false).await?;
-    let available: i64 = lots.iter().map(|l| l.remaining).sum();
+    let available = balance(db, contact_id, now).await?.available;
     if available < points {
         return Err(ApiError::InsufficientPoints { available });
     }
+    let lots = lots_to_spend(db, contact_id, points, now).await?;
     let entry = NewEntry {
         reason,
         order_ref,
@@ -339,6 +339,44 @@ pub async fn redeem(
         missing -= take;
     }
     Ok(entry_id)
+}
+
+/// The available lots a redemption of `points` draws from, in spending
+/// order: only those up to the lot that completes the amount, so a small
+/// redemption does not load every open lot.
+async fn lots_to_spend(
+    db: &impl Db,
+    contact_id: &str,
+    points: i64,
+    now: OffsetDateTime,
+) -> anyhow::Result<Vec<Lot>> {
+    let rows = db
+        .execute(
+            "SELECT id, remaining FROM (
+                 SELECT id, remaining,
+                        SUM(remaining) OVER (ORDER BY expires_at IS NULL, expires_at, id
+                                             ROWS UNBOUNDED PRECEDING) - remaining AS before
+                 FROM points_lots
+                 WHERE contact_id = ?1 AND remaining > 0 AND available_at <= ?2
+                   AND (expires_at IS NULL OR expires_at > ?2))
+             WHERE before < ?3
+             ORDER BY before",
+            &[
+                contact_id.into(),
+                timestamp::format(now).into(),
+                points.into(),
+            ],
+        )
+        .await
+        .context("failed to read points lots")?;
+    rows.iter()
+        .map(|r| {
+            Ok(Lot {
+                id: r.str("id")?.to_owned(),
+                remaining: r.i64("remaining")?,
+            })
+        })
+        .collect()
 }
 
 /// Gives back up to `points` that redemptions for `order_ref` drew, to
@@ -416,16 +454,31 @@ pub async fn expire_due(
     actor: &str,
     now: OffsetDateTime,
 ) -> anyhow::Result<usize> {
-    let rows = db
-        .execute(
-            "SELECT id, contact_id, entry_id, remaining FROM points_lots
+    let at = timestamp::format(now);
+    // Two statements, so that the per-contact one (run before every write)
+    // searches `points_lots_open_idx` by contact instead of every
+    // contact's expired lots.
+    let rows = match contact_id {
+        Some(contact_id) => {
+            db.execute(
+                "SELECT id, contact_id, entry_id, remaining FROM points_lots
+             WHERE contact_id = ?2 AND remaining > 0 AND expires_at IS NOT NULL AND expires_at <= ?1
+             ORDER BY expires_at, id",
+                &[at.as_str().into(), contact_id.into()],
+            )
+            .await
+        }
+        None => {
+            db.execute(
+                "SELECT id, contact_id, entry_id, remaining FROM points_lots
              WHERE remaining > 0 AND expires_at IS NOT NULL AND expires_at <= ?1
-               AND (?2 IS NULL OR contact_id = ?2)
              ORDER BY contact_id, expires_at, id",
-            &[timestamp::format(now).into(), contact_id.into()],
-        )
-        .await
-        .context("failed to find expired lots")?;
+                &[at.as_str().into()],
+            )
+            .await
+        }
+    }
+    .context("failed to find expired lots")?;
     for row in rows.iter() {
         let (lot_id, owner, remaining) = (
             row.str("id")?,

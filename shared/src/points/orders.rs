@@ -133,7 +133,12 @@ pub async fn on_order(
         };
         let target = earned - keep;
         let already = taken_back(db, earn_id).await?;
-        if target > already {
+        // Points of this earn that expired are gone already: taking them
+        // back again would charge the customer twice.
+        ledger::expire_due(db, Some(&contact_id), &actor, now).await?;
+        let takeable = earned - already - expired_from(db, earn_id).await?;
+        let reverse = (target - already).min(takeable);
+        if reverse > 0 {
             let entry = NewEntry {
                 reason: Some(if cancelled {
                     "order cancelled"
@@ -142,7 +147,7 @@ pub async fn on_order(
                 }),
                 order_id: Some(order_id),
                 related_entry_id: Some(earn_id),
-                ..NewEntry::new(Kind::Reverse, -(target - already))
+                ..NewEntry::new(Kind::Reverse, -reverse)
             };
             let lot = lot_of(db, earn_id).await?;
             ledger::debit(db, &contact_id, &entry, lot.as_deref(), &actor, now).await?;
@@ -201,6 +206,19 @@ pub async fn taken_back(db: &impl Db, earn_id: &str) -> anyhow::Result<i64> {
         .await
         .context("failed to sum reversals")?;
     rows.first().context("sum row")?.i64("taken")
+}
+
+/// Points of an earn that expired (materialised `expire` entries).
+pub async fn expired_from(db: &impl Db, earn_id: &str) -> anyhow::Result<i64> {
+    let rows = db
+        .execute(
+            "SELECT COALESCE(-SUM(points), 0) AS expired FROM points_entries
+             WHERE related_entry_id = ?1 AND kind = 'expire'",
+            &[earn_id.into()],
+        )
+        .await
+        .context("failed to sum expiries")?;
+    rows.first().context("sum row")?.i64("expired")
 }
 
 /// The lot an entry opened.
