@@ -308,11 +308,12 @@ pub async fn redeem(
     now: OffsetDateTime,
 ) -> Result<String, ApiError> {
     expire_due(db, Some(contact_id), actor, now).await?;
-    let available = balance(db, contact_id, now).await?.available;
+    let lots = lots_to_spend(db, contact_id, points, now).await?;
+    let available: i64 = lots.iter().map(|l| l.remaining).sum();
     if available < points {
+        // Too few: `lots_to_spend` read every available lot.
         return Err(ApiError::InsufficientPoints { available });
     }
-    let lots = lots_to_spend(db, contact_id, points, now).await?;
     let entry = NewEntry {
         reason,
         order_ref,
@@ -342,41 +343,63 @@ pub async fn redeem(
 }
 
 /// The available lots a redemption of `points` draws from, in spending
-/// order: only those up to the lot that completes the amount, so a small
-/// redemption does not load every open lot.
+/// order, read a page at a time in the order of `points_lots_open_idx`
+/// (lots that expire, soonest first, then those that never do) and
+/// stopping once the amount is covered, so that a small redemption does
+/// not load every open lot. Fewer than `points` in total means the
+/// contact has fewer available.
 async fn lots_to_spend(
     db: &impl Db,
     contact_id: &str,
     points: i64,
     now: OffsetDateTime,
 ) -> anyhow::Result<Vec<Lot>> {
-    let rows = db
-        .execute(
-            "SELECT id, remaining FROM (
-                 SELECT id, remaining,
-                        SUM(remaining) OVER (ORDER BY expires_at IS NULL, expires_at, id
-                                             ROWS UNBOUNDED PRECEDING) - remaining AS before
-                 FROM points_lots
-                 WHERE contact_id = ?1 AND remaining > 0 AND available_at <= ?2
-                   AND (expires_at IS NULL OR expires_at > ?2))
-             WHERE before < ?3
-             ORDER BY before",
-            &[
-                contact_id.into(),
-                timestamp::format(now).into(),
-                points.into(),
-            ],
-        )
-        .await
-        .context("failed to read points lots")?;
-    rows.iter()
-        .map(|r| {
-            Ok(Lot {
-                id: r.str("id")?.to_owned(),
-                remaining: r.i64("remaining")?,
-            })
-        })
-        .collect()
+    const PAGE: i64 = 64;
+    let at = timestamp::format(now);
+    let mut lots = Vec::new();
+    let mut covered = 0;
+    for expiring in [true, false] {
+        let mut after: Option<(String, String)> = None;
+        while covered < points {
+            let (after_expiry, after_id) = after.clone().unzip();
+            let rows = if expiring {
+                db.execute(
+                    "SELECT id, remaining, expires_at FROM points_lots
+                     WHERE contact_id = ?1 AND remaining > 0 AND expires_at > ?2 AND available_at <= ?2
+                       AND (?3 IS NULL OR (expires_at, id) > (?3, ?4))
+                     ORDER BY expires_at, id LIMIT ?5",
+                    &[contact_id.into(), at.as_str().into(), after_expiry.into(), after_id.into(), PAGE.into()],
+                )
+                .await
+            } else {
+                db.execute(
+                    "SELECT id, remaining, '' AS expires_at FROM points_lots
+                     WHERE contact_id = ?1 AND remaining > 0 AND expires_at IS NULL AND available_at <= ?2
+                       AND (?3 IS NULL OR id > ?3)
+                     ORDER BY id LIMIT ?4",
+                    &[contact_id.into(), at.as_str().into(), after_id.into(), PAGE.into()],
+                )
+                .await
+            }
+                .context("failed to read points lots")?;
+            for row in rows.iter() {
+                if covered >= points {
+                    break;
+                }
+                let remaining = row.i64("remaining")?;
+                covered += remaining;
+                lots.push(Lot {
+                    id: row.str("id")?.to_owned(),
+                    remaining,
+                });
+                after = Some((row.str("expires_at")?.to_owned(), row.str("id")?.to_owned()));
+            }
+            if rows.len() < PAGE as usize {
+                break;
+            }
+        }
+    }
+    Ok(lots)
 }
 
 /// Gives back up to `points` that redemptions for `order_ref` drew, to
