@@ -233,6 +233,18 @@ impl Rules {
             }
             _ => {}
         }
+        // Points must be usable at some moment between pending and expiry.
+        let shortest_life_days = match self.expiry {
+            Expiry::Never => u32::MAX,
+            Expiry::DaysAfterEarn { days } => days,
+            Expiry::EndOfMonthAfter { months } => months.saturating_mul(28),
+        };
+        if self.pending_days > 0 && self.pending_days >= shortest_life_days {
+            errors.push(FieldError::new(
+                "pending_days",
+                "must end before the points can expire (fewer days than the expiry allows)",
+            ));
+        }
         if !(1..=1_000_000).contains(&self.min_redeem) {
             errors.push(FieldError::new("min_redeem", "from 1 to 1,000,000"));
         }
@@ -520,6 +532,14 @@ mod tests {
             (
                 "expiry days zero",
                 serde_json::json!({"expiry": {"policy": "days_after_earn", "days": 0}}),
+            ),
+            (
+                "pending as long as the expiry",
+                serde_json::json!({"pending_days": 30, "expiry": {"policy": "days_after_earn", "days": 30}}),
+            ),
+            (
+                "pending with a month-end expiry this month",
+                serde_json::json!({"pending_days": 1, "expiry": {"policy": "end_of_month_after", "months": 0}}),
             ),
         ] {
             let rules: Rules = serde_json::from_value(json).unwrap();

@@ -5,5 +5,6 @@ mod contacts;
 mod forms;
 mod helpers;
 mod points;
+mod points_properties;
 mod purchases;
 mod storage;
