@@ -19,6 +19,8 @@ pub enum Scope {
     PointsRead,
     PointsWrite,
     PointsAdmin,
+    SegmentsRead,
+    SegmentsWrite,
 }
 
 impl Scope {
@@ -32,6 +34,8 @@ impl Scope {
             Scope::PointsRead => "points:read",
             Scope::PointsWrite => "points:write",
             Scope::PointsAdmin => "points:admin",
+            Scope::SegmentsRead => "segments:read",
+            Scope::SegmentsWrite => "segments:write",
         }
     }
 }

@@ -33,6 +33,9 @@ pub const PURCHASES_VARIABLES: &[&str] = &[
 /// The variables the `points` component reads.
 pub const POINTS_VARIABLES: &[&str] = &["api_keys", "shop_currency"];
 
+/// The variables the `segments` component reads.
+pub const SEGMENTS_VARIABLES: &[&str] = &["api_keys", "shop_currency", "vip_threshold_minor"];
+
 /// Settings for one request. A component reads only its own variables
 /// (see `spin.toml`); settings of other components stay at their empty
 /// values and the code that needs one asks for it through an accessor
@@ -54,6 +57,9 @@ pub struct Config {
     pub orders_webhook_secrets: Vec<String>,
     pub shopify_webhook_secrets: Vec<String>,
     pub woocommerce_webhook_secrets: Vec<String>,
+    /// A fixed VIP threshold (12-month net spend, minor units); without
+    /// one, the top decile's boundary from the analytics is used.
+    pub vip_threshold_minor: Option<i64>,
 }
 
 impl Config {
@@ -100,6 +106,14 @@ impl Config {
             orders_webhook_secrets: secret_list(get("orders_webhook_secrets")),
             shopify_webhook_secrets: secret_list(get("shopify_webhook_secrets")),
             woocommerce_webhook_secrets: secret_list(get("woocommerce_webhook_secrets")),
+            vip_threshold_minor: match get("vip_threshold_minor") {
+                None => None,
+                Some(v) => {
+                    Some(v.parse::<i64>().ok().filter(|n| *n > 0).context(
+                        "variable `vip_threshold_minor` must be a positive whole number",
+                    )?)
+                }
+            },
         })
     }
 

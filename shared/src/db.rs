@@ -18,6 +18,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0001_contacts.sql"),
     include_str!("migrations/0002_orders.sql"),
     include_str!("migrations/0003_points.sql"),
+    include_str!("migrations/0004_segments.sql"),
 ];
 
 /// The schema version this build expects.

@@ -34,6 +34,7 @@ pub mod ports;
 pub mod privacy;
 pub mod profile;
 pub mod purchases;
+pub mod segments;
 pub mod signatures;
 #[cfg(feature = "spin")]
 pub mod spin_ports;

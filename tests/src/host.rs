@@ -46,6 +46,7 @@ async fn call_component(
         "contacts" => Some(kizuna_contacts::handle(request, ctx).await),
         "purchases" => Some(kizuna_purchases::handle(request, ctx).await),
         "points" => Some(kizuna_points::handle(request, ctx).await),
+        "segments" => Some(kizuna_segments::handle(request, ctx).await),
         _ => None,
     }
 }

@@ -258,6 +258,7 @@ mod tests {
             ("contacts", kizuna::config::CONTACTS_VARIABLES),
             ("purchases", kizuna::config::PURCHASES_VARIABLES),
             ("points", kizuna::config::POINTS_VARIABLES),
+            ("segments", kizuna::config::SEGMENTS_VARIABLES),
         ] {
             let declared: Vec<&str> = manifest.components[component]
                 .variables

@@ -24,6 +24,8 @@ pub const ORDERS_KEY: &str = "test-orders-key-4444";
 pub const POINTS_KEY: &str = "test-points-key-5555";
 /// `points:read` and `points:admin`.
 pub const POINTS_ADMIN_KEY: &str = "test-points-admin-key-6666";
+/// `segments:read` and `segments:write`.
+pub const SEGMENTS_KEY: &str = "test-segments-key-7777";
 
 pub fn api_keys_variable() -> String {
     serde_json::json!([
@@ -34,6 +36,7 @@ pub fn api_keys_variable() -> String {
         {"name": "orders", "sha256": key_digest(ORDERS_KEY), "scopes": ["orders:read"]},
         {"name": "points", "sha256": key_digest(POINTS_KEY), "scopes": ["points:read", "points:write"]},
         {"name": "points-admin", "sha256": key_digest(POINTS_ADMIN_KEY), "scopes": ["points:read", "points:admin"]},
+        {"name": "segments", "sha256": key_digest(SEGMENTS_KEY), "scopes": ["segments:read", "segments:write"]},
     ])
     .to_string()
 }

@@ -7,4 +7,5 @@ mod helpers;
 mod points;
 mod points_properties;
 mod purchases;
+mod segments;
 mod storage;

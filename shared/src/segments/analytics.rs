@@ -1,0 +1,674 @@
+//! Analytics over the customer base: RFM scores and churn risk, the VIP
+//! threshold, and the answers behind `/v1/analytics` (summary, RFM grid,
+//! cross-sell).
+//!
+//! Which orders count: the same as the contact counters
+//! (`purchases::ingest::refresh_contact`): `paid = 1 AND cancelled = 0
+//! AND status <> 'refunded'`, spend net of refunds and never below zero
+//! per order. Erased contacts never count.
+//!
+//! # Freshness
+//!
+//! - The summary and cross-sell are computed from the live tables on every
+//!   request, each in one statement (one consistent snapshot); their
+//!   `computed_at` is the time of the request.
+//! - RFM scores, churn risk and the VIP threshold are recomputed on demand
+//!   and cached in SQLite, in `rfm_scores` and `analytics_state` (not in
+//!   the key-value store: segment SQL joins them, and they are replaced in
+//!   the same transaction that records their time). Whoever reads them
+//!   first calls [`ensure_fresh`]: when the cached computation is missing
+//!   or more than [`RFM_MAX_AGE`] away from now (either way, so a clock
+//!   set back also recomputes), it recomputes everything in one
+//!   `BEGIN IMMEDIATE` transaction and re-checks the time inside it, so
+//!   concurrent callers wait for one computation and then use it. Answers
+//!   built from them therefore lag live data by at most `RFM_MAX_AGE`,
+//!   and each one carries the `computed_at` of the computation it used;
+//!   churn risk is judged as of that time. [`refresh`] forces a
+//!   recomputation. A contact erased since the computation keeps its
+//!   `rfm_scores` row until the next one, so readers join live contacts.
+//!
+//! # Definitions
+//!
+//! - Customers: live contacts with `order_count > 0`.
+//! - RFM: `NTILE(5)` over customers, 5 best: recency by `last_order_at`
+//!   (most recent = 5), frequency by `order_count`, monetary by
+//!   `total_spent_minor`. Equal values are ordered by contact id, so the
+//!   quintiles have equal sizes (±1) and a tie that straddles a boundary
+//!   splits the same way on every run.
+//! - Churn risk: `none` below 2 counted orders. Otherwise, with `gap` the
+//!   median of the customer's own gaps in days between consecutive counted
+//!   orders and `since` the days from the last one to the computation:
+//!   `high` when `since > 2 × gap` (the `at_risk` built-in), `medium` when
+//!   `since > gap`, else `low`.
+//! - VIP threshold: among live contacts with net spend above zero on
+//!   counted orders placed in the last [`VIP_WINDOW`], the spend of the
+//!   `ceil(n / 10)`-th highest, so at least a tenth of them reach it. No
+//!   such contact: no threshold (read as 0).
+
+use crate::Ctx;
+use crate::db::transaction;
+use crate::error::ApiError;
+use crate::http::{Request, Response, json_response, query_pairs, query_param};
+use crate::ports::{Db, Kv, Value};
+use crate::timestamp;
+use anyhow::Context as _;
+use http::StatusCode;
+use serde_json::{Value as Json, json};
+use time::{Duration, OffsetDateTime};
+
+/// How old a cached RFM computation may be before a reader recomputes it.
+pub const RFM_MAX_AGE: Duration = Duration::minutes(10);
+
+/// The spend window of the VIP threshold.
+pub const VIP_WINDOW: Duration = Duration::days(365);
+
+/// `analytics_state` names.
+const RFM_STATE: &str = "rfm";
+const VIP_STATE: &str = "vip_threshold";
+
+/// Cross-sell page size bounds.
+const CROSS_SELL_DEFAULT_LIMIT: i64 = 10;
+const CROSS_SELL_MAX_LIMIT: i64 = 50;
+const MAX_ITEM_CHARS: usize = 255;
+
+/// Scores, churn risk and nothing else; `?1` is the computation time.
+const RFM_SQL: &str = "
+WITH scored AS (
+    SELECT id, order_count, last_order_at,
+           NTILE(5) OVER (ORDER BY last_order_at, id) AS recency,
+           NTILE(5) OVER (ORDER BY order_count, id) AS frequency,
+           NTILE(5) OVER (ORDER BY total_spent_minor, id) AS monetary
+    FROM contacts
+    WHERE erased_at IS NULL AND order_count > 0
+),
+gaps AS (
+    SELECT contact_id,
+           julianday(placed_at)
+             - julianday(LAG(placed_at) OVER (PARTITION BY contact_id ORDER BY placed_at)) AS gap
+    FROM orders
+    WHERE contact_id IS NOT NULL AND paid = 1 AND cancelled = 0 AND status <> 'refunded'
+),
+ranked AS (
+    SELECT contact_id, gap,
+           ROW_NUMBER() OVER (PARTITION BY contact_id ORDER BY gap) AS k,
+           COUNT(*) OVER (PARTITION BY contact_id) AS n
+    FROM gaps
+    WHERE gap IS NOT NULL
+),
+medians AS (
+    SELECT contact_id, AVG(gap) AS median_gap
+    FROM ranked
+    WHERE k IN ((n + 1) / 2, (n + 2) / 2)
+    GROUP BY contact_id
+)
+INSERT INTO rfm_scores (contact_id, recency, frequency, monetary, churn_risk)
+SELECT s.id, s.recency, s.frequency, s.monetary,
+       CASE
+           WHEN s.order_count < 2 OR m.median_gap IS NULL THEN 'none'
+           WHEN julianday(?1) - julianday(s.last_order_at) > 2 * m.median_gap THEN 'high'
+           WHEN julianday(?1) - julianday(s.last_order_at) > m.median_gap THEN 'medium'
+           ELSE 'low'
+       END
+FROM scored s
+LEFT JOIN medians m ON m.contact_id = s.id";
+
+/// The VIP threshold; `?1` is the start of the spend window. No row when
+/// nobody spent in the window.
+const VIP_SQL: &str = "
+WITH spend AS (
+    SELECT o.contact_id, SUM(MAX(o.total_minor - o.refunded_minor, 0)) AS spent
+    FROM orders o
+    JOIN contacts c ON c.id = o.contact_id
+    WHERE c.erased_at IS NULL AND o.paid = 1 AND o.cancelled = 0 AND o.status <> 'refunded'
+      AND o.placed_at >= ?1
+    GROUP BY o.contact_id
+    HAVING spent > 0
+),
+ranked AS (
+    SELECT spent, ROW_NUMBER() OVER (ORDER BY spent DESC) AS k, COUNT(*) OVER () AS n
+    FROM spend
+)
+SELECT spent FROM ranked WHERE k = (n + 9) / 10";
+
+const UPSERT_STATE_SQL: &str = "
+INSERT INTO analytics_state (name, value, computed_at) VALUES (?1, ?2, ?3)
+ON CONFLICT (name) DO UPDATE SET value = excluded.value, computed_at = excluded.computed_at";
+
+async fn rfm_computed_at(db: &impl Db) -> anyhow::Result<Option<String>> {
+    let rows = db
+        .execute(
+            "SELECT computed_at FROM analytics_state WHERE name = ?1",
+            &[RFM_STATE.into()],
+        )
+        .await
+        .context("failed to read when RFM was computed")?;
+    rows.first()
+        .map(|row| row.str("computed_at").map(str::to_owned))
+        .transpose()
+}
+
+/// A computation is fresh while it is less than `RFM_MAX_AGE` from `now`,
+/// in either direction; one whose time does not parse is stale.
+fn is_fresh(computed_at: &str, now: OffsetDateTime) -> bool {
+    timestamp::parse(computed_at).is_some_and(|at| (now - at).abs() < RFM_MAX_AGE)
+}
+
+/// Makes sure RFM scores, churn risk and the VIP threshold are at most
+/// `RFM_MAX_AGE` old, recomputing them if not, and returns the time they
+/// were computed.
+///
+/// Call it OUTSIDE any transaction: a recomputation opens its own
+/// `BEGIN IMMEDIATE` (SQLite has no nested `BEGIN`). Freshness is checked
+/// again once the write lock is held, so of several concurrent callers
+/// one computes and the others use its result.
+pub async fn ensure_fresh(db: &impl Db, now: OffsetDateTime) -> anyhow::Result<String> {
+    if let Some(at) = rfm_computed_at(db).await?
+        && is_fresh(&at, now)
+    {
+        return Ok(at);
+    }
+    transaction(db, async || {
+        if let Some(at) = rfm_computed_at(db).await?
+            && is_fresh(&at, now)
+        {
+            return Ok(at);
+        }
+        recompute(db, now).await
+    })
+    .await
+}
+
+/// Recomputes now, however fresh the cache is, in its own transaction
+/// (call it outside one). For tests, benchmarks and a manual refresh.
+pub async fn refresh(db: &impl Db, now: OffsetDateTime) -> anyhow::Result<String> {
+    transaction(db, async || recompute(db, now).await).await
+}
+
+/// Replaces the RFM scores, churn risk and VIP threshold as of `now` and
+/// records the time. Must run INSIDE a write transaction (see
+/// [`ensure_fresh`]), so readers never see a half-written table.
+pub async fn recompute(db: &impl Db, now: OffsetDateTime) -> anyhow::Result<String> {
+    let at = timestamp::format(now);
+    db.execute("DELETE FROM rfm_scores", &[])
+        .await
+        .context("failed to clear the RFM scores")?;
+    db.execute(RFM_SQL, &[at.as_str().into()])
+        .await
+        .context("failed to compute the RFM scores")?;
+    let since = timestamp::format(now - VIP_WINDOW);
+    let rows = db
+        .execute(VIP_SQL, &[since.into()])
+        .await
+        .context("failed to compute the VIP threshold")?;
+    let threshold = match rows.first() {
+        Some(row) => row.opt_i64("spent")?,
+        None => None,
+    };
+    for (name, value) in [(VIP_STATE, threshold), (RFM_STATE, None)] {
+        db.execute(
+            UPSERT_STATE_SQL,
+            &[name.into(), value.into(), at.as_str().into()],
+        )
+        .await
+        .with_context(|| format!("failed to record the `{name}` computation"))?;
+    }
+    Ok(at)
+}
+
+/// The VIP spend threshold in minor units: `configured` when the shop set
+/// one, else the computed one (0 when there is none). Reads the cache as
+/// it is: call [`ensure_fresh`] first.
+pub async fn vip_threshold(db: &impl Db, configured: Option<i64>) -> anyhow::Result<i64> {
+    if let Some(value) = configured {
+        return Ok(value);
+    }
+    let rows = db
+        .execute(
+            "SELECT value FROM analytics_state WHERE name = ?1",
+            &[VIP_STATE.into()],
+        )
+        .await
+        .context("failed to read the VIP threshold")?;
+    Ok(match rows.first() {
+        Some(row) => row.opt_i64("value")?.unwrap_or(0),
+        None => 0,
+    })
+}
+
+/// `GET /v1/analytics/summary`: live counts in one statement.
+pub async fn summary<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>) -> Result<Response, ApiError> {
+    let now = timestamp::format(ctx.clock.now());
+    // Points outstanding as `points::api::liability` counts them: what
+    // unexpired lots still hold, usable now or pending.
+    let rows = ctx
+        .db
+        .execute(
+            "SELECT count(*) AS contacts,
+                    COALESCE(SUM(order_count = 0), 0) AS leads,
+                    COALESCE(SUM(order_count >= 1), 0) AS customers,
+                    COALESCE(SUM(order_count >= 2), 0) AS repeat_customers,
+                    COALESCE(SUM(order_count), 0) AS orders,
+                    COALESCE(SUM(total_spent_minor), 0) AS spent,
+                    (SELECT COALESCE(SUM(CASE WHEN available_at <= ?1 THEN remaining END), 0)
+                     FROM points_lots
+                     WHERE remaining > 0 AND (expires_at IS NULL OR expires_at > ?1)) AS points_available,
+                    (SELECT COALESCE(SUM(CASE WHEN available_at > ?1 THEN remaining END), 0)
+                     FROM points_lots
+                     WHERE remaining > 0 AND (expires_at IS NULL OR expires_at > ?1)) AS points_pending
+             FROM contacts
+             WHERE erased_at IS NULL",
+            &[now.as_str().into()],
+        )
+        .await
+        .context("failed to compute the summary")?;
+    let row = rows.first().context("the summary returned no row")?;
+    let customers = row.i64("customers")?;
+    let repeat = row.i64("repeat_customers")?;
+    let orders = row.i64("orders")?;
+    let spent = row.i64("spent")?;
+    let available = row.i64("points_available")?;
+    let pending = row.i64("points_pending")?;
+    let per = |total: i64, count: i64| if count > 0 { total / count } else { 0 };
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "contacts": row.i64("contacts")?,
+            "leads": row.i64("leads")?,
+            "customers": customers,
+            "repeat_customers": repeat,
+            "repeat_rate": ratio(repeat, customers),
+            "orders": orders,
+            "net_sales_minor": spent,
+            "average_order_value_minor": per(spent, orders),
+            "average_spend_per_customer_minor": per(spent, customers),
+            "points_outstanding": available + pending,
+            "points_available": available,
+            "points_pending": pending,
+            "currency": ctx.config.shop_currency.code(),
+            "computed_at": now,
+        }),
+    ))
+}
+
+/// `GET /v1/analytics/rfm`: customers and their spend in each of the 25
+/// recency × frequency cells (recency 5 → 1, frequency 1 → 5, empty cells
+/// included), from the cached scores.
+pub async fn rfm_grid<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>) -> Result<Response, ApiError> {
+    let computed_at = ensure_fresh(ctx.db, ctx.clock.now()).await?;
+    let rows = ctx
+        .db
+        .execute(
+            "SELECT r.recency, r.frequency, count(*) AS customers,
+                    COALESCE(SUM(c.total_spent_minor), 0) AS spent
+             FROM rfm_scores r
+             JOIN contacts c ON c.id = r.contact_id
+             WHERE c.erased_at IS NULL
+             GROUP BY r.recency, r.frequency",
+            &[],
+        )
+        .await
+        .context("failed to read the RFM grid")?;
+    let mut grid = [[(0_i64, 0_i64); 5]; 5];
+    for row in rows.iter() {
+        let cell = |column: &str| -> anyhow::Result<usize> {
+            let score = row.i64(column)?;
+            anyhow::ensure!(
+                (1..=5).contains(&score),
+                "{column} score {score} out of range"
+            );
+            usize::try_from(score - 1).context("score")
+        };
+        grid[cell("recency")?][cell("frequency")?] = (row.i64("customers")?, row.i64("spent")?);
+    }
+    let mut cells = Vec::with_capacity(25);
+    let (mut customers, mut spend) = (0, 0);
+    for recency in (1..=5_usize).rev() {
+        for frequency in 1..=5_usize {
+            let (count, spent) = grid[recency - 1][frequency - 1];
+            customers += count;
+            spend += spent;
+            cells.push(json!({
+                "recency": recency,
+                "frequency": frequency,
+                "count": count,
+                "spend_minor": spent,
+            }));
+        }
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "cells": cells,
+            "customers": customers,
+            "spend_minor": spend,
+            "currency": ctx.config.shop_currency.code(),
+            "computed_at": computed_at,
+            "max_age_seconds": RFM_MAX_AGE.whole_seconds(),
+        }),
+    ))
+}
+
+/// What cross-sell groups lines by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Basis {
+    Sku,
+    Category,
+}
+
+impl Basis {
+    /// The `order_lines` column, and the name of the query parameter and
+    /// of the response field. The only text that enters the SQL.
+    fn column(self) -> &'static str {
+        match self {
+            Basis::Sku => "sku",
+            Basis::Category => "category",
+        }
+    }
+}
+
+/// Reads `sku` or `category` (exactly one) and `limit`.
+fn cross_sell_query(pairs: &[(String, String)]) -> Result<(Basis, String, i64), ApiError> {
+    let (basis, item) = match (query_param(pairs, "sku"), query_param(pairs, "category")) {
+        (Some(sku), None) => (Basis::Sku, sku),
+        (None, Some(category)) => (Basis::Category, category),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "category",
+                "give either `sku` or `category`, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "sku",
+                "give the item as `sku=…` or `category=…`",
+            ));
+        }
+    };
+    let chars = item.chars().count();
+    if chars == 0 || chars > MAX_ITEM_CHARS || item.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            basis.column(),
+            format!("must be 1 to {MAX_ITEM_CHARS} characters, without control characters"),
+        ));
+    }
+    let limit = match query_param(pairs, "limit") {
+        None => CROSS_SELL_DEFAULT_LIMIT,
+        Some(text) => match text.parse::<i64>() {
+            Ok(n) if (1..=CROSS_SELL_MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(ApiError::invalid(
+                    "limit",
+                    format!("must be a whole number from 1 to {CROSS_SELL_MAX_LIMIT}"),
+                ));
+            }
+        },
+    };
+    Ok((basis, item.to_owned(), limit))
+}
+
+/// The cross-sell statement for one basis. `?1` is the item, `?2` the
+/// rank (0-based) of the last item served. Always one row at least: the
+/// base item's customers and all customers, with `item` NULL when no other
+/// item was bought by them; otherwise one row per candidate item: those
+/// whose `together` count reaches the `?2`-th largest (ties included, so
+/// the caller can break them by lift).
+fn cross_sell_sql(basis: Basis) -> String {
+    let col = basis.column();
+    format!(
+        "
+WITH base AS (
+    SELECT DISTINCT o.contact_id
+    FROM order_lines l
+    JOIN orders o ON o.id = l.order_id
+    JOIN contacts c ON c.id = o.contact_id
+    WHERE l.{col} = ?1
+      AND o.paid = 1 AND o.cancelled = 0 AND o.status <> 'refunded'
+      AND c.erased_at IS NULL
+),
+co AS (
+    SELECT l.{col} AS item, COUNT(DISTINCT b.contact_id) AS together
+    FROM base b
+    JOIN orders o ON o.contact_id = b.contact_id
+    JOIN order_lines l ON l.order_id = o.id
+    WHERE o.paid = 1 AND o.cancelled = 0 AND o.status <> 'refunded'
+      AND l.{col} IS NOT NULL AND l.{col} <> ?1
+    GROUP BY l.{col}
+),
+cut AS (
+    SELECT together FROM co ORDER BY together DESC LIMIT 1 OFFSET ?2
+),
+candidates AS (
+    SELECT item, together FROM co
+    WHERE together >= COALESCE((SELECT together FROM cut), 0)
+),
+item_buyers AS (
+    SELECT l.{col} AS item, COUNT(DISTINCT o.contact_id) AS buyers
+    FROM order_lines l
+    JOIN orders o ON o.id = l.order_id
+    JOIN contacts c ON c.id = o.contact_id
+    WHERE l.{col} IS NOT NULL AND l.{col} IN (SELECT item FROM candidates)
+      AND o.paid = 1 AND o.cancelled = 0 AND o.status <> 'refunded'
+      AND c.erased_at IS NULL
+    GROUP BY l.{col}
+)
+SELECT (SELECT COUNT(*) FROM base) AS base_customers,
+       (SELECT COUNT(*) FROM contacts WHERE erased_at IS NULL AND order_count > 0) AS customers,
+       x.item, x.together, x.buyers
+FROM (SELECT 1) AS one
+LEFT JOIN (
+    SELECT cd.item AS item, cd.together AS together, ib.buyers AS buyers
+    FROM candidates cd
+    JOIN item_buyers ib ON ib.item = cd.item
+) AS x ON 1"
+    )
+}
+
+/// One co-purchased item and its association with the base item.
+#[derive(Debug, Clone, PartialEq)]
+struct Association {
+    item: String,
+    together: i64,
+    buyers: i64,
+    support: f64,
+    confidence: f64,
+    lift: f64,
+}
+
+impl Association {
+    /// `customers`: N, customers with any counted order; `base`: |A|;
+    /// `buyers`: |B|; `together`: |A ∩ B|.
+    fn new(item: String, together: i64, buyers: i64, base: i64, customers: i64) -> Self {
+        let (t, b, a, n) = (
+            together as f64,
+            buyers as f64,
+            base as f64,
+            customers as f64,
+        );
+        let div = |x: f64, y: f64| if y > 0.0 { x / y } else { 0.0 };
+        Association {
+            item,
+            together,
+            buyers,
+            support: div(t, n),
+            confidence: div(t, a),
+            lift: div(t * n, a * b),
+        }
+    }
+}
+
+/// Most co-purchased first, then the strongest lift, then by name.
+fn rank(mut items: Vec<Association>, limit: usize) -> Vec<Association> {
+    items.sort_by(|x, y| {
+        y.together
+            .cmp(&x.together)
+            .then(y.lift.total_cmp(&x.lift))
+            .then_with(|| x.item.cmp(&y.item))
+    });
+    items.truncate(limit);
+    items
+}
+
+fn round4(x: f64) -> f64 {
+    (x * 10_000.0).round() / 10_000.0
+}
+
+fn ratio(part: i64, whole: i64) -> f64 {
+    if whole > 0 {
+        round4(part as f64 / whole as f64)
+    } else {
+        0.0
+    }
+}
+
+/// `GET /v1/analytics/cross-sell?sku=…` (or `category=…`, optional
+/// `limit` 1–50, default 10): the items most often bought by the same
+/// customers as the given one, live, with support, confidence and lift.
+/// An item nobody bought answers an empty list.
+pub async fn cross_sell<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    request: &Request,
+) -> Result<Response, ApiError> {
+    let (basis, item, limit) = cross_sell_query(&query_pairs(request))?;
+    let now = timestamp::format(ctx.clock.now());
+    let rows = ctx
+        .db
+        .execute(
+            &cross_sell_sql(basis),
+            &[item.as_str().into(), Value::Integer(limit - 1)],
+        )
+        .await
+        .context("failed to compute cross-sell")?;
+    let first = rows.first().context("cross-sell returned no row")?;
+    let base = first.i64("base_customers")?;
+    let customers = first.i64("customers")?;
+    let mut associations = Vec::new();
+    for row in rows.iter() {
+        if let Some(other) = row.opt_str("item")? {
+            associations.push(Association::new(
+                other.to_owned(),
+                row.i64("together")?,
+                row.i64("buyers")?,
+                base,
+                customers,
+            ));
+        }
+    }
+    let limit = usize::try_from(limit).context("limit")?;
+    let items: Vec<Json> = rank(associations, limit)
+        .into_iter()
+        .map(|a| {
+            json!({
+                basis.column(): a.item,
+                "customers_both": a.together,
+                "customers_item": a.buyers,
+                "support": round4(a.support),
+                "confidence": round4(a.confidence),
+                "lift": round4(a.lift),
+            })
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "base": { basis.column(): item, "customers": base },
+            "customers": customers,
+            "items": items,
+            "computed_at": now,
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(query: &[(&str, &str)]) -> Vec<(String, String)> {
+        query
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn field_of(error: ApiError) -> String {
+        match error {
+            ApiError::Validation(errors) => errors[0].field.clone(),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cross_sell_takes_exactly_one_item_and_a_bounded_limit() {
+        assert_eq!(
+            cross_sell_query(&pairs(&[("sku", "A-1")])).unwrap(),
+            (Basis::Sku, "A-1".to_owned(), 10)
+        );
+        assert_eq!(
+            cross_sell_query(&pairs(&[("category", "tea"), ("limit", "50")])).unwrap(),
+            (Basis::Category, "tea".to_owned(), 50)
+        );
+        assert_eq!(field_of(cross_sell_query(&pairs(&[])).unwrap_err()), "sku");
+        assert_eq!(
+            field_of(cross_sell_query(&pairs(&[("sku", "a"), ("category", "b")])).unwrap_err()),
+            "category"
+        );
+        assert_eq!(
+            field_of(cross_sell_query(&pairs(&[("sku", "")])).unwrap_err()),
+            "sku"
+        );
+        for limit in ["0", "51", "-1", "ten", "1.5"] {
+            assert_eq!(
+                field_of(cross_sell_query(&pairs(&[("sku", "a"), ("limit", limit)])).unwrap_err()),
+                "limit"
+            );
+        }
+    }
+
+    #[test]
+    fn sql_holds_only_the_whitelisted_column() {
+        for basis in [Basis::Sku, Basis::Category] {
+            let sql = cross_sell_sql(basis);
+            assert!(sql.contains(&format!("l.{} = ?1", basis.column())));
+            assert!(!sql.contains('{'));
+        }
+    }
+
+    #[test]
+    fn association_measures_and_ranking() {
+        // N = 10 customers, |A| = 4, |B| = 5, both = 2.
+        let a = Association::new("b".into(), 2, 5, 4, 10);
+        assert_eq!(round4(a.support), 0.2);
+        assert_eq!(round4(a.confidence), 0.5);
+        assert_eq!(round4(a.lift), 1.0);
+        let ranked = rank(
+            vec![
+                Association::new("c".into(), 2, 8, 4, 10),
+                Association::new("d".into(), 3, 9, 4, 10),
+                a,
+                Association::new("a".into(), 2, 5, 4, 10),
+            ],
+            3,
+        );
+        let names: Vec<&str> = ranked.iter().map(|x| x.item.as_str()).collect();
+        assert_eq!(names, ["d", "a", "b"]);
+    }
+
+    #[test]
+    fn ratios_round_to_four_places() {
+        assert_eq!(ratio(1, 3), 0.3333);
+        assert_eq!(ratio(2, 3), 0.6667);
+        assert_eq!(ratio(1, 0), 0.0);
+        assert_eq!(round4(1.23456), 1.2346);
+    }
+
+    #[test]
+    fn freshness_is_within_the_max_age_either_way() {
+        let now = timestamp::parse("2026-11-22T06:00:00Z").unwrap();
+        let at = |offset: Duration| timestamp::format(now + offset);
+        assert!(is_fresh(&at(Duration::ZERO), now));
+        assert!(is_fresh(&at(-Duration::minutes(9)), now));
+        assert!(!is_fresh(&at(-Duration::minutes(10)), now));
+        assert!(is_fresh(&at(Duration::minutes(9)), now));
+        assert!(!is_fresh(&at(Duration::minutes(11)), now));
+        assert!(!is_fresh("not a time", now));
+    }
+}

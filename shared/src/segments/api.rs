@@ -1,0 +1,739 @@
+//! The segments API behind `/v1/segments`: preview, saved segments,
+//! members (JSON or CSV, keyset-paginated by contact id, which is stable
+//! while contacts come and go), counts, and delta sync.
+
+use super::compile::{Compiled, Env, compile};
+use super::definition::{self, Node};
+use crate::Ctx;
+use crate::auth::Actor;
+use crate::db::transaction;
+use crate::error::{ApiError, FieldError};
+use crate::http::{
+    Request, Response, decode_cursor, encode_cursor, header_str, json_response, query_pairs,
+    query_param,
+};
+use crate::ids::{ContactId, new_id};
+use crate::ports::{Db, Kv, Row, Value};
+use crate::timestamp;
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{StatusCode, header};
+use serde_json::{Map, Value as Json, json};
+
+/// What a segment is for. `email` keeps out everyone without a current
+/// email consent, so a mail tool cannot receive a non-consenting address.
+fn parse_purpose(value: Option<&Json>) -> Result<Option<String>, ApiError> {
+    match value {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::String(p)) if p == "email" => Ok(Some("email".to_owned())),
+        Some(_) => Err(ApiError::invalid("purpose", "null or \"email\"")),
+    }
+}
+
+/// The clock, the VIP threshold and fresh analytics for `node`. Runs
+/// before any transaction: refreshing analytics opens its own.
+async fn env<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    node: &Node,
+) -> Result<(Env, Option<String>), ApiError> {
+    let now = ctx.clock.now();
+    let computed_at = if node.needs_analytics() {
+        Some(super::analytics::ensure_fresh(ctx.db, now).await?)
+    } else {
+        None
+    };
+    let vip_threshold =
+        super::analytics::vip_threshold(ctx.db, ctx.config.vip_threshold_minor).await?;
+    Ok((Env { now, vip_threshold }, computed_at))
+}
+
+/// Member columns a caller may ask for.
+const FIELDS: &[&str] = &["id", "email", "phone", "name", "tags", "counters", "points"];
+
+fn parse_fields(text: Option<&str>) -> Result<Vec<&'static str>, ApiError> {
+    let Some(text) = text else {
+        return Ok(vec!["id", "email", "phone", "name"]);
+    };
+    let mut fields = vec!["id"];
+    for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let field = FIELDS.iter().find(|f| **f == name).ok_or_else(|| {
+            ApiError::invalid("fields", format!("each one of {}", FIELDS.join(", ")))
+        })?;
+        if !fields.contains(field) {
+            fields.push(field);
+        }
+    }
+    Ok(fields)
+}
+
+/// One page of members after `after` (a contact id), at most `limit`.
+async fn member_page(
+    db: &impl Db,
+    compiled: &Compiled,
+    env: &Env,
+    after: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<(Vec<Json>, Option<String>)> {
+    let mut params = compiled.params.clone();
+    let n = params.len();
+    params.push(after.into());
+    params.push(timestamp::format(env.now).into());
+    params.push(Value::Integer(i64::try_from(limit + 1).unwrap_or(i64::MAX)));
+    let sql = format!(
+        "SELECT c.id, c.email, c.phone, c.name, c.order_count, c.total_spent_minor, c.last_order_at,
+                (SELECT json_group_array(t.tag) FROM (SELECT tag FROM contact_tags WHERE contact_id = c.id ORDER BY tag) t) AS tags,
+                (SELECT COALESCE(SUM(p.remaining), 0) FROM points_lots p WHERE p.contact_id = c.id AND p.remaining > 0
+                   AND p.available_at <= ?{now} AND (p.expires_at IS NULL OR p.expires_at > ?{now})) AS points
+         FROM contacts c
+         WHERE {where_sql} AND (?{after} IS NULL OR c.id > ?{after})
+         ORDER BY c.id LIMIT ?{limit}",
+        where_sql = compiled.sql,
+        after = n + 1,
+        now = n + 2,
+        limit = n + 3,
+    );
+    let rows = db
+        .execute(&sql, &params)
+        .await
+        .context("failed to read segment members")?;
+    let mut members = Vec::new();
+    let mut next = None;
+    for (index, row) in rows.iter().enumerate() {
+        if index == limit {
+            next = members
+                .last()
+                .and_then(|m: &Json| m["id"].as_str())
+                .map(|id| encode_cursor(&[id]));
+            break;
+        }
+        members.push(member_json(row)?);
+    }
+    Ok((members, next))
+}
+
+fn member_json(row: Row<'_>) -> anyhow::Result<Json> {
+    Ok(json!({
+        "id": row.str("id")?,
+        "email": row.opt_str("email")?,
+        "phone": row.opt_str("phone")?,
+        "name": row.opt_str("name")?,
+        "tags": serde_json::from_str::<Json>(row.opt_str("tags")?.unwrap_or("[]")).context("tags")?,
+        "counters": {
+            "order_count": row.i64("order_count")?,
+            "total_spent_minor": row.i64("total_spent_minor")?,
+            "last_order_at": row.opt_str("last_order_at")?,
+        },
+        "points": { "available": row.i64("points")? },
+    }))
+}
+
+fn select(member: &Json, fields: &[&str]) -> Json {
+    let mut out = Map::new();
+    for field in fields {
+        out.insert((*field).to_owned(), member[*field].clone());
+    }
+    Json::Object(out)
+}
+
+async fn count(db: &impl Db, compiled: &Compiled) -> anyhow::Result<i64> {
+    let rows = db
+        .execute(
+            &format!(
+                "SELECT count(*) AS n FROM contacts c WHERE {}",
+                compiled.sql
+            ),
+            &compiled.params,
+        )
+        .await
+        .context("failed to count a segment")?;
+    rows.first().context("count")?.i64("n")
+}
+
+fn page_size(pairs: &[(String, String)], csv: bool) -> Result<usize, ApiError> {
+    let (default, max) = if csv { (1000, 10_000) } else { (50, 200) };
+    match query_param(pairs, "limit") {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| ApiError::invalid("limit", format!("a whole number from 1 to {max}"))),
+    }
+}
+
+fn cursor(pairs: &[(String, String)]) -> Result<Option<String>, ApiError> {
+    match query_param(pairs, "cursor") {
+        None => Ok(None),
+        Some(c) => {
+            let id = decode_cursor(c, 1)?.pop();
+            // Only ids this API handed out: anything else is not a cursor.
+            if id.as_deref().and_then(ContactId::parse).is_none() {
+                return Err(ApiError::invalid(
+                    "cursor",
+                    "not a cursor this API returned",
+                ));
+            }
+            Ok(id)
+        }
+    }
+}
+
+/// `POST /v1/segments/preview`: a definition in, count and first page out.
+pub async fn preview<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    request: &Request,
+) -> Result<Response, ApiError> {
+    let body: Map<String, Json> = crate::http::read_json(request)?;
+    for key in body.keys() {
+        if !matches!(key.as_str(), "definition" | "purpose") {
+            return Err(ApiError::invalid(
+                format!("/{key}"),
+                "unknown member; send definition and purpose",
+            ));
+        }
+    }
+    let node = definition_of(&body)?;
+    let purpose = parse_purpose(body.get("purpose"))?;
+    let pairs = query_pairs(request);
+    let limit = page_size(&pairs, false)?;
+    let fields = parse_fields(query_param(&pairs, "fields"))?;
+    let (env, computed_at) = env(ctx, &node).await?;
+    let compiled = compile(&node, &env, purpose.is_some());
+    let total = count(ctx.db, &compiled).await?;
+    let (members, next) = member_page(ctx.db, &compiled, &env, None, limit).await?;
+    let items: Vec<Json> = members.iter().map(|m| select(m, &fields)).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "count": total, "items": items, "next_cursor": next, "analytics_computed_at": computed_at, "as_of": timestamp::format(env.now) }),
+    ))
+}
+
+fn definition_of(body: &Map<String, Json>) -> Result<Node, ApiError> {
+    let definition = body
+        .get("definition")
+        .ok_or_else(|| ApiError::invalid("/definition", "is required"))?;
+    definition::parse(definition).map_err(|error| match error {
+        // Pointers are relative to the definition; make them absolute.
+        ApiError::Validation(errors) => ApiError::Validation(
+            errors
+                .into_iter()
+                .map(|e| {
+                    FieldError::new(
+                        format!("/definition{}", e.field.trim_end_matches('/')),
+                        e.message,
+                    )
+                })
+                .collect(),
+        ),
+        other => other,
+    })
+}
+
+struct SegmentInput {
+    name: String,
+    description: Option<String>,
+    definition: Json,
+    purpose: Option<String>,
+}
+
+fn parse_input(request: &Request) -> Result<SegmentInput, ApiError> {
+    let body: Map<String, Json> = crate::http::read_json(request)?;
+    let mut errors = Vec::new();
+    for key in body.keys() {
+        if !matches!(
+            key.as_str(),
+            "name" | "description" | "definition" | "purpose"
+        ) {
+            errors.push(FieldError::new(format!("/{key}"), "unknown member"));
+        }
+    }
+    let name = match body.get("name") {
+        Some(Json::String(s)) => crate::profile::check_text("/name", s, 100, &mut errors),
+        _ => None,
+    };
+    if name.is_none() && errors.iter().all(|e| e.field != "/name") {
+        errors.push(FieldError::new("/name", "1 to 100 characters"));
+    }
+    let description = match body.get("description") {
+        None | Some(Json::Null) => None,
+        Some(Json::String(s)) => crate::profile::check_text("/description", s, 500, &mut errors),
+        Some(_) => {
+            errors.push(FieldError::new("/description", "a string"));
+            None
+        }
+    };
+    if let Err(ApiError::Validation(mut more)) = definition_of(&body) {
+        errors.append(&mut more);
+    }
+    let purpose = parse_purpose(body.get("purpose"))
+        .map_err(|_| errors.push(FieldError::new("/purpose", "null or \"email\"")))
+        .ok()
+        .flatten();
+    match (name, errors.is_empty()) {
+        (Some(name), true) => Ok(SegmentInput {
+            name,
+            description,
+            definition: body.get("definition").cloned().unwrap_or(Json::Null),
+            purpose,
+        }),
+        _ => Err(ApiError::Validation(errors)),
+    }
+}
+
+fn segment_json(row: Row<'_>) -> anyhow::Result<Json> {
+    Ok(json!({
+        "id": row.str("id")?,
+        "name": row.str("name")?,
+        "description": row.opt_str("description")?,
+        "definition": serde_json::from_str::<Json>(row.str("definition")?).context("stored definition")?,
+        "purpose": row.opt_str("purpose")?,
+        "last_count": row.opt_i64("last_count")?,
+        "last_counted_at": row.opt_str("last_counted_at")?,
+        "created_at": row.str("created_at")?,
+        "created_by": row.str("created_by")?,
+        "updated_at": row.str("updated_at")?,
+        "updated_by": row.str("updated_by")?,
+    }))
+}
+
+fn name_taken(error: crate::ports::DbError) -> ApiError {
+    if error.is_unique_violation("segments.name") {
+        ApiError::Conflict("a segment with this name exists".into())
+    } else {
+        ApiError::Unexpected(anyhow::Error::from(error).context("failed to write a segment"))
+    }
+}
+
+/// `POST /v1/segments`.
+pub async fn create<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    actor: &Actor,
+    request: &Request,
+) -> Result<Response, ApiError> {
+    let input = parse_input(request)?;
+    let now = timestamp::format(ctx.clock.now());
+    let id = new_id(ctx.clock.now());
+    let row = transaction(ctx.db, async || -> Result<Json, ApiError> {
+        let rows = ctx
+            .db
+            .execute(
+                "INSERT INTO segments (id, name, description, definition, purpose, created_at, created_by, updated_at, updated_by)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?6, ?7) RETURNING *",
+                &[
+                    id.as_str().into(),
+                    input.name.as_str().into(),
+                    input.description.as_deref().into(),
+                    input.definition.to_string().into(),
+                    input.purpose.as_deref().into(),
+                    now.as_str().into(),
+                    actor.label().into(),
+                ],
+            )
+            .await
+            .map_err(name_taken)?;
+        Ok(segment_json(rows.first().context("inserted segment")?)?)
+    })
+    .await?;
+    Ok(json_response(StatusCode::CREATED, &row))
+}
+
+/// `GET /v1/segments`: all saved segments, by name.
+pub async fn list(db: &impl Db) -> Result<Response, ApiError> {
+    let rows = db
+        .execute("SELECT * FROM segments ORDER BY name LIMIT 1000", &[])
+        .await
+        .context("failed to list segments")?;
+    let items: Vec<Json> = rows
+        .iter()
+        .map(segment_json)
+        .collect::<anyhow::Result<_>>()?;
+    Ok(json_response(StatusCode::OK, &json!({ "items": items })))
+}
+
+fn not_found() -> ApiError {
+    ApiError::NotFound("no segment with this id".into())
+}
+
+async fn load(db: &impl Db, id: &str) -> Result<Json, ApiError> {
+    let id = ContactId::parse(id).ok_or_else(not_found)?;
+    let rows = db
+        .execute(
+            "SELECT * FROM segments WHERE id = ?1",
+            &[id.as_str().into()],
+        )
+        .await
+        .context("failed to read a segment")?;
+    Ok(segment_json(rows.first().ok_or_else(not_found)?)?)
+}
+
+/// `GET /v1/segments/{id}`.
+pub async fn get(db: &impl Db, id: &str) -> Result<Response, ApiError> {
+    Ok(json_response(StatusCode::OK, &load(db, id).await?))
+}
+
+/// `PUT /v1/segments/{id}`: replaces name, description, definition and
+/// purpose; the last count is cleared, since it was for the old rules.
+pub async fn replace<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    actor: &Actor,
+    id: &str,
+    request: &Request,
+) -> Result<Response, ApiError> {
+    let input = parse_input(request)?;
+    let id = load(ctx.db, id).await?["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let now = timestamp::format(ctx.clock.now());
+    let row = transaction(ctx.db, async || -> Result<Json, ApiError> {
+        let rows = ctx
+            .db
+            .execute(
+                "UPDATE segments SET name = ?2, description = ?3, definition = ?4, purpose = ?5,
+                     last_count = NULL, last_counted_at = NULL, updated_at = ?6, updated_by = ?7
+                 WHERE id = ?1 RETURNING *",
+                &[
+                    id.as_str().into(),
+                    input.name.as_str().into(),
+                    input.description.as_deref().into(),
+                    input.definition.to_string().into(),
+                    input.purpose.as_deref().into(),
+                    now.as_str().into(),
+                    actor.label().into(),
+                ],
+            )
+            .await
+            .map_err(name_taken)?;
+        Ok(segment_json(rows.first().ok_or_else(not_found)?)?)
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &row))
+}
+
+/// `DELETE /v1/segments/{id}`.
+pub async fn delete<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, id: &str) -> Result<Response, ApiError> {
+    let id = ContactId::parse(id).ok_or_else(not_found)?;
+    let deleted = transaction(ctx.db, async || -> Result<bool, ApiError> {
+        let rows = ctx
+            .db
+            .execute(
+                "DELETE FROM segments WHERE id = ?1 RETURNING id",
+                &[id.as_str().into()],
+            )
+            .await
+            .context("failed to delete a segment")?;
+        Ok(!rows.is_empty())
+    })
+    .await?;
+    if !deleted {
+        return Err(not_found());
+    }
+    Ok(crate::http::empty_response(StatusCode::NO_CONTENT))
+}
+
+/// A saved segment, compiled for now.
+async fn compiled_segment<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    id: &str,
+) -> Result<(Json, Compiled, Env, Option<String>), ApiError> {
+    let segment = load(ctx.db, id).await?;
+    let node = definition::parse(&segment["definition"])?;
+    let (env, computed_at) = env(ctx, &node).await?;
+    let compiled = compile(&node, &env, segment["purpose"] == "email");
+    Ok((segment, compiled, env, computed_at))
+}
+
+/// `GET /v1/segments/{id}/count`; also stored as the segment's last count.
+pub async fn count_segment<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    id: &str,
+) -> Result<Response, ApiError> {
+    let (segment, compiled, env, computed_at) = compiled_segment(ctx, id).await?;
+    let total = count(ctx.db, &compiled).await?;
+    let at = timestamp::format(env.now);
+    let id = segment["id"].as_str().unwrap_or_default().to_owned();
+    transaction(ctx.db, async || -> Result<(), ApiError> {
+        ctx.db
+            .execute(
+                "UPDATE segments SET last_count = ?2, last_counted_at = ?3 WHERE id = ?1",
+                &[id.as_str().into(), total.into(), at.as_str().into()],
+            )
+            .await
+            .context("failed to store a count")?;
+        Ok(())
+    })
+    .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "segment_id": id, "count": total, "counted_at": at, "analytics_computed_at": computed_at }),
+    ))
+}
+
+/// `GET /v1/segments/{id}/contacts`: JSON, or CSV with `Accept: text/csv`
+/// or `format=csv` (`bom=true` adds a UTF-8 BOM for Excel). The next
+/// page's cursor is in `next_cursor` (JSON) or the `Next-Cursor` header.
+pub async fn members<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    id: &str,
+    request: &Request,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(request);
+    let csv = query_param(&pairs, "format") == Some("csv")
+        || header_str(request.headers(), "accept")
+            .is_some_and(|a| a.to_ascii_lowercase().contains("text/csv"));
+    if let Some(format) = query_param(&pairs, "format")
+        && !matches!(format, "csv" | "json")
+    {
+        return Err(ApiError::invalid("format", "csv or json"));
+    }
+    let limit = page_size(&pairs, csv)?;
+    let fields = parse_fields(query_param(&pairs, "fields"))?;
+    let after = cursor(&pairs)?;
+    let (segment, compiled, env, computed_at) = compiled_segment(ctx, id).await?;
+    let (page, next) = member_page(ctx.db, &compiled, &env, after.as_deref(), limit).await?;
+    if !csv {
+        let items: Vec<Json> = page.iter().map(|m| select(m, &fields)).collect();
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({ "segment_id": segment["id"], "items": items, "next_cursor": next, "analytics_computed_at": computed_at }),
+        ));
+    }
+    let bom = query_param(&pairs, "bom") == Some("true");
+    let body = to_csv(&page, &fields, after.is_none(), bom);
+    let mut response = http::Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "text/csv; charset=utf-8")
+        .body(Bytes::from(body))
+        .expect("static headers are valid");
+    if let Some(next) = next {
+        crate::http::set_header(
+            &mut response,
+            http::HeaderName::from_static("next-cursor"),
+            &next,
+        );
+    }
+    Ok(response)
+}
+
+/// CSV columns per member field.
+fn csv_columns(field: &str) -> &'static [&'static str] {
+    match field {
+        "id" => &["id"],
+        "email" => &["email"],
+        "phone" => &["phone"],
+        "name" => &["name"],
+        "tags" => &["tags"],
+        "counters" => &["order_count", "total_spent_minor", "last_order_at"],
+        _ => &["points_available"],
+    }
+}
+
+fn csv_value(member: &Json, column: &str) -> String {
+    let value = match column {
+        "tags" => member["tags"]
+            .as_array()
+            .map(|tags| {
+                tags.iter()
+                    .filter_map(Json::as_str)
+                    .collect::<Vec<_>>()
+                    .join(";")
+            })
+            .unwrap_or_default(),
+        "order_count" | "total_spent_minor" | "last_order_at" => {
+            text_of(&member["counters"][column])
+        }
+        "points_available" => text_of(&member["points"]["available"]),
+        other => text_of(&member[other]),
+    };
+    csv_escape(&value)
+}
+
+fn text_of(value: &Json) -> String {
+    match value {
+        Json::Null => String::new(),
+        Json::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// RFC 4180 quoting, and a leading `'` on text a spreadsheet would run as
+/// a formula (`=`, `+`, `-`, `@`), since these files are opened in Excel.
+/// Phone numbers start with `+` by design and are numbers, not formulas,
+/// yet Excel would still evaluate them; they are quoted the same way.
+fn csv_escape(value: &str) -> String {
+    let guarded = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{value}")
+    } else {
+        value.to_owned()
+    };
+    if guarded.contains([',', '"', '\n', '\r']) || guarded != value {
+        format!("\"{}\"", guarded.replace('"', "\"\""))
+    } else {
+        guarded
+    }
+}
+
+fn to_csv(members: &[Json], fields: &[&str], header: bool, bom: bool) -> String {
+    let columns: Vec<&str> = fields
+        .iter()
+        .flat_map(|f| csv_columns(f).iter().copied())
+        .collect();
+    let mut out = String::new();
+    if bom {
+        out.push('\u{feff}');
+    }
+    if header {
+        out.push_str(&columns.join(","));
+        out.push_str("\r\n");
+    }
+    for member in members {
+        let values: Vec<String> = columns.iter().map(|c| csv_value(member, c)).collect();
+        out.push_str(&values.join(","));
+        out.push_str("\r\n");
+    }
+    out
+}
+
+/// `GET /v1/segments/{id}/changes?since=<token>`: who joined and who left
+/// since the token (without one: every member joined), and a new token.
+/// Each call records the membership as a new version when it changed.
+pub async fn changes<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    id: &str,
+    request: &Request,
+) -> Result<Response, ApiError> {
+    let pairs = query_pairs(request);
+    let (segment, compiled, env, _) = compiled_segment(ctx, id).await?;
+    let segment_id = segment["id"].as_str().unwrap_or_default().to_owned();
+    let since: i64 = match query_param(&pairs, "since") {
+        None => 0,
+        Some(token) => {
+            let parts = decode_cursor(token, 2)
+                .map_err(|_| ApiError::invalid("since", "not a token this API returned"))?;
+            match (parts[0] == segment_id, parts[1].parse::<i64>()) {
+                (true, Ok(version)) if version >= 0 => version,
+                _ => {
+                    return Err(ApiError::invalid(
+                        "since",
+                        "not a token this API returned for this segment",
+                    ));
+                }
+            }
+        }
+    };
+    let at = timestamp::format(env.now);
+    let (version, joined, left) = transaction(ctx.db, async || -> Result<(i64, Vec<String>, Vec<String>), ApiError> {
+        let db = ctx.db;
+        let current = db
+            .execute("SELECT version FROM segment_versions WHERE segment_id = ?1", &[segment_id.as_str().into()])
+            .await
+            .context("failed to read the segment version")?;
+        let current = current.first().map(|r| r.i64("version")).transpose()?.unwrap_or(0);
+        if since > current {
+            return Err(ApiError::invalid("since", "a token from the future"));
+        }
+        let next = current + 1;
+        let n = compiled.params.len();
+        let mut params = compiled.params.clone();
+        params.push(segment_id.as_str().into());
+        params.push(next.into());
+        let joined_now = db
+            .execute(
+                &format!(
+                    "INSERT INTO segment_members (segment_id, contact_id, joined_version)
+                     SELECT ?{seg}, c.id, ?{ver} FROM contacts c WHERE {where_sql}
+                       AND c.id NOT IN (SELECT contact_id FROM segment_members WHERE segment_id = ?{seg} AND left_version IS NULL)
+                     RETURNING contact_id",
+                    where_sql = compiled.sql,
+                    seg = n + 1,
+                    ver = n + 2,
+                ),
+                &params,
+            )
+            .await
+            .context("failed to record joins")?;
+        let left_now = db
+            .execute(
+                &format!(
+                    "UPDATE segment_members SET left_version = ?{ver}
+                     WHERE segment_id = ?{seg} AND left_version IS NULL
+                       AND contact_id NOT IN (SELECT c.id FROM contacts c WHERE {where_sql})
+                     RETURNING contact_id",
+                    where_sql = compiled.sql,
+                    seg = n + 1,
+                    ver = n + 2,
+                ),
+                &params,
+            )
+            .await
+            .context("failed to record leaves")?;
+        let version = if joined_now.is_empty() && left_now.is_empty() && current > 0 { current } else { next };
+        db.execute(
+            "INSERT INTO segment_versions (segment_id, version, synced_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (segment_id) DO UPDATE SET version = excluded.version, synced_at = excluded.synced_at",
+            &[segment_id.as_str().into(), version.into(), at.as_str().into()],
+        )
+        .await
+        .context("failed to store the segment version")?;
+        // Net change between the two versions: members now who were not
+        // members at `since`, and members at `since` who are not now.
+        let member_at = "EXISTS (SELECT 1 FROM segment_members p WHERE p.segment_id = ?1 AND p.contact_id = m.contact_id
+                          AND p.joined_version <= ?2 AND (p.left_version IS NULL OR p.left_version > ?2))";
+        let joined = db
+            .execute(
+                &format!(
+                    "SELECT DISTINCT m.contact_id FROM segment_members m
+                     WHERE m.segment_id = ?1 AND m.left_version IS NULL AND NOT {member_at} ORDER BY m.contact_id"
+                ),
+                &[segment_id.as_str().into(), since.into()],
+            )
+            .await
+            .context("failed to list joins")?;
+        let left = db
+            .execute(
+                &format!(
+                    "SELECT DISTINCT m.contact_id FROM segment_members m
+                     WHERE m.segment_id = ?1 AND {member_at}
+                       AND NOT EXISTS (SELECT 1 FROM segment_members q WHERE q.segment_id = ?1
+                                       AND q.contact_id = m.contact_id AND q.left_version IS NULL)
+                     ORDER BY m.contact_id"
+                ),
+                &[segment_id.as_str().into(), since.into()],
+            )
+            .await
+            .context("failed to list leaves")?;
+        let ids = |rows: &crate::ports::Rows| -> anyhow::Result<Vec<String>> {
+            rows.iter().map(|r| r.str("contact_id").map(str::to_owned)).collect()
+        };
+        Ok((version, ids(&joined)?, ids(&left)?))
+    })
+    .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "segment_id": segment_id,
+            "joined": joined,
+            "left": left,
+            "token": encode_cursor(&[&segment_id, &version.to_string()]),
+            "as_of": at,
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_quotes_and_guards_formulas() {
+        assert_eq!(csv_escape("plain"), "plain");
+        assert_eq!(csv_escape("a,b"), "\"a,b\"");
+        assert_eq!(csv_escape("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(
+            csv_escape("=HYPERLINK(\"x\")"),
+            "\"'=HYPERLINK(\"\"x\"\")\""
+        );
+        assert_eq!(csv_escape("+819012345678"), "\"'+819012345678\"");
+        assert_eq!(csv_escape("line\nbreak"), "\"line\nbreak\"");
+    }
+}

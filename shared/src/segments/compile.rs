@@ -1,0 +1,403 @@
+//! A parsed definition to one parameterised SQL condition over `contacts
+//! c`. Column names and SQL come only from this file; every value from a
+//! definition becomes a `?N` parameter. Relative dates are evaluated in
+//! the shop's time zone, from the start of today.
+
+use super::definition::{Builtin, Condition, Field, Node, Op, Operand};
+use crate::points::program::SHOP_OFFSET;
+use crate::ports::Value;
+use crate::timestamp;
+use time::{Duration, OffsetDateTime, Time, UtcOffset};
+
+/// What conditions need besides the definition.
+#[derive(Debug, Clone, Copy)]
+pub struct Env {
+    pub now: OffsetDateTime,
+    /// The 12-month net spend (minor units) from which a customer is VIP.
+    pub vip_threshold: i64,
+}
+
+/// A compiled condition: SQL over `contacts c` and its parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Compiled {
+    pub sql: String,
+    pub params: Vec<Value>,
+}
+
+/// Compiles `node`; with `email_purpose`, only contacts with an email and
+/// a current email consent (the latest record a grant) can match.
+pub fn compile(node: &Node, env: &Env, email_purpose: bool) -> Compiled {
+    let mut builder = Builder {
+        params: Vec::new(),
+        env: *env,
+    };
+    let mut sql = format!("c.erased_at IS NULL AND ({})", builder.node(node));
+    if email_purpose {
+        sql.push_str(&format!(
+            " AND c.email IS NOT NULL AND {} = 'granted'",
+            LATEST_EMAIL_CONSENT
+        ));
+    }
+    Compiled {
+        sql,
+        params: builder.params,
+    }
+}
+
+const LATEST_EMAIL_CONSENT: &str = "(SELECT k.status FROM consents k WHERE k.contact_id = c.id AND k.channel = 'email' \
+     ORDER BY k.recorded_at DESC, k.id DESC LIMIT 1)";
+
+const COUNTED_ORDER: &str =
+    "o.contact_id = c.id AND o.paid = 1 AND o.cancelled = 0 AND o.status <> 'refunded'";
+
+struct Builder {
+    params: Vec<Value>,
+    env: Env,
+}
+
+impl Builder {
+    /// Adds a parameter and returns its placeholder.
+    fn p(&mut self, value: impl Into<Value>) -> String {
+        self.params.push(value.into());
+        format!("?{}", self.params.len())
+    }
+
+    fn t(&mut self, at: OffsetDateTime) -> String {
+        self.p(timestamp::format(at))
+    }
+
+    /// The start of the shop-local day `days` days ago, in UTC.
+    fn days_ago(&self, days: i64) -> OffsetDateTime {
+        let local = self.env.now.to_offset(SHOP_OFFSET);
+        (local
+            .date()
+            .with_time(Time::MIDNIGHT)
+            .assume_offset(SHOP_OFFSET)
+            - Duration::days(days))
+        .to_offset(UtcOffset::UTC)
+    }
+
+    fn node(&mut self, node: &Node) -> String {
+        match node {
+            Node::All(nodes) => self.group(nodes, " AND "),
+            Node::Any(nodes) => self.group(nodes, " OR "),
+            Node::Not(inner) => format!("NOT ({})", self.node(inner)),
+            Node::Condition(condition) => self.condition(condition),
+            Node::Builtin(builtin) => self.builtin(*builtin),
+        }
+    }
+
+    fn group(&mut self, nodes: &[Node], joiner: &str) -> String {
+        let parts: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("({})", self.node(n)))
+            .collect();
+        parts.join(joiner)
+    }
+
+    fn builtin(&mut self, builtin: Builtin) -> String {
+        match builtin {
+            Builtin::Prospects => "c.order_count = 0".to_owned(),
+            Builtin::NewCustomers => format!(
+                "c.order_count >= 1 AND c.first_order_at >= {}",
+                self.t(self.days_ago(30))
+            ),
+            Builtin::Repeat => "c.order_count >= 2".to_owned(),
+            Builtin::Vip => {
+                let since = self.t(self.env.now - Duration::days(365));
+                let threshold = self.p(self.env.vip_threshold.max(1));
+                format!(
+                    "c.order_count >= 1 AND (SELECT COALESCE(SUM(MAX(o.total_minor - o.refunded_minor, 0)), 0) FROM orders o \
+                     WHERE {COUNTED_ORDER} AND o.placed_at >= {since}) >= {threshold}"
+                )
+            }
+            Builtin::AtRisk => {
+                "(SELECT r.churn_risk FROM rfm_scores r WHERE r.contact_id = c.id) = 'high'"
+                    .to_owned()
+            }
+            Builtin::Dormant => format!(
+                "c.last_order_at < {}",
+                self.t(self.env.now - Duration::days(365))
+            ),
+            Builtin::PointsExpiring => self.points_expiring(30),
+        }
+    }
+
+    fn points_expiring(&mut self, days: i64) -> String {
+        let now = self.t(self.env.now);
+        let until = self.t(self.env.now + Duration::days(days));
+        format!(
+            "EXISTS (SELECT 1 FROM points_lots p WHERE p.contact_id = c.id AND p.remaining > 0 \
+             AND p.expires_at > {now} AND p.expires_at <= {until})"
+        )
+    }
+
+    fn condition(&mut self, condition: &Condition) -> String {
+        let Condition { field, op, value } = condition;
+        match field {
+            Field::EmailDomain => self.scalar("c.email_domain", *op, value),
+            Field::Source => self.scalar("c.source", *op, value),
+            Field::UtmSource => self.scalar("c.utm_source", *op, value),
+            Field::UtmCampaign => self.scalar("c.utm_campaign", *op, value),
+            Field::LifecycleStage => self.scalar("c.lifecycle_stage", *op, value),
+            Field::Attribute(key) => {
+                // The path is a parameter too: `$."<key>"` with quotes escaped.
+                let path = self.p(format!("$.\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\"")));
+                self.scalar(&format!("json_extract(c.attributes, {path})"), *op, value)
+            }
+            Field::HasEmail => bool_sql("c.email IS NOT NULL", value),
+            Field::HasPhone => bool_sql("c.phone IS NOT NULL", value),
+            Field::EmailConsent => bool_sql(&format!("{LATEST_EMAIL_CONSENT} IS 'granted'"), value),
+            Field::CreatedAt => self.time("c.created_at", *op, value),
+            Field::FirstOrderAt => self.time("c.first_order_at", *op, value),
+            Field::LastOrderAt => self.time("c.last_order_at", *op, value),
+            Field::BirthdayMonth => self.scalar("CAST(substr(c.birthday, 6, 2) AS INTEGER)", *op, value),
+            Field::OrderCount => self.scalar("c.order_count", *op, value),
+            Field::TotalSpent => self.scalar("c.total_spent_minor", *op, value),
+            Field::AverageOrderValue => self.scalar("c.average_order_value_minor", *op, value),
+            Field::DaysSinceLastOrder => self.days_since(*op, value),
+            Field::PointsAvailable => {
+                let now = self.t(self.env.now);
+                let column = format!(
+                    "(SELECT COALESCE(SUM(p.remaining), 0) FROM points_lots p WHERE p.contact_id = c.id AND p.remaining > 0 \
+                     AND p.available_at <= {now} AND (p.expires_at IS NULL OR p.expires_at > {now}))"
+                );
+                self.scalar(&column, *op, value)
+            }
+            Field::PointsExpiringWithinDays => match value {
+                Operand::Days(days) => self.points_expiring(*days),
+                _ => "0".to_owned(),
+            },
+            Field::RfmRecency => self.scalar("(SELECT r.recency FROM rfm_scores r WHERE r.contact_id = c.id)", *op, value),
+            Field::RfmFrequency => {
+                self.scalar("(SELECT r.frequency FROM rfm_scores r WHERE r.contact_id = c.id)", *op, value)
+            }
+            Field::RfmMonetary => self.scalar("(SELECT r.monetary FROM rfm_scores r WHERE r.contact_id = c.id)", *op, value),
+            Field::ChurnRisk => self.scalar(
+                "COALESCE((SELECT r.churn_risk FROM rfm_scores r WHERE r.contact_id = c.id), 'none')",
+                *op,
+                value,
+            ),
+            Field::Tags => self.tags(*op, value),
+            Field::Purchased => self.purchased(*op, value),
+            Field::SubmittedForm => self.submitted_form(*op, value),
+        }
+    }
+
+    /// eq / neq / in / not_in / comparisons / between / exists over one
+    /// SQL expression. A missing value (NULL) matches neither `eq` nor
+    /// `neq`: "not equal to x" means "has a value, and it is not x".
+    fn scalar(&mut self, column: &str, op: Op, value: &Operand) -> String {
+        match (op, value) {
+            (Op::Exists, Operand::Bool(true)) => format!("{column} IS NOT NULL"),
+            (Op::Exists, _) => format!("{column} IS NULL"),
+            (Op::Between, Operand::IntRange(a, b)) => {
+                let (a, b) = (self.p(*a), self.p(*b));
+                format!("{column} BETWEEN {a} AND {b}")
+            }
+            (Op::In | Op::NotIn, Operand::Texts(items)) => {
+                self.list(column, op, items.iter().cloned().map(Value::from).collect())
+            }
+            (Op::In | Op::NotIn, Operand::Ints(items)) => {
+                self.list(column, op, items.iter().copied().map(Value::from).collect())
+            }
+            (_, Operand::Text(v)) => self.compare(column, op, Value::from(v.as_str())),
+            (_, Operand::Int(v)) => self.compare(column, op, Value::from(*v)),
+            _ => "0".to_owned(),
+        }
+    }
+
+    fn compare(&mut self, column: &str, op: Op, value: Value) -> String {
+        let sign = match op {
+            Op::Eq => "=",
+            Op::Neq => "<>",
+            Op::Gt => ">",
+            Op::Gte => ">=",
+            Op::Lt => "<",
+            Op::Lte => "<=",
+            _ => return "0".to_owned(),
+        };
+        format!("{column} {sign} {}", self.p(value))
+    }
+
+    fn list(&mut self, column: &str, op: Op, items: Vec<Value>) -> String {
+        let placeholders: Vec<String> = items.into_iter().map(|v| self.p(v)).collect();
+        let list = placeholders.join(", ");
+        if op == Op::In {
+            format!("{column} IN ({list})")
+        } else {
+            format!("{column} IS NOT NULL AND {column} NOT IN ({list})")
+        }
+    }
+
+    fn time(&mut self, column: &str, op: Op, value: &Operand) -> String {
+        match (op, value) {
+            (Op::Exists, Operand::Bool(true)) => format!("{column} IS NOT NULL"),
+            (Op::Exists, _) => format!("{column} IS NULL"),
+            (Op::Before, Operand::Time(t)) => format!("{column} < {}", self.t(*t)),
+            (Op::After, Operand::Time(t)) => format!("{column} > {}", self.t(*t)),
+            (Op::Between, Operand::TimeRange(a, b)) => {
+                let (a, b) = (self.t(*a), self.t(*b));
+                format!("{column} >= {a} AND {column} <= {b}")
+            }
+            (Op::WithinLastDays, Operand::Days(days)) => {
+                format!("{column} >= {}", self.t(self.days_ago(*days)))
+            }
+            _ => "0".to_owned(),
+        }
+    }
+
+    /// `days_since_last_order` as bounds on the indexed `last_order_at`:
+    /// whole days since the last order is N when the order falls in
+    /// (now − (N+1) days, now − N days].
+    fn days_since(&mut self, op: Op, value: &Operand) -> String {
+        let column = "c.last_order_at";
+        let now = self.env.now;
+        let at = move |days: i64| now - Duration::days(days);
+        let exactly = move |b: &mut Builder, n: i64| {
+            let (lower, upper) = (b.t(at(n + 1)), b.t(at(n)));
+            format!("({column} > {lower} AND {column} <= {upper})")
+        };
+        match (op, value) {
+            (Op::Exists, Operand::Bool(true)) => format!("{column} IS NOT NULL"),
+            (Op::Exists, _) => format!("{column} IS NULL"),
+            (Op::Eq, Operand::Int(n)) => exactly(self, *n),
+            (Op::Neq, Operand::Int(n)) => {
+                format!("{column} IS NOT NULL AND NOT {}", exactly(self, *n))
+            }
+            (Op::Gt, Operand::Int(n)) => format!("{column} <= {}", self.t(at(n + 1))),
+            (Op::Gte, Operand::Int(n)) => format!("{column} <= {}", self.t(at(*n))),
+            (Op::Lt, Operand::Int(n)) => format!("{column} > {}", self.t(at(*n))),
+            (Op::Lte, Operand::Int(n)) => format!("{column} > {}", self.t(at(n + 1))),
+            (Op::Between, Operand::IntRange(a, b)) => {
+                let (lower, upper) = (self.t(at(b + 1)), self.t(at(*a)));
+                format!("({column} > {lower} AND {column} <= {upper})")
+            }
+            (Op::In, Operand::Ints(items)) => {
+                let parts: Vec<String> = items.iter().map(|n| exactly(self, *n)).collect();
+                format!("({})", parts.join(" OR "))
+            }
+            (Op::NotIn, Operand::Ints(items)) => {
+                let parts: Vec<String> = items.iter().map(|n| exactly(self, *n)).collect();
+                format!("{column} IS NOT NULL AND NOT ({})", parts.join(" OR "))
+            }
+            _ => "0".to_owned(),
+        }
+    }
+
+    fn tags(&mut self, op: Op, value: &Operand) -> String {
+        let has = |condition: &str| {
+            format!("EXISTS (SELECT 1 FROM contact_tags t WHERE t.contact_id = c.id{condition})")
+        };
+        match (op, value) {
+            (Op::Exists, Operand::Bool(true)) => has(""),
+            (Op::Exists, _) => format!("NOT {}", has("")),
+            (Op::Contains, Operand::Text(tag)) => {
+                has(&format!(" AND t.tag = {}", self.p(tag.as_str())))
+            }
+            (Op::In | Op::NotIn, Operand::Texts(tags)) => {
+                let placeholders: Vec<String> = tags.iter().map(|t| self.p(t.as_str())).collect();
+                let any = has(&format!(" AND t.tag IN ({})", placeholders.join(", ")));
+                if op == Op::In {
+                    any
+                } else {
+                    format!("NOT {any}")
+                }
+            }
+            _ => "0".to_owned(),
+        }
+    }
+
+    fn purchased(&mut self, op: Op, value: &Operand) -> String {
+        let Operand::Item {
+            sku,
+            category,
+            within_days,
+        } = value
+        else {
+            return "0".to_owned();
+        };
+        let item = match (sku, category) {
+            (Some(sku), _) => format!("l.sku = {}", self.p(sku.as_str())),
+            (None, Some(category)) => format!("l.category = {}", self.p(category.as_str())),
+            (None, None) => return "0".to_owned(),
+        };
+        let window = match within_days {
+            Some(days) => format!(" AND o.placed_at >= {}", self.t(self.days_ago(*days))),
+            None => String::new(),
+        };
+        let exists = format!(
+            "EXISTS (SELECT 1 FROM orders o JOIN order_lines l ON l.order_id = o.id WHERE {COUNTED_ORDER} AND {item}{window})"
+        );
+        if op == Op::Neq {
+            format!("NOT {exists}")
+        } else {
+            exists
+        }
+    }
+
+    fn submitted_form(&mut self, op: Op, value: &Operand) -> String {
+        let Operand::Form {
+            form_id,
+            within_days,
+        } = value
+        else {
+            return "0".to_owned();
+        };
+        let form = self.p(form_id.as_str());
+        let window = match within_days {
+            Some(days) => format!(" AND i.occurred_at >= {}", self.t(self.days_ago(*days))),
+            None => String::new(),
+        };
+        let exists = format!(
+            "EXISTS (SELECT 1 FROM interactions i WHERE i.kind = 'form_submitted' AND i.contact_id = c.id \
+             AND json_extract(i.data, '$.form_id') = {form}{window})"
+        );
+        if op == Op::Neq {
+            format!("NOT {exists}")
+        } else {
+            exists
+        }
+    }
+}
+
+fn bool_sql(expression: &str, value: &Operand) -> String {
+    match value {
+        Operand::Bool(true) => expression.to_owned(),
+        _ => format!("NOT ({expression})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segments::definition::parse;
+    use serde_json::json;
+
+    #[test]
+    fn values_only_ever_travel_as_parameters() {
+        let evil = "x' OR 1=1; DROP TABLE contacts; --";
+        let node = parse(&json!({"any": [
+            {"field": "source", "op": "eq", "value": evil},
+            {"field": "tags", "op": "in", "value": [evil]},
+            {"field": "attributes.a\"b", "op": "eq", "value": evil},
+            {"field": "purchased", "op": "eq", "value": {"sku": evil}}
+        ]}))
+        .unwrap();
+        let env = Env {
+            now: time::macros::datetime!(2026-11-22 03:00 UTC),
+            vip_threshold: 0,
+        };
+        let compiled = compile(&node, &env, true);
+        assert!(!compiled.sql.contains("DROP"), "{}", compiled.sql);
+        assert!(!compiled.sql.contains("OR 1=1"), "{}", compiled.sql);
+        assert!(
+            compiled
+                .params
+                .iter()
+                .filter(|p| **p == Value::from(evil))
+                .count()
+                == 4
+        );
+    }
+}

@@ -1,0 +1,16 @@
+//! Segments and analytics: the right customers, from live data.
+//!
+//! - `definition`: the JSON segment language, parsed and bounded, with a
+//!   JSON pointer on every error.
+//! - `compile`: a definition to one parameterised SQL query over indexed
+//!   columns; field names come only from the whitelist, values only as
+//!   parameters.
+//! - `analytics`: RFM scores, churn risk and the VIP threshold (cached in
+//!   SQLite with their computation time), summary, RFM grid, cross-sell.
+//! - `api`: preview, saved segments, members (JSON and CSV), counts and
+//!   delta sync.
+
+pub mod analytics;
+pub mod api;
+pub mod compile;
+pub mod definition;
