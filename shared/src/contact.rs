@@ -466,7 +466,11 @@ pub async fn load(
         .map(|r| r.str("tag").map(str::to_owned))
         .collect::<Result<_, _>>()?;
     view.consents = crate::consent::current(db, id).await?;
-    let points = crate::points::ledger::balance(db, id, now).await?;
+    let points = if view.erased {
+        crate::points::ledger::Balance::default()
+    } else {
+        crate::points::ledger::balance(db, id, now).await?
+    };
     view.counters["points_balance"] = points.available.into();
     view.counters["points_pending"] = points.pending.into();
     view.counters["points_debt"] = points.debt.into();

@@ -137,6 +137,32 @@ where
     }
 }
 
+/// Runs reads in one deferred transaction, so that an answer built from
+/// several statements sees one snapshot of the file (WAL readers never
+/// block writers).
+pub async fn read_snapshot<D, T, E>(
+    db: &D,
+    work: impl AsyncFnOnce() -> Result<T, E>,
+) -> Result<T, E>
+where
+    D: Db,
+    E: From<anyhow::Error>,
+{
+    db.execute("BEGIN", &[])
+        .await
+        .context("failed to begin a read")?;
+    let result = work().await;
+    if let Err(e) = db.execute("COMMIT", &[]).await {
+        rollback(db).await;
+        if result.is_ok() {
+            return Err(anyhow::Error::from(e)
+                .context("failed to end a read")
+                .into());
+        }
+    }
+    result
+}
+
 async fn rollback(db: &impl Db) {
     // The work's own error is what the caller needs; a failed rollback
     // (e.g. SQLite already rolled back) is only worth a log line, and the

@@ -167,11 +167,16 @@ pub async fn erase(
         // The shop's customer ids name the person at the shop; the orders
         // themselves stay, attached to the tombstone, for accounting.
         ("DELETE FROM contact_external_ids WHERE contact_id = ?1", "shop customer ids"),
+        // Staff write free text as reasons; amounts and kinds stay.
+        ("UPDATE points_entries SET reason = NULL WHERE contact_id = ?1", "points reasons"),
     ] {
         db.execute(sql, &[id.into()])
             .await
             .with_context(|| format!("failed to erase {what}"))?;
     }
+    // No one can redeem an erased contact's points: they are forfeited,
+    // so they leave the liability report.
+    crate::points::ledger::forfeit_all(db, id, actor, now).await?;
     db.execute(
         "UPDATE contacts SET erased_at = ?2, updated_at = ?2, updated_by = ?3 WHERE id = ?1",
         &[id.into(), at.as_str().into(), actor.into()],

@@ -22,6 +22,7 @@ CREATE TABLE points_programs (
 CREATE TABLE points_accounts (
     contact_id TEXT PRIMARY KEY REFERENCES contacts (id),
     balance    INTEGER NOT NULL DEFAULT 0,
+    entries    INTEGER NOT NULL DEFAULT 0,   -- the last entry's seq
     debt       INTEGER NOT NULL DEFAULT 0 CHECK (debt >= 0),
     earned     INTEGER NOT NULL DEFAULT 0,   -- earn entries
     redeemed   INTEGER NOT NULL DEFAULT 0,   -- redemptions, net of points given back
@@ -35,6 +36,7 @@ CREATE TABLE points_entries (
     contact_id      TEXT NOT NULL REFERENCES contacts (id),
     kind            TEXT NOT NULL,            -- earn | redeem | expire | cancel | adjust | reverse
     points          INTEGER NOT NULL,         -- signed
+    seq             INTEGER NOT NULL,         -- per contact, in commit order
     balance_after   INTEGER NOT NULL,
     reason          TEXT,
     order_id        TEXT,                     -- orders.id, for earn and its reversals
@@ -45,7 +47,10 @@ CREATE TABLE points_entries (
     created_at      TEXT NOT NULL,
     created_by      TEXT NOT NULL
 ) STRICT;
-CREATE INDEX points_entries_contact_idx ON points_entries (contact_id, id DESC);
+-- The ledger's order: ids are time-based but stamped before the write
+-- lock is taken, so only a sequence assigned inside the transaction is
+-- sure to follow commit order (and `balance_after`).
+CREATE UNIQUE INDEX points_entries_contact_seq ON points_entries (contact_id, seq);
 CREATE INDEX points_entries_order_idx ON points_entries (order_id) WHERE order_id IS NOT NULL;
 CREATE INDEX points_entries_order_ref_idx ON points_entries (contact_id, order_ref) WHERE order_ref IS NOT NULL;
 -- A paid order earns once.

@@ -145,8 +145,12 @@ pub async fn balance<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
     contact: &str,
 ) -> Result<Response, ApiError> {
-    let contact = live_contact(ctx.db, contact).await?;
-    let balance = ledger::balance(ctx.db, &contact, ctx.clock.now()).await?;
+    let (contact, balance) = crate::db::read_snapshot(ctx.db, async || -> Result<_, ApiError> {
+        let contact = live_contact(ctx.db, contact).await?;
+        let balance = ledger::balance(ctx.db, &contact, ctx.clock.now()).await?;
+        Ok((contact, balance))
+    })
+    .await?;
     let mut body = serde_json::to_value(&balance).context("balance")?;
     body["contact_id"] = contact.into();
     body["as_of"] = timestamp::format(ctx.clock.now()).into();
@@ -162,14 +166,19 @@ pub async fn ledger_page(
     let contact = live_contact(db, contact).await?;
     let pairs = query_pairs(request);
     let limit = page_limit(&pairs)?;
-    let before = match query_param(&pairs, "cursor") {
-        Some(c) => decode_cursor(c, 1)?.pop(),
+    let before: Option<i64> = match query_param(&pairs, "cursor") {
+        Some(c) => Some(
+            decode_cursor(c, 1)?
+                .pop()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| ApiError::invalid("cursor", "not a cursor this API returned"))?,
+        ),
         None => None,
     };
     let rows = db
         .execute(
-            "SELECT * FROM points_entries WHERE contact_id = ?1 AND (?2 IS NULL OR id < ?2)
-             ORDER BY id DESC LIMIT ?3",
+            "SELECT * FROM points_entries WHERE contact_id = ?1 AND (?2 IS NULL OR seq < ?2)
+             ORDER BY seq DESC LIMIT ?3",
             &[
                 contact.as_str().into(),
                 before.into(),
@@ -184,12 +193,13 @@ pub async fn ledger_page(
         if index == limit {
             next_cursor = items
                 .last()
-                .and_then(|e: &Json| e["id"].as_str())
-                .map(|id| encode_cursor(&[id]));
+                .and_then(|e: &Json| e["seq"].as_i64())
+                .map(|seq| encode_cursor(&[&seq.to_string()]));
             break;
         }
         items.push(json!({
             "id": row.str("id")?,
+            "seq": row.i64("seq")?,
             "kind": row.str("kind")?,
             "points": row.i64("points")?,
             "balance_after": row.i64("balance_after")?,
@@ -422,8 +432,13 @@ pub async fn put_program<D: Db, K: Kv>(
 }
 
 /// `GET /v1/points/liability`: outstanding points and their value, and
-/// what expires in each of the next 12 months (shop time).
+/// what expires in each of the next 12 months (shop time), from one
+/// snapshot.
 pub async fn liability<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>) -> Result<Response, ApiError> {
+    crate::db::read_snapshot(ctx.db, async || liability_report(ctx).await).await
+}
+
+async fn liability_report<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>) -> Result<Response, ApiError> {
     let now = ctx.clock.now();
     let at = timestamp::format(now);
     let program = program::current(ctx.db).await?;

@@ -101,19 +101,20 @@ async fn append(
     let rows = db
         .execute(
             &format!(
-                "UPDATE points_accounts SET balance = balance + ?2, {column} = {column} + ?3
-                 WHERE contact_id = ?1 RETURNING balance"
+                "UPDATE points_accounts SET balance = balance + ?2, {column} = {column} + ?3, entries = entries + 1
+                 WHERE contact_id = ?1 RETURNING balance, entries"
             ),
             &[contact_id.into(), entry.points.into(), amount.into()],
         )
         .await
         .context("failed to update a points account")?;
-    let balance_after = rows.first().context("points account")?.i64("balance")?;
+    let account = rows.first().context("points account")?;
+    let (balance_after, seq) = (account.i64("balance")?, account.i64("entries")?);
     let id = new_id(now);
     db.execute(
         "INSERT INTO points_entries (id, contact_id, kind, points, balance_after, reason, order_id, order_ref,
-             refund_id, related_entry_id, program_version, created_at, created_by)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+             refund_id, related_entry_id, program_version, created_at, created_by, seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         &[
             id.as_str().into(),
             contact_id.into(),
@@ -128,6 +129,7 @@ async fn append(
             entry.program_version.into(),
             timestamp::format(now).into(),
             actor.into(),
+            seq.into(),
         ],
     )
     .await
@@ -519,8 +521,36 @@ pub async fn expire_due(
     Ok(rows.len())
 }
 
+/// Closes every open lot of a contact with an `expire` entry, as on
+/// erasure, when no one can redeem them any more.
+pub async fn forfeit_all(
+    db: &impl Db,
+    contact_id: &str,
+    actor: &str,
+    now: OffsetDateTime,
+) -> anyhow::Result<()> {
+    let rows = db
+        .execute(
+            "SELECT id, entry_id, remaining FROM points_lots WHERE contact_id = ?1 AND remaining > 0 ORDER BY id",
+            &[contact_id.into()],
+        )
+        .await
+        .context("failed to read lots to forfeit")?;
+    for row in rows.iter() {
+        let remaining = row.i64("remaining")?;
+        take_from_lot(db, row.str("id")?, remaining).await?;
+        let entry = NewEntry {
+            reason: Some("forfeited on erasure"),
+            related_entry_id: Some(row.str("entry_id")?),
+            ..NewEntry::new(Kind::Expire, -remaining)
+        };
+        append(db, contact_id, &entry, actor, now).await?;
+    }
+    Ok(())
+}
+
 /// A contact's points as one screen shows them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Balance {
     pub available: i64,
     pub pending: i64,
@@ -551,13 +581,14 @@ pub async fn balance(
     let rows = db
         .execute(
             "SELECT
-               COALESCE(SUM(CASE WHEN available_at <= ?2 THEN remaining END), 0) AS available,
-               COALESCE(SUM(CASE WHEN available_at > ?2 THEN remaining END), 0) AS pending,
-               MIN(CASE WHEN available_at > ?2 THEN available_at END) AS next_available_at,
-               COALESCE(SUM(CASE WHEN expires_at <= ?3 THEN remaining END), 0) AS expiring,
-               MIN(CASE WHEN expires_at <= ?3 THEN expires_at END) AS expiring_earliest_at
-             FROM points_lots
-             WHERE contact_id = ?1 AND remaining > 0 AND (expires_at IS NULL OR expires_at > ?2)",
+               COALESCE(SUM(CASE WHEN live AND available_at <= ?2 THEN remaining END), 0) AS available,
+               COALESCE(SUM(CASE WHEN live AND available_at > ?2 THEN remaining END), 0) AS pending,
+               MIN(CASE WHEN live AND available_at > ?2 THEN available_at END) AS next_available_at,
+               COALESCE(SUM(CASE WHEN live AND expires_at <= ?3 THEN remaining END), 0) AS expiring,
+               MIN(CASE WHEN live AND expires_at <= ?3 THEN expires_at END) AS expiring_earliest_at,
+               COALESCE(SUM(CASE WHEN NOT live THEN remaining END), 0) AS unswept
+             FROM (SELECT *, (expires_at IS NULL OR expires_at > ?2) AS live FROM points_lots
+                   WHERE contact_id = ?1 AND remaining > 0)",
             &[
                 contact_id.into(),
                 at.as_str().into(),
@@ -589,7 +620,8 @@ pub async fn balance(
         expiring_earliest_at: lots.opt_str("expiring_earliest_at")?.map(str::to_owned),
         lifetime_earned: get("earned")?,
         redeemed: get("redeemed")?,
-        expired: get("expired")?,
+        // Expired but not yet written as `expire` entries: expired all the same.
+        expired: get("expired")? + lots.i64("unswept")?,
         reversed: get("reversed")?,
         adjusted: get("adjusted")?,
         debt: get("debt")?,

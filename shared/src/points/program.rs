@@ -291,6 +291,9 @@ impl Rules {
     }
 }
 
+/// The most points one order can earn (the API's bound on any amount).
+pub const MAX_EARN: i64 = 1_000_000_000;
+
 /// One order line as the earn calculation sees it.
 #[derive(Debug, Clone)]
 pub struct EarnLine {
@@ -336,10 +339,15 @@ impl Rules {
             (weighted, line_sum)
         };
         let campaign = self.campaign_multiplier(order.placed_at, contact_tags);
-        let numerator =
-            base * weighted * i128::from(campaign.hundredths()) * i128::from(self.earn_rate.points);
+        // Within validated rules this fits in i128 except for absurd
+        // orders; an overflow saturates, and no earn exceeds MAX_EARN.
+        let numerator = base
+            .checked_mul(weighted)
+            .and_then(|n| n.checked_mul(i128::from(campaign.hundredths())))
+            .and_then(|n| n.checked_mul(i128::from(self.earn_rate.points)));
         let denominator = weight * 100 * 100 * i128::from(self.earn_rate.per_minor);
-        i64::try_from(numerator / denominator).unwrap_or(i64::MAX)
+        let points = numerator.map_or(i128::from(MAX_EARN), |n| n / denominator);
+        i64::try_from(points.min(i128::from(MAX_EARN))).unwrap_or(MAX_EARN)
     }
 
     fn line_multiplier(&self, line: &EarnLine) -> Multiplier {

@@ -2352,3 +2352,62 @@ fn points_routes_need_a_key_with_the_right_scope() {
     }
     assert_eq!(balance(&app, &id)["available"], 100);
 }
+
+#[test]
+fn erasure_forfeits_open_points_and_clears_reasons() {
+    // Arrange: a contact with points awarded with a personal note.
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "gone@example.jp"}));
+    let awarded = app.send_json(
+        "POST",
+        POINTS_KEY,
+        "/v1/points/award",
+        &json!({"contact_id": id, "points": 100, "reason": "お詫び 田中花子様"}),
+    );
+    assert_eq!(awarded.status, 201, "{}", awarded.text());
+
+    // Act
+    let erased = app.request(
+        "DELETE",
+        &format!("/v1/contacts/{id}"),
+        &[("authorization", &format!("Bearer {ADMIN_KEY}"))],
+        "",
+    );
+
+    // Assert: nothing outstanding, no free text left, the ledger still adds up.
+    assert_eq!(erased.status, 200, "{}", erased.text());
+    let liability = app.get(POINTS_KEY, "/v1/points/liability").json();
+    assert_eq!(liability["available"]["points"], 0);
+    let reasons = app.count("SELECT count(*) FROM points_entries WHERE reason LIKE '%田中%'");
+    assert_eq!(reasons, 0);
+    let sum: i64 = app.count(&format!(
+        "SELECT COALESCE(SUM(points), 0) FROM points_entries WHERE contact_id = '{id}'"
+    ));
+    assert_eq!(sum, 0, "the award and its forfeit cancel out");
+    let view = app.get(ADMIN_KEY, &format!("/v1/contacts/{id}")).json();
+    assert_eq!(view["counters"]["points_balance"], 0);
+}
+
+#[test]
+fn expired_points_count_as_expired_before_any_sweep() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "lapse@example.jp"}));
+    let expires_at = kizuna::timestamp::format(start_time() + time::Duration::days(1));
+    let awarded = app.send_json(
+        "POST",
+        POINTS_KEY,
+        "/v1/points/award",
+        &json!({"contact_id": id, "points": 100, "reason": "trial", "expires_at": expires_at}),
+    );
+    assert_eq!(awarded.status, 201, "{}", awarded.text());
+
+    // Act
+    app.clock.advance(time::Duration::days(2));
+    let balance = app.get(POINTS_KEY, &format!("/v1/points/{id}")).json();
+
+    // Assert
+    assert_eq!(balance["available"], 0);
+    assert_eq!(balance["expired"], 100);
+    assert_eq!(balance["lifetime_earned"], 100);
+}
