@@ -15,17 +15,29 @@
 //! - RFM scores, churn risk and the VIP threshold are recomputed on demand
 //!   and cached in SQLite, in `rfm_scores` and `analytics_state` (not in
 //!   the key-value store: segment SQL joins them, and they are replaced in
-//!   the same transaction that records their time). Whoever reads them
-//!   first calls [`ensure_fresh`]: when the cached computation is missing
-//!   or more than [`RFM_MAX_AGE`] away from now (either way, so a clock
-//!   set back also recomputes), it recomputes everything in one
-//!   `BEGIN IMMEDIATE` transaction and re-checks the time inside it, so
-//!   concurrent callers wait for one computation and then use it. Answers
-//!   built from them therefore lag live data by at most `RFM_MAX_AGE`,
-//!   and each one carries the `computed_at` of the computation it used;
-//!   churn risk is judged as of that time. [`refresh`] forces a
-//!   recomputation. A contact erased since the computation keeps its
-//!   `rfm_scores` row until the next one, so readers join live contacts.
+//!   the same transaction that records their time). Every answer built
+//!   from them carries the `computed_at` of the computation it used, and
+//!   churn risk is judged as of that time.
+//! - Whoever reads them first calls [`ensure_fresh`]. While the cached
+//!   computation is less than [`RFM_MAX_AGE`] from now (either way, so a
+//!   clock set back also recomputes) it is used as is. Otherwise the
+//!   caller recomputes, in two phases so that writers (webhooks, points)
+//!   are never held up by the analysis: first the scores are computed into
+//!   a per-connection TEMP table with no lock on the database (seconds on a
+//!   million contacts; readers and writers carry on), then one short
+//!   `BEGIN IMMEDIATE` transaction re-checks freshness and swaps the rows
+//!   in (under a second on a million contacts).
+//! - Concurrent callers compute once: the first one records a claim
+//!   (`analytics_state` row `rfm_claim`, its `computed_at` being the time
+//!   of the claim). While a claim younger than [`RFM_CLAIM_TTL`] stands,
+//!   other callers answer from the previous computation, stale but dated,
+//!   instead of starting a second one; only when there is no previous
+//!   computation at all do they compute too, and the re-check in the swap
+//!   keeps the first result. A caller that dies mid-way leaves a claim
+//!   that expires after `RFM_CLAIM_TTL`.
+//! - [`refresh`] recomputes regardless of age. A contact erased since the
+//!   computation keeps its `rfm_scores` row until the next one, so readers
+//!   join live contacts.
 //!
 //! # Definitions
 //!
@@ -43,7 +55,7 @@
 //! - VIP threshold: among live contacts with net spend above zero on
 //!   counted orders placed in the last [`VIP_WINDOW`], the spend of the
 //!   `ceil(n / 10)`-th highest, so at least a tenth of them reach it. No
-//!   such contact: no threshold (read as 0).
+//!   such contact: no threshold (stored as NULL, read as 0).
 
 use crate::Ctx;
 use crate::db::transaction;
@@ -59,11 +71,16 @@ use time::{Duration, OffsetDateTime};
 /// How old a cached RFM computation may be before a reader recomputes it.
 pub const RFM_MAX_AGE: Duration = Duration::minutes(10);
 
+/// How long a claim to recompute stands before another caller may take
+/// over (the claimer is presumed dead).
+pub const RFM_CLAIM_TTL: Duration = Duration::minutes(5);
+
 /// The spend window of the VIP threshold.
 pub const VIP_WINDOW: Duration = Duration::days(365);
 
 /// `analytics_state` names.
 const RFM_STATE: &str = "rfm";
+const CLAIM_STATE: &str = "rfm_claim";
 const VIP_STATE: &str = "vip_threshold";
 
 /// Cross-sell page size bounds.
@@ -71,7 +88,18 @@ const CROSS_SELL_DEFAULT_LIMIT: i64 = 10;
 const CROSS_SELL_MAX_LIMIT: i64 = 50;
 const MAX_ITEM_CHARS: usize = 255;
 
-/// Scores, churn risk and nothing else; `?1` is the computation time.
+/// The phase-one table: this connection's own, gone with it.
+const CREATE_NEXT_SQL: &str = "
+CREATE TEMP TABLE IF NOT EXISTS rfm_next (
+    contact_id TEXT PRIMARY KEY,
+    recency    INTEGER NOT NULL,
+    frequency  INTEGER NOT NULL,
+    monetary   INTEGER NOT NULL,
+    churn_risk TEXT NOT NULL
+) WITHOUT ROWID";
+
+/// Scores and churn risk into `temp.rfm_next`; `?1` is the computation
+/// time.
 const RFM_SQL: &str = "
 WITH scored AS (
     SELECT id, order_count, last_order_at,
@@ -101,7 +129,7 @@ medians AS (
     WHERE k IN ((n + 1) / 2, (n + 2) / 2)
     GROUP BY contact_id
 )
-INSERT INTO rfm_scores (contact_id, recency, frequency, monetary, churn_risk)
+INSERT INTO temp.rfm_next (contact_id, recency, frequency, monetary, churn_risk)
 SELECT s.id, s.recency, s.frequency, s.monetary,
        CASE
            WHEN s.order_count < 2 OR m.median_gap IS NULL THEN 'none'
@@ -134,65 +162,151 @@ const UPSERT_STATE_SQL: &str = "
 INSERT INTO analytics_state (name, value, computed_at) VALUES (?1, ?2, ?3)
 ON CONFLICT (name) DO UPDATE SET value = excluded.value, computed_at = excluded.computed_at";
 
-async fn rfm_computed_at(db: &impl Db) -> anyhow::Result<Option<String>> {
+/// When RFM was last computed, and when a recomputation was claimed.
+#[derive(Debug, Default)]
+struct RfmState {
+    computed_at: Option<String>,
+    claimed_at: Option<String>,
+}
+
+async fn rfm_state(db: &impl Db) -> anyhow::Result<RfmState> {
     let rows = db
         .execute(
-            "SELECT computed_at FROM analytics_state WHERE name = ?1",
-            &[RFM_STATE.into()],
+            "SELECT name, computed_at FROM analytics_state WHERE name IN (?1, ?2)",
+            &[RFM_STATE.into(), CLAIM_STATE.into()],
         )
         .await
         .context("failed to read when RFM was computed")?;
-    rows.first()
-        .map(|row| row.str("computed_at").map(str::to_owned))
-        .transpose()
+    let mut state = RfmState::default();
+    for row in rows.iter() {
+        let at = Some(row.str("computed_at")?.to_owned());
+        match row.str("name")? {
+            RFM_STATE => state.computed_at = at,
+            _ => state.claimed_at = at,
+        }
+    }
+    Ok(state)
 }
 
-/// A computation is fresh while it is less than `RFM_MAX_AGE` from `now`,
-/// in either direction; one whose time does not parse is stale.
-fn is_fresh(computed_at: &str, now: OffsetDateTime) -> bool {
-    timestamp::parse(computed_at).is_some_and(|at| (now - at).abs() < RFM_MAX_AGE)
+/// True when `at` is less than `max` from `now`, in either direction; a
+/// time that does not parse is never recent.
+fn is_recent(at: &str, now: OffsetDateTime, max: Duration) -> bool {
+    timestamp::parse(at).is_some_and(|at| (now - at).abs() < max)
+}
+
+/// What a caller that found the cache stale does.
+enum Claim {
+    /// Answer with this computation: fresh after all, or the previous one
+    /// while another caller recomputes.
+    Use(String),
+    /// Recompute.
+    Compute,
 }
 
 /// Makes sure RFM scores, churn risk and the VIP threshold are at most
-/// `RFM_MAX_AGE` old, recomputing them if not, and returns the time they
-/// were computed.
+/// `RFM_MAX_AGE` old, recomputing them if not, and returns the time of
+/// the computation to use. While another request is recomputing, that is
+/// the previous computation, possibly older (see the module's notes).
 ///
-/// Call it OUTSIDE any transaction: a recomputation opens its own
-/// `BEGIN IMMEDIATE` (SQLite has no nested `BEGIN`). Freshness is checked
-/// again once the write lock is held, so of several concurrent callers
-/// one computes and the others use its result.
+/// Call it OUTSIDE any transaction: it opens its own `BEGIN IMMEDIATE`
+/// transactions (SQLite has no nested `BEGIN`).
 pub async fn ensure_fresh(db: &impl Db, now: OffsetDateTime) -> anyhow::Result<String> {
-    if let Some(at) = rfm_computed_at(db).await?
-        && is_fresh(&at, now)
+    if let Some(at) = rfm_state(db).await?.computed_at
+        && is_recent(&at, now, RFM_MAX_AGE)
     {
         return Ok(at);
     }
-    transaction(db, async || {
-        if let Some(at) = rfm_computed_at(db).await?
-            && is_fresh(&at, now)
-        {
-            return Ok(at);
+    let claim = transaction(db, async || {
+        let state = rfm_state(db).await?;
+        if let Some(at) = state.computed_at {
+            let claimed = state
+                .claimed_at
+                .is_some_and(|c| is_recent(&c, now, RFM_CLAIM_TTL));
+            if claimed || is_recent(&at, now, RFM_MAX_AGE) {
+                return Ok::<_, anyhow::Error>(Claim::Use(at));
+            }
         }
-        recompute(db, now).await
+        set_state(db, CLAIM_STATE, None, &timestamp::format(now)).await?;
+        Ok(Claim::Compute)
     })
-    .await
+    .await?;
+    match claim {
+        Claim::Use(at) => Ok(at),
+        Claim::Compute => recompute(db, now, true).await,
+    }
 }
 
-/// Recomputes now, however fresh the cache is, in its own transaction
-/// (call it outside one). For tests, benchmarks and a manual refresh.
+/// Recomputes now, however fresh the cache is (call it outside a
+/// transaction). For tests, benchmarks and a manual refresh.
 pub async fn refresh(db: &impl Db, now: OffsetDateTime) -> anyhow::Result<String> {
-    transaction(db, async || recompute(db, now).await).await
+    recompute(db, now, false).await
 }
 
-/// Replaces the RFM scores, churn risk and VIP threshold as of `now` and
-/// records the time. Must run INSIDE a write transaction (see
-/// [`ensure_fresh`]), so readers never see a half-written table.
-pub async fn recompute(db: &impl Db, now: OffsetDateTime) -> anyhow::Result<String> {
+/// Phase one into `temp.rfm_next`, then the swap. With `keep_fresh`, a
+/// fresh computation that another caller swapped in meanwhile wins.
+async fn recompute(db: &impl Db, now: OffsetDateTime, keep_fresh: bool) -> anyhow::Result<String> {
     let at = timestamp::format(now);
-    db.execute("DELETE FROM rfm_scores", &[])
+    let threshold = match compute_next(db, now, &at).await {
+        Ok(threshold) => threshold,
+        Err(e) => {
+            // Let the next caller try at once rather than after the TTL.
+            if let Err(release) = db
+                .execute(
+                    "DELETE FROM analytics_state WHERE name = ?1 AND computed_at = ?2",
+                    &[CLAIM_STATE.into(), at.as_str().into()],
+                )
+                .await
+            {
+                eprintln!("failed to release the RFM claim: {release}");
+            }
+            return Err(e);
+        }
+    };
+    let used = transaction(db, async || {
+        if keep_fresh
+            && let Some(other) = rfm_state(db).await?.computed_at
+            && is_recent(&other, now, RFM_MAX_AGE)
+        {
+            return Ok::<_, anyhow::Error>(other);
+        }
+        db.execute("DELETE FROM rfm_scores", &[])
+            .await
+            .context("failed to clear the RFM scores")?;
+        db.execute(
+            "INSERT INTO rfm_scores (contact_id, recency, frequency, monetary, churn_risk)
+             SELECT contact_id, recency, frequency, monetary, churn_risk FROM temp.rfm_next",
+            &[],
+        )
         .await
-        .context("failed to clear the RFM scores")?;
-    db.execute(RFM_SQL, &[at.as_str().into()])
+        .context("failed to store the RFM scores")?;
+        set_state(db, VIP_STATE, threshold, &at).await?;
+        set_state(db, RFM_STATE, None, &at).await?;
+        db.execute(
+            "DELETE FROM analytics_state WHERE name = ?1",
+            &[CLAIM_STATE.into()],
+        )
+        .await
+        .context("failed to release the RFM claim")?;
+        Ok(at.clone())
+    })
+    .await?;
+    db.execute("DROP TABLE IF EXISTS temp.rfm_next", &[])
+        .await
+        .context("failed to drop the RFM work table")?;
+    Ok(used)
+}
+
+/// Phase one: the scores into `temp.rfm_next`, and the VIP threshold.
+/// Takes no lock on the database (a TEMP table is the connection's own),
+/// so readers and writers carry on meanwhile.
+async fn compute_next(db: &impl Db, now: OffsetDateTime, at: &str) -> anyhow::Result<Option<i64>> {
+    db.execute(CREATE_NEXT_SQL, &[])
+        .await
+        .context("failed to create the RFM work table")?;
+    db.execute("DELETE FROM temp.rfm_next", &[])
+        .await
+        .context("failed to clear the RFM work table")?;
+    db.execute(RFM_SQL, &[at.into()])
         .await
         .context("failed to compute the RFM scores")?;
     let since = timestamp::format(now - VIP_WINDOW);
@@ -200,19 +314,17 @@ pub async fn recompute(db: &impl Db, now: OffsetDateTime) -> anyhow::Result<Stri
         .execute(VIP_SQL, &[since.into()])
         .await
         .context("failed to compute the VIP threshold")?;
-    let threshold = match rows.first() {
-        Some(row) => row.opt_i64("spent")?,
-        None => None,
-    };
-    for (name, value) in [(VIP_STATE, threshold), (RFM_STATE, None)] {
-        db.execute(
-            UPSERT_STATE_SQL,
-            &[name.into(), value.into(), at.as_str().into()],
-        )
-        .await
-        .with_context(|| format!("failed to record the `{name}` computation"))?;
+    match rows.first() {
+        Some(row) => row.opt_i64("spent"),
+        None => Ok(None),
     }
-    Ok(at)
+}
+
+async fn set_state(db: &impl Db, name: &str, value: Option<i64>, at: &str) -> anyhow::Result<()> {
+    db.execute(UPSERT_STATE_SQL, &[name.into(), value.into(), at.into()])
+        .await
+        .with_context(|| format!("failed to record `{name}` in the analytics state"))?;
+    Ok(())
 }
 
 /// The VIP spend threshold in minor units: `configured` when the shop set
@@ -664,11 +776,11 @@ mod tests {
     fn freshness_is_within_the_max_age_either_way() {
         let now = timestamp::parse("2026-11-22T06:00:00Z").unwrap();
         let at = |offset: Duration| timestamp::format(now + offset);
-        assert!(is_fresh(&at(Duration::ZERO), now));
-        assert!(is_fresh(&at(-Duration::minutes(9)), now));
-        assert!(!is_fresh(&at(-Duration::minutes(10)), now));
-        assert!(is_fresh(&at(Duration::minutes(9)), now));
-        assert!(!is_fresh(&at(Duration::minutes(11)), now));
-        assert!(!is_fresh("not a time", now));
+        assert!(is_recent(&at(Duration::ZERO), now, RFM_MAX_AGE));
+        assert!(is_recent(&at(-Duration::minutes(9)), now, RFM_MAX_AGE));
+        assert!(!is_recent(&at(-Duration::minutes(10)), now, RFM_MAX_AGE));
+        assert!(is_recent(&at(Duration::minutes(9)), now, RFM_MAX_AGE));
+        assert!(!is_recent(&at(Duration::minutes(11)), now, RFM_MAX_AGE));
+        assert!(!is_recent("not a time", now, RFM_MAX_AGE));
     }
 }

@@ -26,7 +26,7 @@ fn parse_purpose(value: Option<&Json>) -> Result<Option<String>, ApiError> {
     match value {
         None | Some(Json::Null) => Ok(None),
         Some(Json::String(p)) if p == "email" => Ok(Some("email".to_owned())),
-        Some(_) => Err(ApiError::invalid("purpose", "null or \"email\"")),
+        Some(_) => Err(ApiError::invalid("/purpose", "null or \"email\"")),
     }
 }
 
@@ -499,7 +499,8 @@ pub async fn members<D: Db, K: Kv>(
         ));
     }
     let bom = query_param(&pairs, "bom") == Some("true");
-    let body = to_csv(&page, &fields, after.is_none(), bom);
+    // Pages are appended into one file: header and BOM open the first only.
+    let body = to_csv(&page, &fields, after.is_none(), bom && after.is_none());
     let mut response = http::Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/csv; charset=utf-8")

@@ -81,7 +81,9 @@ impl Builder {
         match node {
             Node::All(nodes) => self.group(nodes, " AND "),
             Node::Any(nodes) => self.group(nodes, " OR "),
-            Node::Not(inner) => format!("NOT ({})", self.node(inner)),
+            // SQL's NOT of an unknown (a missing value) is still unknown;
+            // COALESCE makes `not` the exact complement of its condition.
+            Node::Not(inner) => format!("NOT COALESCE(({}), 0)", self.node(inner)),
             Node::Condition(condition) => self.condition(condition),
             Node::Builtin(builtin) => self.builtin(*builtin),
         }
@@ -247,16 +249,15 @@ impl Builder {
         }
     }
 
-    /// `days_since_last_order` as bounds on the indexed `last_order_at`:
-    /// whole days since the last order is N when the order falls in
-    /// (now − (N+1) days, now − N days].
+    /// `days_since_last_order` as bounds on the indexed `last_order_at`,
+    /// counted in calendar days of shop time: an order placed today is 0
+    /// days ago, yesterday's 1, whatever the hour. N days ago means the
+    /// order falls in [start of day N ago, start of day N−1 ago).
     fn days_since(&mut self, op: Op, value: &Operand) -> String {
         let column = "c.last_order_at";
-        let now = self.env.now;
-        let at = move |days: i64| now - Duration::days(days);
-        let exactly = move |b: &mut Builder, n: i64| {
-            let (lower, upper) = (b.t(at(n + 1)), b.t(at(n)));
-            format!("({column} > {lower} AND {column} <= {upper})")
+        let exactly = |b: &mut Builder, n: i64| {
+            let (lower, upper) = (b.t(b.days_ago(n)), b.t(b.days_ago(n - 1)));
+            format!("({column} >= {lower} AND {column} < {upper})")
         };
         match (op, value) {
             (Op::Exists, Operand::Bool(true)) => format!("{column} IS NOT NULL"),
@@ -265,13 +266,13 @@ impl Builder {
             (Op::Neq, Operand::Int(n)) => {
                 format!("{column} IS NOT NULL AND NOT {}", exactly(self, *n))
             }
-            (Op::Gt, Operand::Int(n)) => format!("{column} <= {}", self.t(at(n + 1))),
-            (Op::Gte, Operand::Int(n)) => format!("{column} <= {}", self.t(at(*n))),
-            (Op::Lt, Operand::Int(n)) => format!("{column} > {}", self.t(at(*n))),
-            (Op::Lte, Operand::Int(n)) => format!("{column} > {}", self.t(at(n + 1))),
+            (Op::Gt, Operand::Int(n)) => format!("{column} < {}", self.t(self.days_ago(*n))),
+            (Op::Gte, Operand::Int(n)) => format!("{column} < {}", self.t(self.days_ago(n - 1))),
+            (Op::Lt, Operand::Int(n)) => format!("{column} >= {}", self.t(self.days_ago(n - 1))),
+            (Op::Lte, Operand::Int(n)) => format!("{column} >= {}", self.t(self.days_ago(*n))),
             (Op::Between, Operand::IntRange(a, b)) => {
-                let (lower, upper) = (self.t(at(b + 1)), self.t(at(*a)));
-                format!("({column} > {lower} AND {column} <= {upper})")
+                let (lower, upper) = (self.t(self.days_ago(*b)), self.t(self.days_ago(a - 1)));
+                format!("({column} >= {lower} AND {column} < {upper})")
             }
             (Op::In, Operand::Ints(items)) => {
                 let parts: Vec<String> = items.iter().map(|n| exactly(self, *n)).collect();
