@@ -12,7 +12,10 @@ CREATE INDEX contacts_order_count_idx ON contacts (order_count);
 CREATE INDEX contacts_lifecycle_idx ON contacts (lifecycle_stage);
 CREATE INDEX contacts_created_idx ON contacts (created_at);
 CREATE INDEX contacts_utm_campaign_idx ON contacts (utm_campaign) WHERE utm_campaign IS NOT NULL;
-CREATE INDEX orders_contact_paid_idx ON orders (contact_id, placed_at) WHERE paid = 1 AND cancelled = 0;
+-- Counted orders (paid, not cancelled, not fully refunded), covering what
+-- segment conditions and the RFM scan read, so no row lookups are needed.
+CREATE INDEX orders_counted_idx ON orders (contact_id, placed_at, total_minor, refunded_minor)
+    WHERE paid = 1 AND cancelled = 0 AND status <> 'refunded';
 CREATE INDEX interactions_form_idx ON interactions (kind, contact_id, occurred_at);
 
 CREATE TABLE segments (

@@ -23,10 +23,11 @@
 //!   clock set back also recomputes) it is used as is. Otherwise the
 //!   caller recomputes, in two phases so that writers (webhooks, points)
 //!   are never held up by the analysis: first the scores are computed into
-//!   a per-connection TEMP table with no lock on the database (seconds on a
-//!   million contacts; readers and writers carry on), then one short
-//!   `BEGIN IMMEDIATE` transaction re-checks freshness and swaps the rows
-//!   in (under a second on a million contacts).
+//!   a per-connection TEMP table under a plain read snapshot, without the
+//!   write lock (the slow part: tens of seconds for a million contacts and
+//!   three million orders on a small machine; readers and writers carry
+//!   on), then one short `BEGIN IMMEDIATE` transaction re-checks freshness
+//!   and swaps the rows in (about a second at that size).
 //! - Concurrent callers compute once: the first one records a claim
 //!   (`analytics_state` row `rfm_claim`, its `computed_at` being the time
 //!   of the claim). While a claim younger than [`RFM_CLAIM_TTL`] stands,
@@ -297,8 +298,8 @@ async fn recompute(db: &impl Db, now: OffsetDateTime, keep_fresh: bool) -> anyho
 }
 
 /// Phase one: the scores into `temp.rfm_next`, and the VIP threshold.
-/// Takes no lock on the database (a TEMP table is the connection's own),
-/// so readers and writers carry on meanwhile.
+/// Reads under a snapshot and writes only the connection's own TEMP
+/// table, never taking the write lock, so writers carry on meanwhile.
 async fn compute_next(db: &impl Db, now: OffsetDateTime, at: &str) -> anyhow::Result<Option<i64>> {
     db.execute(CREATE_NEXT_SQL, &[])
         .await

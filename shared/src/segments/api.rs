@@ -2,7 +2,7 @@
 //! members (JSON or CSV, keyset-paginated by contact id, which is stable
 //! while contacts come and go), counts, and delta sync.
 
-use super::compile::{Compiled, Env, compile};
+use super::compile::{Compiled, Env, compile_in};
 use super::definition::{self, Node};
 use crate::Ctx;
 use crate::auth::Actor;
@@ -192,13 +192,13 @@ pub async fn preview<D: Db, K: Kv>(
             ));
         }
     }
-    let node = definition_of(&body)?;
+    let node = definition_of(&body, ctx.config.shop_offset)?;
     let purpose = parse_purpose(body.get("purpose"))?;
     let pairs = query_pairs(request);
     let limit = page_size(&pairs, false)?;
     let fields = parse_fields(query_param(&pairs, "fields"))?;
     let (env, computed_at) = env(ctx, &node).await?;
-    let compiled = compile(&node, &env, purpose.is_some());
+    let compiled = compile_in(&node, &env, purpose.is_some(), ctx.config.shop_offset);
     let total = count(ctx.db, &compiled).await?;
     let (members, next) = member_page(ctx.db, &compiled, &env, None, limit).await?;
     let items: Vec<Json> = members.iter().map(|m| select(m, &fields)).collect();
@@ -208,11 +208,11 @@ pub async fn preview<D: Db, K: Kv>(
     ))
 }
 
-fn definition_of(body: &Map<String, Json>) -> Result<Node, ApiError> {
+fn definition_of(body: &Map<String, Json>, ctx_offset: time::UtcOffset) -> Result<Node, ApiError> {
     let definition = body
         .get("definition")
         .ok_or_else(|| ApiError::invalid("/definition", "is required"))?;
-    definition::parse(definition).map_err(|error| match error {
+    definition::parse_in(definition, ctx_offset).map_err(|error| match error {
         // Pointers are relative to the definition; make them absolute.
         ApiError::Validation(errors) => ApiError::Validation(
             errors
@@ -236,7 +236,7 @@ struct SegmentInput {
     purpose: Option<String>,
 }
 
-fn parse_input(request: &Request) -> Result<SegmentInput, ApiError> {
+fn parse_input(request: &Request, offset: time::UtcOffset) -> Result<SegmentInput, ApiError> {
     let body: Map<String, Json> = crate::http::read_json(request)?;
     let mut errors = Vec::new();
     for key in body.keys() {
@@ -262,7 +262,7 @@ fn parse_input(request: &Request) -> Result<SegmentInput, ApiError> {
             None
         }
     };
-    if let Err(ApiError::Validation(mut more)) = definition_of(&body) {
+    if let Err(ApiError::Validation(mut more)) = definition_of(&body, offset) {
         errors.append(&mut more);
     }
     let purpose = parse_purpose(body.get("purpose"))
@@ -310,7 +310,7 @@ pub async fn create<D: Db, K: Kv>(
     actor: &Actor,
     request: &Request,
 ) -> Result<Response, ApiError> {
-    let input = parse_input(request)?;
+    let input = parse_input(request, ctx.config.shop_offset)?;
     let now = timestamp::format(ctx.clock.now());
     let id = new_id(ctx.clock.now());
     let row = transaction(ctx.db, async || -> Result<Json, ApiError> {
@@ -379,7 +379,7 @@ pub async fn replace<D: Db, K: Kv>(
     id: &str,
     request: &Request,
 ) -> Result<Response, ApiError> {
-    let input = parse_input(request)?;
+    let input = parse_input(request, ctx.config.shop_offset)?;
     let id = load(ctx.db, id).await?["id"]
         .as_str()
         .unwrap_or_default()
@@ -437,9 +437,14 @@ async fn compiled_segment<D: Db, K: Kv>(
     id: &str,
 ) -> Result<(Json, Compiled, Env, Option<String>), ApiError> {
     let segment = load(ctx.db, id).await?;
-    let node = definition::parse(&segment["definition"])?;
+    let node = definition::parse_in(&segment["definition"], ctx.config.shop_offset)?;
     let (env, computed_at) = env(ctx, &node).await?;
-    let compiled = compile(&node, &env, segment["purpose"] == "email");
+    let compiled = compile_in(
+        &node,
+        &env,
+        segment["purpose"] == "email",
+        ctx.config.shop_offset,
+    );
     Ok((segment, compiled, env, computed_at))
 }
 

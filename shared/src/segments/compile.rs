@@ -27,9 +27,15 @@ pub struct Compiled {
 /// Compiles `node`; with `email_purpose`, only contacts with an email and
 /// a current email consent (the latest record a grant) can match.
 pub fn compile(node: &Node, env: &Env, email_purpose: bool) -> Compiled {
+    compile_in(node, env, email_purpose, SHOP_OFFSET)
+}
+
+/// Like [`compile`], with relative dates counted in the time zone `offset`.
+pub fn compile_in(node: &Node, env: &Env, email_purpose: bool, offset: UtcOffset) -> Compiled {
     let mut builder = Builder {
         params: Vec::new(),
         env: *env,
+        offset,
     };
     let mut sql = format!("c.erased_at IS NULL AND ({})", builder.node(node));
     if email_purpose {
@@ -53,6 +59,8 @@ const COUNTED_ORDER: &str =
 struct Builder {
     params: Vec<Value>,
     env: Env,
+    /// The shop's time zone, for "today".
+    offset: UtcOffset,
 }
 
 impl Builder {
@@ -68,11 +76,11 @@ impl Builder {
 
     /// The start of the shop-local day `days` days ago, in UTC.
     fn days_ago(&self, days: i64) -> OffsetDateTime {
-        let local = self.env.now.to_offset(SHOP_OFFSET);
+        let local = self.env.now.to_offset(self.offset);
         (local
             .date()
             .with_time(Time::MIDNIGHT)
-            .assume_offset(SHOP_OFFSET)
+            .assume_offset(self.offset)
             - Duration::days(days))
         .to_offset(UtcOffset::UTC)
     }

@@ -337,11 +337,18 @@ impl Node {
     }
 }
 
-/// Parses a definition; every error names its node by JSON pointer.
+/// Parses a definition, reading dates (`YYYY-MM-DD`) as midnight in
+/// Japan; see [`parse_in`].
 pub fn parse(json: &Json) -> Result<Node, ApiError> {
+    parse_in(json, crate::points::program::SHOP_OFFSET)
+}
+
+/// Parses a definition, reading dates as midnight at `offset` (the shop's
+/// time zone); every error names its node by JSON pointer.
+pub fn parse_in(json: &Json, offset: time::UtcOffset) -> Result<Node, ApiError> {
     let mut conditions = 0;
     let mut errors = Vec::new();
-    let node = parse_node(json, "", 1, &mut conditions, &mut errors);
+    let node = parse_node(json, "", 1, &mut conditions, &mut errors, offset);
     match node {
         Some(node) if errors.is_empty() => Ok(node),
         _ => {
@@ -369,6 +376,7 @@ fn parse_node(
     depth: usize,
     conditions: &mut usize,
     errors: &mut Vec<FieldError>,
+    offset: time::UtcOffset,
 ) -> Option<Node> {
     if depth > MAX_DEPTH {
         return fail(
@@ -407,6 +415,7 @@ fn parse_node(
                         depth + 1,
                         conditions,
                         errors,
+                        offset,
                     )
                 })
                 .collect();
@@ -432,6 +441,7 @@ fn parse_node(
             depth + 1,
             conditions,
             errors,
+            offset,
         )
         .map(|n| Node::Not(Box::new(n)));
     }
@@ -454,13 +464,14 @@ fn parse_node(
             format!("more than {MAX_CONDITIONS} conditions"),
         );
     }
-    parse_condition(object, pointer, errors).map(Node::Condition)
+    parse_condition(object, pointer, errors, offset).map(Node::Condition)
 }
 
 fn parse_condition(
     object: &serde_json::Map<String, Json>,
     pointer: &str,
     errors: &mut Vec<FieldError>,
+    offset: time::UtcOffset,
 ) -> Option<Condition> {
     for key in object.keys() {
         if !matches!(key.as_str(), "field" | "op" | "value") {
@@ -504,7 +515,7 @@ fn parse_condition(
     };
     let value_pointer = format!("{pointer}/value");
     let value = object.get("value").unwrap_or(&Json::Null);
-    let operand = match parse_value(kind, op, value) {
+    let operand = match parse_value(kind, op, value, offset) {
         Ok(operand) => operand,
         Err(message) => return fail(errors, &value_pointer, message),
     };
@@ -551,7 +562,7 @@ fn days(value: &Json) -> Result<i64, String> {
 
 /// A moment: an RFC 3339 timestamp, or a date taken as midnight in the
 /// shop's time zone.
-fn time(value: &Json) -> Result<OffsetDateTime, String> {
+fn time(value: &Json, offset: time::UtcOffset) -> Result<OffsetDateTime, String> {
     let message = || "an RFC 3339 timestamp or a date YYYY-MM-DD".to_owned();
     let text = value.as_str().ok_or_else(message)?;
     if let Some(t) = timestamp::parse(text) {
@@ -564,7 +575,7 @@ fn time(value: &Json) -> Result<OffsetDateTime, String> {
     .map_err(|_| message())?;
     Ok(date
         .with_time(time::Time::MIDNIGHT)
-        .assume_offset(crate::points::program::SHOP_OFFSET)
+        .assume_offset(offset)
         .to_offset(time::UtcOffset::UTC))
 }
 
@@ -575,7 +586,12 @@ fn pair<T>(value: &Json, one: impl Fn(&Json) -> Result<T, String>) -> Result<(T,
     }
 }
 
-fn parse_value(kind: FieldKind, op: Op, value: &Json) -> Result<Operand, String> {
+fn parse_value(
+    kind: FieldKind,
+    op: Op,
+    value: &Json,
+    offset: time::UtcOffset,
+) -> Result<Operand, String> {
     if op == Op::Exists {
         return value
             .as_bool()
@@ -629,13 +645,13 @@ fn parse_value(kind: FieldKind, op: Op, value: &Json) -> Result<Operand, String>
         FieldKind::Time => match op {
             Op::WithinLastDays => days(value).map(Operand::Days),
             Op::Between => {
-                let (a, b) = pair(value, time)?;
+                let (a, b) = pair(value, |v| time(v, offset))?;
                 if a > b {
                     return Err("from must not be after to".to_owned());
                 }
                 Ok(Operand::TimeRange(a, b))
             }
-            _ => time(value).map(Operand::Time),
+            _ => time(value, offset).map(Operand::Time),
         },
         FieldKind::Tags => match op {
             Op::Contains => text(value).map(Operand::Text),
