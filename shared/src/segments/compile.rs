@@ -244,10 +244,13 @@ impl Builder {
         match (op, value) {
             (Op::Exists, Operand::Bool(true)) => format!("{column} IS NOT NULL"),
             (Op::Exists, _) => format!("{column} IS NULL"),
-            (Op::Before, Operand::Time(t)) => format!("{column} < {}", self.t(*t)),
+            // Stored times have whole microseconds and parameters are
+            // formatted the same way (truncated), so bounds that must not
+            // lose a finer fraction round up instead.
+            (Op::Before, Operand::Time(t)) => format!("{column} < {}", self.t(ceil_micros(*t))),
             (Op::After, Operand::Time(t)) => format!("{column} > {}", self.t(*t)),
             (Op::Between, Operand::TimeRange(a, b)) => {
-                let (a, b) = (self.t(*a), self.t(*b));
+                let (a, b) = (self.t(ceil_micros(*a)), self.t(*b));
                 format!("{column} >= {a} AND {column} <= {b}")
             }
             (Op::WithinLastDays, Operand::Days(days)) => {
@@ -367,6 +370,14 @@ impl Builder {
         } else {
             exists
         }
+    }
+}
+
+/// `at` rounded up to a whole microsecond.
+fn ceil_micros(at: OffsetDateTime) -> OffsetDateTime {
+    match at.nanosecond() % 1000 {
+        0 => at,
+        extra => at + Duration::nanoseconds(i64::from(1000 - extra)),
     }
 }
 

@@ -8,4 +8,5 @@ mod points;
 mod points_properties;
 mod purchases;
 mod segments;
+mod segments_properties;
 mod storage;
