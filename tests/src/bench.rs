@@ -119,6 +119,31 @@ pub fn query_plan(
         .collect())
 }
 
+/// Prints a query plan from [`query_plan`] under a title, indented.
+pub fn print_plan(title: &str, plan: &[String]) {
+    println!("{title}:");
+    for step in plan {
+        println!("  {step}");
+    }
+}
+
+/// Kizuna's query parameters as rusqlite values, to run SQL that Kizuna
+/// generates (its compiled segment conditions, say) on a bare connection.
+pub fn sql_values(params: &[kizuna::ports::Value]) -> Vec<rusqlite::types::Value> {
+    use kizuna::ports::Value;
+    use rusqlite::types::Value as SqlValue;
+    params
+        .iter()
+        .map(|value| match value {
+            Value::Null => SqlValue::Null,
+            Value::Integer(i) => SqlValue::Integer(*i),
+            Value::Real(r) => SqlValue::Real(*r),
+            Value::Text(t) => SqlValue::Text(t.clone()),
+            Value::Blob(b) => SqlValue::Blob(b.clone()),
+        })
+        .collect()
+}
+
 /// Per-request latencies of one scenario and the wall time of its loop.
 pub struct Stats {
     pub name: &'static str,

@@ -9,6 +9,7 @@
 //!   over HTTP on loopback for end-to-end and load tests.
 
 pub mod bench;
+pub mod datagen;
 pub mod host;
 pub mod manifest;
 pub mod stores;

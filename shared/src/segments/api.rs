@@ -76,7 +76,9 @@ async fn member_page(
 ) -> anyhow::Result<(Vec<Json>, Option<String>)> {
     let mut params = compiled.params.clone();
     let n = params.len();
-    params.push(after.into());
+    // `c.id > ''` on the first page keeps the cursor test sargable, so
+    // SQLite can walk the id index in order instead of sorting members.
+    params.push(after.unwrap_or("").into());
     params.push(timestamp::format(env.now).into());
     params.push(Value::Integer(i64::try_from(limit + 1).unwrap_or(i64::MAX)));
     let sql = format!(
@@ -85,7 +87,7 @@ async fn member_page(
                 (SELECT COALESCE(SUM(p.remaining), 0) FROM points_lots p WHERE p.contact_id = c.id AND p.remaining > 0
                    AND p.available_at <= ?{now} AND (p.expires_at IS NULL OR p.expires_at > ?{now})) AS points
          FROM contacts c
-         WHERE {where_sql} AND (?{after} IS NULL OR c.id > ?{after})
+         WHERE {where_sql} AND c.id > ?{after}
          ORDER BY c.id LIMIT ?{limit}",
         where_sql = compiled.sql,
         after = n + 1,

@@ -304,16 +304,23 @@ impl Builder {
         match (op, value) {
             (Op::Exists, Operand::Bool(true)) => has(""),
             (Op::Exists, _) => format!("NOT {}", has("")),
-            (Op::Contains, Operand::Text(tag)) => {
-                has(&format!(" AND t.tag = {}", self.p(tag.as_str())))
-            }
+            // `c.id IN (…tag index…)` rather than a correlated EXISTS, so
+            // the tag index can drive the query when it is the narrowest
+            // condition (contact_id is never NULL, so NOT IN is exact).
+            (Op::Contains, Operand::Text(tag)) => format!(
+                "c.id IN (SELECT t.contact_id FROM contact_tags t WHERE t.tag = {})",
+                self.p(tag.as_str())
+            ),
             (Op::In | Op::NotIn, Operand::Texts(tags)) => {
                 let placeholders: Vec<String> = tags.iter().map(|t| self.p(t.as_str())).collect();
-                let any = has(&format!(" AND t.tag IN ({})", placeholders.join(", ")));
+                let list = format!(
+                    "(SELECT t.contact_id FROM contact_tags t WHERE t.tag IN ({}))",
+                    placeholders.join(", ")
+                );
                 if op == Op::In {
-                    any
+                    format!("c.id IN {list}")
                 } else {
-                    format!("NOT {any}")
+                    format!("c.id NOT IN {list}")
                 }
             }
             _ => "0".to_owned(),

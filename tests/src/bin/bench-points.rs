@@ -525,11 +525,11 @@ fn write_ledger(
 
     let mut entry = tx.prepare_cached(
         "INSERT INTO points_entries (id, contact_id, kind, points, balance_after, reason,
-             order_ref, related_entry_id, program_version, created_at, created_by)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             order_ref, related_entry_id, program_version, created_at, created_by, seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
     )?;
     let (mut balance, mut earned, mut redeemed, mut expired, mut adjusted) = (0, 0, 0, 0, 0);
-    for &i in &order {
+    for (position, &i) in order.iter().enumerate() {
         let e = &ledger.entries[i];
         balance += e.points;
         match e.kind {
@@ -555,7 +555,8 @@ fn write_ledger(
             related,
             program_version,
             stamp(e.at),
-            e.kind.actor()
+            e.kind.actor(),
+            position as i64 + 1
         ])?;
     }
     let mut lot = tx.prepare_cached(
@@ -586,11 +587,17 @@ fn write_ledger(
     }
     tx.prepare_cached(
         "INSERT INTO points_accounts (contact_id, balance, debt, earned, redeemed, expired,
-             reversed, adjusted)
-         VALUES (?1, ?2, 0, ?3, ?4, ?5, 0, ?6)",
+             reversed, adjusted, entries)
+         VALUES (?1, ?2, 0, ?3, ?4, ?5, 0, ?6, ?7)",
     )?
     .execute(params![
-        contact, balance, earned, redeemed, expired, adjusted
+        contact,
+        balance,
+        earned,
+        redeemed,
+        expired,
+        adjusted,
+        order.len() as i64
     ])?;
     let (entries, lots) = (ledger.entries.len() as u64, ledger.lots.len() as u64);
     written.entries += entries;
