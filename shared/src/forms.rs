@@ -19,11 +19,10 @@ use crate::tags::{self, Tag};
 use crate::timeline::{self, Entry, Kind};
 use anyhow::Context as _;
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
+use hmac::Mac;
 use http::{StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json, json};
-use sha2::Sha256;
 
 /// A client may post this many times the per-form limit across all forms.
 pub const ALL_FORMS_FACTOR: u32 = 5;
@@ -609,7 +608,7 @@ fn client_network(client_ip: Option<&str>) -> String {
 /// A keyed digest of network and scope, so the table holds no address
 /// that could be recovered by trying every IPv4 address.
 fn rate_limit_bucket(key: &[u8], network: &str, scope: &str) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    let mut mac = crate::signatures::hmac_sha256(key);
     mac.update(b"kizuna-rate-limit-v1\n");
     mac.update(network.as_bytes());
     mac.update(b"\n");

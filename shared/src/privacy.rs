@@ -202,7 +202,7 @@ pub async fn erase(
 const UNSUBSCRIBE_CONTEXT: &[u8] = b"kizuna-unsubscribe-v1";
 
 fn unsubscribe_mac(secret: &[u8], contact: &uuid::Uuid) -> Hmac<Sha256> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    let mut mac = crate::signatures::hmac_sha256(secret);
     mac.update(UNSUBSCRIBE_CONTEXT);
     mac.update(contact.as_bytes());
     mac
