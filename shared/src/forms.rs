@@ -180,6 +180,48 @@ pub async fn save_settings(
     .await
 }
 
+fn settings_json(form_id: &str, stored: Option<&StoredSettings>) -> Json {
+    json!({
+        "form_id": form_id,
+        "configured": stored.is_some(),
+        "updated_at": stored.map(|s| &s.updated_at),
+        "updated_by": stored.map(|s| &s.updated_by),
+        "settings": stored.map(|s| s.settings.clone()).unwrap_or_default(),
+    })
+}
+
+/// `GET /v1/forms/{form_id}/settings`.
+pub async fn get_settings<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    form_id: &str,
+) -> Result<Response, ApiError> {
+    let stored = load_stored_settings(ctx.kv, form_id).await?;
+    Ok(crate::http::json_response(
+        StatusCode::OK,
+        &settings_json(form_id, stored.as_ref()),
+    ))
+}
+
+/// `PUT /v1/forms/{form_id}/settings`: validated, recorded with its author.
+pub async fn put_settings<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    actor: &crate::auth::Actor,
+    form_id: &str,
+    request: &Request,
+) -> Result<Response, ApiError> {
+    let settings: FormSettings = crate::http::read_json(request)?;
+    let stored = StoredSettings {
+        settings: settings.validate()?,
+        updated_at: crate::timestamp::format(ctx.clock.now()),
+        updated_by: actor.label(),
+    };
+    save_settings(ctx.kv, form_id, &stored).await?;
+    Ok(crate::http::json_response(
+        StatusCode::OK,
+        &settings_json(form_id, Some(&stored)),
+    ))
+}
+
 /// What the request says about its sender, beyond the body.
 #[derive(Debug, Clone, Default)]
 pub struct Sender {

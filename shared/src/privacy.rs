@@ -8,10 +8,12 @@
 //! person. `secure_delete` (see `db`) zeroes the freed bytes, and a
 //! truncating WAL checkpoint afterwards removes old page images.
 
+use crate::Ctx;
 use crate::consent::{self, ConsentChange};
 use crate::error::ApiError;
+use crate::http::{Request, Response, json_response};
 use crate::ids::new_id;
-use crate::ports::Db;
+use crate::ports::{Db, Kv};
 use crate::timeline;
 use crate::timestamp;
 use anyhow::Context as _;
@@ -257,6 +259,73 @@ pub async fn unsubscribe(
     let actor = crate::auth::Actor::Unsubscribe.label();
     consent::record(db, contact_id, &change, &actor, now).await?;
     Ok(())
+}
+
+/// `GET /v1/forms/unsubscribe?token=…`: the page a person reaches by
+/// clicking the link in a mail body. It only asks for confirmation: mail
+/// scanners follow links, so a GET must never unsubscribe anyone.
+pub fn unsubscribe_page<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    request: &Request,
+) -> Result<Response, ApiError> {
+    let query = crate::http::query_pairs(request);
+    let token = crate::http::query_param(&query, "token").unwrap_or("");
+    if verify_unsubscribe_token(ctx.config.unsubscribe_secret()?, token).is_none() {
+        return Ok(crate::forms::html_response(
+            http::StatusCode::BAD_REQUEST,
+            "Invalid link",
+            "このリンクは無効です。This unsubscribe link is not valid.",
+        ));
+    }
+    // The token verified, so it is base64url only: safe inside the HTML.
+    let form = format!(
+        "<form method=\"post\" action=\"/v1/forms/unsubscribe?token={token}\">\
+         <p>メールの配信を停止しますか？ Stop marketing email?</p>\
+         <button type=\"submit\">配信停止 / Unsubscribe</button></form>"
+    );
+    Ok(crate::forms::html_response(
+        http::StatusCode::OK,
+        "Unsubscribe",
+        &form,
+    ))
+}
+
+/// `POST /v1/forms/unsubscribe?token=…` (RFC 8058 one-click; the token may
+/// also come as a form or JSON field). Anonymous: the token is the proof.
+pub async fn unsubscribe_request<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    request: &Request,
+) -> Result<Response, ApiError> {
+    crate::http::check_size(request.body(), crate::forms::FORM_BODY_LIMIT)?;
+    let query = crate::http::query_pairs(request);
+    let mut token = crate::http::query_param(&query, "token").map(str::to_owned);
+    if token.is_none() && !request.body().is_empty() {
+        token = crate::forms::read_fields(request)?
+            .into_iter()
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v);
+    }
+    let token = token.ok_or_else(|| ApiError::invalid("token", "is required"))?;
+    let contact = verify_unsubscribe_token(ctx.config.unsubscribe_secret()?, &token)
+        .ok_or_else(|| ApiError::invalid("token", "this unsubscribe link is not valid"))?;
+    let now = ctx.clock.now();
+    crate::db::transaction(ctx.db, async || -> Result<(), ApiError> {
+        Ok(unsubscribe(ctx.db, &contact, now).await?)
+    })
+    .await?;
+    let sender = crate::forms::Sender::from_request(request);
+    if sender.wants_json {
+        Ok(json_response(
+            http::StatusCode::OK,
+            &serde_json::json!({ "status": "unsubscribed" }),
+        ))
+    } else {
+        Ok(crate::forms::html_response(
+            http::StatusCode::OK,
+            "Unsubscribed",
+            "配信を停止しました。You have been unsubscribed.",
+        ))
+    }
 }
 
 #[cfg(test)]

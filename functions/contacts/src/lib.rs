@@ -12,7 +12,7 @@ use kizuna::auth::{Actor, Scope};
 use kizuna::contacts_api;
 use kizuna::error::ApiError;
 use kizuna::forms;
-use kizuna::http::{Request, Response, error_response, json_response, path_segments};
+use kizuna::http::{Request, Response, error_response, path_segments};
 use kizuna::ids::ContactId;
 use kizuna::ports::{Db, Kv};
 
@@ -57,8 +57,8 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
     };
     match segments.as_slice() {
         ["v1", "forms", "unsubscribe"] => match *method {
-            Method::POST => unsubscribe(request, ctx).await,
-            Method::GET => unsubscribe_page(request, ctx),
+            Method::POST => kizuna::privacy::unsubscribe_request(ctx, request).await,
+            Method::GET => kizuna::privacy::unsubscribe_page(ctx, request),
             _ => Err(ApiError::MethodNotAllowed("GET, POST")),
         },
         ["v1", "forms", form_id] => {
@@ -73,39 +73,8 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
             let form_id = forms::parse_form_id(form_id)?;
             let actor = authorize(Scope::FormsAdmin)?;
             match *method {
-                Method::GET => {
-                    let stored = forms::load_stored_settings(ctx.kv, &form_id).await?;
-                    Ok(json_response(
-                        http::StatusCode::OK,
-                        &serde_json::json!({
-                            "form_id": form_id,
-                            "configured": stored.is_some(),
-                            "updated_at": stored.as_ref().map(|s| &s.updated_at),
-                            "updated_by": stored.as_ref().map(|s| &s.updated_by),
-                            "settings": stored.map(|s| s.settings).unwrap_or_default(),
-                        }),
-                    ))
-                }
-                Method::PUT => {
-                    let settings: forms::FormSettings = kizuna::http::read_json(request)?;
-                    let settings = settings.validate()?;
-                    let stored = forms::StoredSettings {
-                        settings,
-                        updated_at: kizuna::timestamp::format(ctx.clock.now()),
-                        updated_by: actor.label(),
-                    };
-                    forms::save_settings(ctx.kv, &form_id, &stored).await?;
-                    Ok(json_response(
-                        http::StatusCode::OK,
-                        &serde_json::json!({
-                            "form_id": form_id,
-                            "configured": true,
-                            "updated_at": stored.updated_at,
-                            "updated_by": stored.updated_by,
-                            "settings": stored.settings,
-                        }),
-                    ))
-                }
+                Method::GET => forms::get_settings(ctx, &form_id).await,
+                Method::PUT => forms::put_settings(ctx, &actor, &form_id, request).await,
                 _ => Err(ApiError::MethodNotAllowed("GET, PUT")),
             }
         }
@@ -180,75 +149,6 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
             _ => Err(ApiError::MethodNotAllowed("GET")),
         },
         _ => Err(ApiError::NotFound("no such route".into())),
-    }
-}
-
-/// `GET /v1/forms/unsubscribe?token=…`: the page a person reaches by
-/// clicking the link in a mail body. It only asks for confirmation: mail
-/// scanners follow links, so a GET must never unsubscribe anyone.
-fn unsubscribe_page<D: Db, K: Kv>(
-    request: &Request,
-    ctx: &Ctx<'_, D, K>,
-) -> Result<Response, ApiError> {
-    let query = kizuna::http::query_pairs(request);
-    let token = kizuna::http::query_param(&query, "token").unwrap_or("");
-    if kizuna::privacy::verify_unsubscribe_token(ctx.config.unsubscribe_secret()?, token).is_none()
-    {
-        return Ok(forms::html_response(
-            http::StatusCode::BAD_REQUEST,
-            "Invalid link",
-            "このリンクは無効です。This unsubscribe link is not valid.",
-        ));
-    }
-    // The token verified, so it is base64url only: safe inside the HTML.
-    let form = format!(
-        "<form method=\"post\" action=\"/v1/forms/unsubscribe?token={token}\">\
-         <p>メールの配信を停止しますか？ Stop marketing email?</p>\
-         <button type=\"submit\">配信停止 / Unsubscribe</button></form>"
-    );
-    Ok(forms::html_response(
-        http::StatusCode::OK,
-        "Unsubscribe",
-        &form,
-    ))
-}
-
-/// `POST /v1/forms/unsubscribe?token=…` (RFC 8058 one-click; the token may
-/// also come as a form or JSON field). Anonymous: the token is the proof.
-async fn unsubscribe<D: Db, K: Kv>(
-    request: &Request,
-    ctx: &Ctx<'_, D, K>,
-) -> Result<Response, ApiError> {
-    kizuna::http::check_size(request.body(), forms::FORM_BODY_LIMIT)?;
-    let query = kizuna::http::query_pairs(request);
-    let mut token = kizuna::http::query_param(&query, "token").map(str::to_owned);
-    if token.is_none() && !request.body().is_empty() {
-        token = forms::read_fields(request)?
-            .into_iter()
-            .find(|(k, _)| k == "token")
-            .map(|(_, v)| v);
-    }
-    let token = token.ok_or_else(|| ApiError::invalid("token", "is required"))?;
-    let contact =
-        kizuna::privacy::verify_unsubscribe_token(ctx.config.unsubscribe_secret()?, &token)
-            .ok_or_else(|| ApiError::invalid("token", "this unsubscribe link is not valid"))?;
-    let now = ctx.clock.now();
-    kizuna::db::transaction(ctx.db, async || -> Result<(), ApiError> {
-        Ok(kizuna::privacy::unsubscribe(ctx.db, &contact, now).await?)
-    })
-    .await?;
-    let sender = forms::Sender::from_request(request);
-    if sender.wants_json {
-        Ok(json_response(
-            http::StatusCode::OK,
-            &serde_json::json!({ "status": "unsubscribed" }),
-        ))
-    } else {
-        Ok(forms::html_response(
-            http::StatusCode::OK,
-            "Unsubscribed",
-            "配信を停止しました。You have been unsubscribed.",
-        ))
     }
 }
 

@@ -8,6 +8,7 @@
 //! - `ingest`: applying an event inside the request's transaction:
 //!   customer matching, the order, refunds, counters, timeline. Its
 //!   `apply` is the one call later hooks (points) build on.
+//! - `receivers`: signature checks and event identity per source.
 //! - `receive`: a verified delivery end to end: de-duplication by event
 //!   identity, the deliveries log, the answer.
 //! - `api`: the orders and deliveries read API.
@@ -17,6 +18,7 @@ pub mod ingest;
 pub mod kizuna_format;
 pub mod model;
 pub mod receive;
+pub mod receivers;
 pub mod shopify;
 pub mod woocommerce;
 
