@@ -2411,3 +2411,27 @@ fn expired_points_count_as_expired_before_any_sweep() {
     assert_eq!(balance["expired"], 100);
     assert_eq!(balance["lifetime_earned"], 100);
 }
+
+#[test]
+fn a_ledger_cursor_this_api_did_not_return_is_422() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "cursor@example.jp"}));
+    let not_a_number = kizuna::http::encode_cursor(&["latest"]);
+
+    for (case, cursor) in [
+        ("not base64", "%21%21%21".to_owned()),
+        ("not a sequence number", not_a_number),
+        ("two parts", kizuna::http::encode_cursor(&["1", "2"])),
+    ] {
+        // Act
+        let response = app.get(
+            POINTS_KEY,
+            &format!("/v1/points/{id}/ledger?cursor={cursor}"),
+        );
+
+        // Assert
+        let problem = response.assert_problem(422, case);
+        assert_eq!(problem["errors"][0]["field"], "cursor", "case {case}");
+    }
+}
