@@ -7,11 +7,13 @@
 //!   request as Spin opens them.
 //! - `host`: routes a request to the component's own `handle`, and serves
 //!   over HTTP on loopback for end-to-end and load tests.
+//! - `spin`: real `spin up` of the same manifest, for the suite and benches.
 
 pub mod bench;
 pub mod datagen;
 pub mod host;
 pub mod manifest;
+pub mod spin;
 pub mod stores;
 
 pub use host::{Host, ManualClock, Server};

@@ -16,7 +16,9 @@ use kizuna::http::{Request, Response, error_response, path_segments};
 use kizuna::ids::ContactId;
 use kizuna::ports::{Db, Kv};
 
-/// Routes a request under `/v1/contacts` or `/v1/forms`.
+/// Routes a request under `/v1/contacts` or `/v1/forms`, `/healthz`, and
+/// any path no other component claims (a problem document, not Spin's
+/// empty 404).
 pub async fn handle<D: Db, K: Kv>(request: Request, ctx: &Ctx<'_, D, K>) -> Response {
     match route(&request, ctx).await {
         Ok(response) => response,
@@ -56,6 +58,15 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
             .ok_or_else(contacts_api::not_found)
     };
     match segments.as_slice() {
+        // Liveness for load balancers: no key, no secrets; reaching here
+        // means the database opened and is migrated.
+        ["healthz"] => match *method {
+            Method::GET => Ok(kizuna::http::json_response(
+                http::StatusCode::OK,
+                &serde_json::json!({"status": "ok"}),
+            )),
+            _ => Err(ApiError::MethodNotAllowed("GET")),
+        },
         ["v1", "forms", "unsubscribe"] => match *method {
             Method::POST => kizuna::privacy::unsubscribe_request(ctx, request).await,
             Method::GET => kizuna::privacy::unsubscribe_page(ctx, request),

@@ -1,10 +1,15 @@
-//! `TestApp`: a native host over a fresh temporary database per test,
-//! with API keys of each scope, and helpers to call it and look inside.
+//! `TestApp`: a fresh temporary database per test, with API keys of each
+//! scope, and helpers to call it and look inside. It runs the native host
+//! in-process, or, with `KIZUNA_TEST_SPIN=1`, a real `spin up` per test
+//! over the same state folder, reached over HTTP. Tests that need the
+//! manual clock or the native host itself call `skip_under_spin` and say
+//! why.
 
 #![allow(dead_code)] // each suite uses a different subset
 
 use bytes::Bytes;
 use kizuna::auth::key_digest;
+use kizuna_tests::spin::{SpinApp, spin_mode};
 use kizuna_tests::{Host, ManualClock, Server};
 use serde_json::Value as Json;
 use std::sync::Arc;
@@ -14,6 +19,8 @@ pub const READ_KEY: &str = "test-read-key-1111";
 pub const WRITE_KEY: &str = "test-write-key-2222";
 pub const FORMS_KEY: &str = "test-forms-key-3333";
 pub const UNSUBSCRIBE_SECRET: &str = "test-unsubscribe-secret-0123456789";
+/// The network tests connect from; its `X-Forwarded-For` is believed.
+pub const TEST_PROXY: &str = "127.0.0.0/8";
 pub const LP_ORIGIN: &str = "https://lp.example.jp";
 /// Standard Webhooks secret for `/v1/webhooks/orders` (base64 after `whsec_`).
 pub const ORDERS_SECRET: &str = "whsec_dGVzdC1vcmRlcnMtd2ViaG9vay1zZWNyZXQ=";
@@ -41,10 +48,45 @@ pub fn api_keys_variable() -> String {
     .to_string()
 }
 
+/// Where a test's requests go.
+pub enum Target {
+    Native(Arc<Host>),
+    Spin(SpinApp, ureq::Agent),
+}
+
 pub struct TestApp {
-    pub host: Arc<Host>,
+    pub target: Target,
     pub clock: Arc<ManualClock>,
     pub dir: tempfile::TempDir,
+}
+
+/// True when this run targets real Spin; prints why the calling test does
+/// not run there. Use as `if skip_under_spin("…") { return; }`.
+pub fn skip_under_spin(reason: &str) -> bool {
+    let skip = spin_mode();
+    if skip {
+        eprintln!("skipped under Spin: {reason}");
+    }
+    skip
+}
+
+/// The variables every test app starts with.
+fn base_variables() -> Vec<(String, String)> {
+    [
+        ("api_keys", api_keys_variable()),
+        ("unsubscribe_secret", UNSUBSCRIBE_SECRET.to_owned()),
+        ("allowed_origins", LP_ORIGIN.to_owned()),
+        ("public_base_url", "https://crm.example.jp".to_owned()),
+        ("orders_webhook_secrets", ORDERS_SECRET.to_owned()),
+        ("shopify_webhook_secrets", SHOPIFY_SECRET.to_owned()),
+        ("woocommerce_webhook_secrets", WOO_SECRET.to_owned()),
+        // Tests reach the app from loopback, as a load balancer would, and
+        // name the client they play in `X-Forwarded-For`.
+        ("trusted_proxies", TEST_PROXY.to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
 }
 
 pub struct TestResponse {
@@ -98,24 +140,47 @@ impl TestApp {
     pub fn with_variables(extra: &[(&str, &str)]) -> TestApp {
         let dir = tempfile::tempdir().expect("temp dir");
         let clock = Arc::new(ManualClock::new(start_time()));
-        let mut host = Host::new(dir.path())
-            .expect("host")
-            .with_variable("api_keys", &api_keys_variable())
-            .with_variable("unsubscribe_secret", UNSUBSCRIBE_SECRET)
-            .with_variable("allowed_origins", LP_ORIGIN)
-            .with_variable("public_base_url", "https://crm.example.jp")
-            .with_variable("orders_webhook_secrets", ORDERS_SECRET)
-            .with_variable("shopify_webhook_secrets", SHOPIFY_SECRET)
-            .with_variable("woocommerce_webhook_secrets", WOO_SECRET)
-            .with_clock(clock.clone());
+        let mut variables = base_variables();
         for (name, value) in extra {
-            host = host.with_variable(name, value);
+            variables.retain(|(n, _)| n != name);
+            variables.push(((*name).to_owned(), (*value).to_owned()));
         }
-        TestApp {
-            host: Arc::new(host),
-            clock,
-            dir,
+        let target = if spin_mode() {
+            let spin = SpinApp::start(dir.path(), &variables).expect("spin up");
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .max_redirects(0)
+                .allow_non_standard_methods(true)
+                .build()
+                .into();
+            Target::Spin(spin, agent)
+        } else {
+            let mut host = Host::new(dir.path())
+                .expect("host")
+                .with_clock(clock.clone());
+            for (name, value) in &variables {
+                host = host.with_variable(name, value);
+            }
+            Target::Native(Arc::new(host))
+        };
+        TestApp { target, clock, dir }
+    }
+
+    pub fn under_spin(&self) -> bool {
+        matches!(self.target, Target::Spin(..))
+    }
+
+    /// The app's present: the manual clock natively, the real one under
+    /// Spin.
+    pub fn now(&self) -> time::OffsetDateTime {
+        match self.target {
+            Target::Native(_) => kizuna::ports::Clock::now(self.clock.as_ref()),
+            Target::Spin(..) => time::OffsetDateTime::now_utc(),
         }
+    }
+
+    pub fn database_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("sqlite_db.db")
     }
 
     pub fn request(
@@ -125,18 +190,46 @@ impl TestApp {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> TestResponse {
-        let mut builder = http::Request::builder().method(method).uri(path);
-        for (name, value) in headers {
-            builder = builder.header(*name, *value);
-        }
-        let response = self
-            .host
-            .handle(builder.body(body.into()).expect("request"));
-        let (parts, body) = response.into_parts();
-        TestResponse {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            body,
+        let body: Bytes = body.into();
+        match &self.target {
+            Target::Native(host) => {
+                let mut builder = http::Request::builder().method(method).uri(path);
+                for (name, value) in headers {
+                    builder = builder.header(*name, *value);
+                }
+                let response = host.handle(builder.body(body).expect("request"));
+                let (parts, body) = response.into_parts();
+                TestResponse {
+                    status: parts.status.as_u16(),
+                    headers: parts.headers,
+                    body,
+                }
+            }
+            Target::Spin(spin, agent) => {
+                let mut builder = http::Request::builder()
+                    .method(method)
+                    .uri(format!("{}{path}", spin.url()));
+                for (name, value) in headers {
+                    builder = builder.header(*name, *value);
+                }
+                let request = builder.body(body.to_vec()).expect("request");
+                let mut response = agent
+                    .run(request)
+                    .unwrap_or_else(|e| panic!("{method} {path} under Spin: {e}"));
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                let body = response
+                    .body_mut()
+                    .with_config()
+                    .limit(u64::MAX)
+                    .read_to_vec()
+                    .unwrap_or_else(|e| panic!("{method} {path} under Spin: body: {e}"));
+                TestResponse {
+                    status,
+                    headers,
+                    body: Bytes::from(body),
+                }
+            }
         }
     }
 
@@ -161,7 +254,7 @@ impl TestApp {
         )
     }
 
-    /// A browser-style form post from `ip`.
+    /// A browser-style form post from `ip` (through the trusted proxy).
     pub fn post_form(&self, form_id: &str, body: &str, ip: &str) -> TestResponse {
         self.request(
             "POST",
@@ -169,14 +262,14 @@ impl TestApp {
             &[
                 ("content-type", "application/x-www-form-urlencoded"),
                 ("accept", "text/html"),
-                ("spin-client-addr", &format!("{ip}:50000")),
+                ("x-forwarded-for", ip),
                 ("referer", "https://lp.example.jp/spring?utm_source=ad"),
             ],
             body.to_owned(),
         )
     }
 
-    /// A script's JSON form post from `ip`.
+    /// A script's JSON form post from `ip` (through the trusted proxy).
     pub fn post_form_json(&self, form_id: &str, body: &Json, ip: &str) -> TestResponse {
         self.request(
             "POST",
@@ -184,7 +277,7 @@ impl TestApp {
             &[
                 ("content-type", "application/json"),
                 ("accept", "application/json"),
-                ("spin-client-addr", &format!("{ip}:50000")),
+                ("x-forwarded-for", ip),
             ],
             body.to_string(),
         )
@@ -199,7 +292,7 @@ impl TestApp {
 
     /// A read-only view of the database for assertions.
     pub fn db(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open(self.host.database_path()).expect("open db")
+        rusqlite::Connection::open(self.database_path()).expect("open db")
     }
 
     pub fn count(&self, sql: &str) -> i64 {
@@ -228,17 +321,54 @@ impl TestApp {
         .collect()
     }
 
-    /// Serves this app over HTTP on a loopback port.
-    pub fn serve(&self, threads: usize) -> Server {
-        let host = Host::new(self.dir.path())
-            .expect("host")
-            .with_variable("api_keys", &api_keys_variable())
-            .with_variable("unsubscribe_secret", UNSUBSCRIBE_SECRET)
-            .with_variable("allowed_origins", LP_ORIGIN)
-            .with_variable("form_rate_limit_per_minute", "1000")
-            .with_variable("orders_webhook_secrets", ORDERS_SECRET)
-            .with_variable("shopify_webhook_secrets", SHOPIFY_SECRET)
-            .with_variable("woocommerce_webhook_secrets", WOO_SECRET);
-        Server::start(host, "127.0.0.1:0", threads).expect("server")
+    /// Serves this app over HTTP on a loopback port: natively, a server
+    /// over the same folder (with a high form rate limit, so load tests
+    /// measure concurrency); under Spin, the running `spin up` itself.
+    pub fn serve(&self, threads: usize) -> Served<'_> {
+        self.serve_with(threads, None)
+    }
+
+    /// Like `serve`, natively on the app's manual clock.
+    pub fn serve_on_app_clock(&self, threads: usize) -> Served<'_> {
+        self.serve_with(threads, Some(self.clock.clone()))
+    }
+
+    fn serve_with(&self, threads: usize, clock: Option<Arc<ManualClock>>) -> Served<'_> {
+        match &self.target {
+            Target::Spin(spin, _) => Served::Spin(spin),
+            Target::Native(_) => {
+                let mut host = Host::new(self.dir.path()).expect("host");
+                for (name, value) in base_variables() {
+                    host = host.with_variable(&name, &value);
+                }
+                host = host.with_variable("form_rate_limit_per_minute", "1000");
+                if let Some(clock) = clock {
+                    host = host.with_clock(clock);
+                }
+                Served::Native(Server::start(host, "127.0.0.1:0", threads).expect("server"))
+            }
+        }
+    }
+}
+
+/// An HTTP server for a test that needs real connections.
+pub enum Served<'a> {
+    Native(Server),
+    Spin(&'a SpinApp),
+}
+
+impl Served<'_> {
+    pub fn url(&self) -> String {
+        match self {
+            Served::Native(server) => server.url(),
+            Served::Spin(spin) => spin.url(),
+        }
+    }
+
+    /// Stops a native server; a Spin app stops with its `TestApp`.
+    pub fn stop(self) {
+        if let Served::Native(server) = self {
+            server.stop();
+        }
     }
 }

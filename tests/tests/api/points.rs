@@ -381,6 +381,9 @@ fn the_default_program_is_version_zero() {
 
 #[test]
 fn each_put_stores_the_next_version_and_each_earn_records_its_version() {
+    if skip_under_spin("needs the manual clock") {
+        return;
+    }
     // Arrange
     let app = TestApp::new();
     let id = new_contact(&app, "versions@example.jp");
@@ -919,6 +922,9 @@ fn reversing_spent_points_creates_debt_that_the_next_earn_pays_first() {
 
 #[test]
 fn an_order_cancelled_after_its_points_expired_creates_no_debt() {
+    if skip_under_spin("needs the manual clock") {
+        return;
+    }
     // Arrange: 50 points from an order, none spent, expired a year later
     let app = TestApp::new();
     let order = shopify_order();
@@ -947,9 +953,8 @@ fn an_order_cancelled_after_its_points_expired_creates_no_debt() {
 
 /// A Kizuna-format event (Standard Webhooks), signed now on the app clock.
 fn post_kizuna(app: &TestApp, msg_id: &str, event: &Json) -> TestResponse {
-    use kizuna::ports::Clock as _;
     let body = event.to_string().into_bytes();
-    let ts = app.clock.now().unix_timestamp();
+    let ts = app.now().unix_timestamp();
     let signature = kizuna::signatures::sign_standard(ORDERS_SECRET, msg_id, ts, &body);
     app.request(
         "POST",
@@ -1014,6 +1019,9 @@ fn points_paid_at_checkout_are_not_part_of_the_earn_base_and_come_back_on_cancel
 
 #[test]
 fn points_whose_lot_expired_since_are_not_given_back_on_cancel() {
+    if skip_under_spin("needs the manual clock") {
+        return;
+    }
     // Arrange: 100 points valid until Dec 1 pay for the order
     let app = TestApp::new();
     let id = new_contact(&app, SHOPIFY_EMAIL);
@@ -1417,6 +1425,9 @@ fn the_same_redeem_twenty_times_concurrently_spends_once_and_answers_alike() {
 
 #[test]
 fn pending_points_become_available_exactly_at_available_at_and_expire_exactly_at_expires_at() {
+    if skip_under_spin("needs the manual clock") {
+        return;
+    }
     // Arrange
     let app = TestApp::new();
     put_program(
@@ -1555,6 +1566,9 @@ fn pending_points_become_available_exactly_at_available_at_and_expire_exactly_at
 
 #[test]
 fn an_award_may_override_pending_and_expiry() {
+    if skip_under_spin("needs the manual clock") {
+        return;
+    }
     // Arrange
     let app = TestApp::new();
     let id = new_contact(&app, "override@example.jp");
@@ -1786,6 +1800,9 @@ fn cancelling_an_earn_takes_from_other_lots_before_making_debt() {
 
 #[test]
 fn cancelling_an_earn_after_part_of_it_expired_charges_only_the_spent_part() {
+    if skip_under_spin("needs the manual clock") {
+        return;
+    }
     // Arrange: 100 points valid one day, 30 spent, 70 expired
     let app = TestApp::new();
     let id = new_contact(&app, "cancel-expired@example.jp");
@@ -1870,6 +1887,9 @@ fn the_ledger_pages_newest_first_with_the_balance_after_each_entry() {
 
 #[test]
 fn the_liability_report_values_outstanding_points_and_buckets_expiries_by_shop_month() {
+    if skip_under_spin("needs the manual clock") {
+        return;
+    }
     // Arrange: now is 2026-11-22 12:00 in Tokyo; a point is worth ¥2
     let app = TestApp::new();
     let id = new_contact(&app, "liability@example.jp");
@@ -1956,6 +1976,9 @@ fn the_liability_report_values_outstanding_points_and_buckets_expiries_by_shop_m
 
 #[test]
 fn points_valid_to_the_end_of_a_month_are_reported_as_expiring_in_that_month() {
+    if skip_under_spin("needs the manual clock") {
+        return;
+    }
     // Arrange: `end_of_month_after` points expire at the first instant of
     // the next month (shop time): the customer can use them through the
     // month's last day, so the report lists them in that month.
@@ -2275,7 +2298,14 @@ fn bad_input_is_4xx_and_changes_nothing() {
         response.assert_problem(*status, case);
         assert_eq!(points_counts(&app), before, "case {case}: nothing stored");
     }
-    assert_eq!(balance(&app, &id), before_balance);
+    let without_as_of = |mut b: Json| {
+        b.as_object_mut().map(|o| o.remove("as_of"));
+        b
+    };
+    assert_eq!(
+        without_as_of(balance(&app, &id)),
+        without_as_of(before_balance)
+    );
     assert_eq!(program(&app)["version"], 0);
 }
 
@@ -2390,6 +2420,9 @@ fn erasure_forfeits_open_points_and_clears_reasons() {
 
 #[test]
 fn expired_points_count_as_expired_before_any_sweep() {
+    if skip_under_spin("needs the manual clock") {
+        return;
+    }
     // Arrange
     let app = TestApp::new();
     let id = app.create_contact(&json!({"email": "lapse@example.jp"}));
