@@ -3,6 +3,7 @@
 //! documented default.
 
 use crate::auth::ApiKeys;
+use crate::client_addr::TrustedProxies;
 use crate::money::Currency;
 use crate::phone::Region;
 use crate::signatures::secret_list;
@@ -17,6 +18,7 @@ pub const CONTACTS_VARIABLES: &[&str] = &[
     "allowed_origins",
     "default_thank_you_url",
     "form_rate_limit_per_minute",
+    "trusted_proxies",
     "public_base_url",
 ];
 
@@ -55,6 +57,9 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     pub default_thank_you_url: Option<String>,
     pub form_rate_limit_per_minute: u32,
+    /// Proxies (load balancers) whose `X-Forwarded-For` / `Forwarded`
+    /// name the client; empty: the TCP peer is the client.
+    pub trusted_proxies: TrustedProxies,
     pub public_base_url: String,
     /// The shop's base currency; orders in any other are refused.
     pub shop_currency: Currency,
@@ -95,6 +100,8 @@ impl Config {
                 .filter(|n| *n > 0)
                 .context("variable `form_rate_limit_per_minute` must be a positive number")?,
         };
+        let trusted_proxies = TrustedProxies::parse(get("trusted_proxies").unwrap_or(""))
+            .map_err(|e| anyhow::anyhow!("variable `trusted_proxies`: {e}"))?;
         let public_base_url = get("public_base_url")
             .unwrap_or("http://127.0.0.1:3000")
             .trim_end_matches('/')
@@ -108,6 +115,7 @@ impl Config {
             allowed_origins,
             default_thank_you_url,
             form_rate_limit_per_minute,
+            trusted_proxies,
             public_base_url,
             shop_currency,
             orders_webhook_secrets: secret_list(get("orders_webhook_secrets")),

@@ -6,6 +6,7 @@
 //! never depends on the caller being able to read the answer.
 
 use crate::Ctx;
+use crate::client_addr::{self, TrustedProxies};
 use crate::config::{normalise_origin, redirect_url};
 use crate::consent::{self, ConsentChange};
 use crate::contact::{self, FirstTouch, UTM_FIELDS, WritePolicy};
@@ -232,14 +233,11 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// Spin puts the peer address in `spin-client-addr` (`ip:port`).
-    pub fn from_request(request: &Request) -> Sender {
+    /// The client's address is Spin's peer, or, behind `trusted`
+    /// proxies, the client they name (see `client_addr`).
+    pub fn from_request(request: &Request, trusted: &TrustedProxies) -> Sender {
         let headers = request.headers();
-        let client_ip = header_str(headers, "spin-client-addr").map(|addr| {
-            addr.parse::<std::net::SocketAddr>()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_else(|_| addr.to_owned())
-        });
+        let client_ip = client_addr::client_ip(headers, trusted).map(|ip| ip.to_string());
         let accept = header_str(headers, "accept")
             .unwrap_or("")
             .to_ascii_lowercase();
@@ -439,7 +437,7 @@ pub async fn submit<D: Db, K: Kv>(
     form_id: &str,
     request: &Request,
 ) -> Result<Response, ApiError> {
-    let sender = Sender::from_request(request);
+    let sender = Sender::from_request(request, &ctx.config.trusted_proxies);
     let pairs = read_fields(request)?;
     // A bot that fills the honeypot gets the success answer whatever else
     // it sent, so refusals never teach it which fields to fix.

@@ -5,8 +5,9 @@
 //! - `ports`, `spin_ports`: the storage ports (`Db`, `Kv`, `Clock`) and
 //!   their Spin implementations (feature `spin`).
 //! - `db`: per-connection pragmas, migrations, the write transaction.
-//! - `http`, `error`, `auth`, `config`: request plumbing, problem
-//!   documents, API keys with scopes, settings from variables.
+//! - `http`, `error`, `auth`, `config`, `client_addr`: request plumbing,
+//!   problem documents, API keys with scopes, settings from variables,
+//!   the client's address (Spin's peer, or behind trusted proxies).
 //! - `email`, `phone`, `profile`, `text`, `timestamp`, `ids`: values that
 //!   parse, and the profile built from them.
 //! - `contact`, `consent`, `timeline`, `tags`: the customer record.
@@ -16,6 +17,7 @@
 //! - `idempotency`: replaying a retried write's first answer.
 
 pub mod auth;
+pub mod client_addr;
 pub mod config;
 pub mod consent;
 pub mod contact;

@@ -313,7 +313,7 @@ pub async fn unsubscribe_request<D: Db, K: Kv>(
         Ok(unsubscribe(ctx.db, &contact, now).await?)
     })
     .await?;
-    let sender = crate::forms::Sender::from_request(request);
+    let sender = crate::forms::Sender::from_request(request, &ctx.config.trusted_proxies);
     if sender.wants_json {
         Ok(json_response(
             http::StatusCode::OK,

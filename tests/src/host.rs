@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use time::OffsetDateTime;
 
+/// The peer of in-process requests: a client on loopback.
+pub const LOOPBACK_PEER: &str = "127.0.0.1:40000";
+
 /// A clock tests can move.
 #[derive(Debug)]
 pub struct ManualClock(Mutex<OffsetDateTime>);
@@ -91,8 +94,19 @@ impl Host {
         self.data_dir.join("sqlite_key_value.db")
     }
 
-    /// Handles one request in-process; blocks the calling thread.
+    /// Handles one request in-process as if it came from a client on
+    /// loopback; blocks the calling thread.
     pub fn handle(&self, request: Request) -> Response {
+        self.handle_from(request, LOOPBACK_PEER.parse().expect("loopback address"))
+    }
+
+    /// Handles one request from `peer`. Like Spin, the host keeps the
+    /// client's own headers, `spin-*` ones included, and appends its own
+    /// `spin-client-addr`, so the client's value (if any) comes first.
+    pub fn handle_from(&self, mut request: Request, peer: std::net::SocketAddr) -> Response {
+        if let Ok(value) = http::HeaderValue::from_str(&peer.to_string()) {
+            request.headers_mut().append("spin-client-addr", value);
+        }
         let Some(component) = self.manifest.route(request.uri().path()) else {
             return error_response(&ApiError::NotFound("no route matches this path".into()));
         };
@@ -196,16 +210,12 @@ fn serve_one(host: &Host, mut incoming: tiny_http::Request) {
         .method(incoming.method().as_str())
         .uri(incoming.url());
     for header in incoming.headers() {
-        // Like Spin, the host alone says who the peer is: a client's own
-        // `spin-*` headers are dropped.
-        let name = header.field.as_str().as_str();
-        if !name.to_ascii_lowercase().starts_with("spin-") {
-            builder = builder.header(name, header.value.as_str());
-        }
+        builder = builder.header(header.field.as_str().as_str(), header.value.as_str());
     }
-    if let Some(peer) = incoming.remote_addr() {
-        builder = builder.header("spin-client-addr", peer.to_string());
-    }
+    let peer = incoming
+        .remote_addr()
+        .copied()
+        .unwrap_or_else(|| LOOPBACK_PEER.parse().expect("loopback address"));
     let mut body = Vec::new();
     let read = incoming
         .as_reader()
@@ -214,12 +224,12 @@ fn serve_one(host: &Host, mut incoming: tiny_http::Request) {
     let response = match (read, builder.body(Bytes::from(body))) {
         // A panic in a handler is a bug; it answers 500 and the worker
         // lives on, as a trapped Wasm instance does under Spin.
-        (Ok(_), Ok(request)) => {
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| host.handle(request)))
-                .unwrap_or_else(|_| {
-                    error_response(&ApiError::Unexpected(anyhow::anyhow!("handler panicked")))
-                })
-        }
+        (Ok(_), Ok(request)) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            host.handle_from(request, peer)
+        }))
+        .unwrap_or_else(|_| {
+            error_response(&ApiError::Unexpected(anyhow::anyhow!("handler panicked")))
+        }),
         _ => error_response(&ApiError::BadRequest("unreadable request".into())),
     };
     let (parts, body) = response.into_parts();

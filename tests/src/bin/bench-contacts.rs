@@ -183,19 +183,20 @@ fn form_capture(host: &Host, contacts: u64, requests: u64) -> Stats {
                  &company=Kizuna&consent_email=on&utm_source=bench&page=https%3A%2F%2Flp.example.jp%2Fbench"
             )
         };
-        let client = format!("10.0.{}.{}:1234", j % 250, j / 250 % 250);
+        let client: std::net::SocketAddr = format!("10.0.{}.{}:1234", j % 250, j / 250 % 250)
+            .parse()
+            .expect("client address");
         let req = request(
             "POST",
             "/v1/forms/bench",
             &[
                 ("content-type", "application/x-www-form-urlencoded"),
                 ("accept", "application/json"),
-                ("spin-client-addr", &client),
             ],
             body,
         );
         let started = Instant::now();
-        let response = host.handle(req);
+        let response = host.handle_from(req, client);
         let elapsed = started.elapsed();
         assert_eq!(
             response.status(),

@@ -111,8 +111,7 @@ fn post(
     extra: &[(&str, &str)],
     body: impl Into<bytes::Bytes>,
 ) -> TestResponse {
-    let client = format!("{IP}:50000");
-    let mut headers: Vec<(&str, &str)> = vec![("spin-client-addr", &client), ("referer", REFERER)];
+    let mut headers: Vec<(&str, &str)> = vec![("x-forwarded-for", IP), ("referer", REFERER)];
     if let Some(content_type) = content_type {
         headers.push(("content-type", content_type));
         headers.push((
@@ -889,7 +888,7 @@ fn consent_from_an_ipv6_client_keeps_only_the_48_bit_prefix() {
         &[
             ("content-type", FORM),
             ("accept", "text/html"),
-            ("spin-client-addr", "[2001:db8:abcd:12::1]:50000"),
+            ("x-forwarded-for", "2001:db8:abcd:12::1"),
         ],
         "email=v6%40example.jp&consent_email=1",
     );
@@ -1017,8 +1016,87 @@ fn a_filled_honeypot_gets_the_success_answer_and_stores_nothing() {
 // Rate limit
 // ---------------------------------------------------------------------------
 
+/// JSON posts from loopback with `headers` added, numbered from `first`.
+fn post_from_loopback(app: &TestApp, n: usize, headers: &[(&str, &str)]) -> TestResponse {
+    let mut all = vec![("content-type", JSON), ("accept", JSON)];
+    all.extend_from_slice(headers);
+    app.request(
+        "POST",
+        "/v1/forms/lp",
+        &all,
+        json!({"email": format!("spoof{n}@example.jp"), "consent_email": true}).to_string(),
+    )
+}
+
+#[test]
+fn a_forged_spin_client_addr_neither_escapes_the_rate_limit_nor_becomes_the_proof() {
+    // Arrange: no trusted proxy, so the TCP peer (loopback) is the client.
+    let app = TestApp::with_variables(&[("trusted_proxies", "")]);
+    for n in 0..10 {
+        let forged = format!("8.8.8.{n}:1234");
+        let response = post_from_loopback(&app, n, &[("spin-client-addr", &forged)]);
+        assert_eq!(response.status, 202, "post {n}: {}", response.text());
+    }
+    let before = stored(&app);
+
+    // Act
+    let refused = post_from_loopback(&app, 10, &[("spin-client-addr", "9.9.9.9:1")]);
+
+    // Assert
+    refused.assert_problem(429, "11th post with a fresh forged address");
+    assert_eq!(stored(&app), before, "the refused post was stored");
+    let proofs: Vec<String> = app
+        .db()
+        .prepare("SELECT DISTINCT ip_truncated FROM consents")
+        .expect("query")
+        .query_map([], |r| r.get(0))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("proofs");
+    assert_eq!(proofs, ["127.0.0.0/24"], "the proof names the real peer");
+}
+
+#[test]
+fn forwarding_headers_are_believed_only_from_a_trusted_proxy() {
+    let cases = [
+        ("no trusted proxy", "", 10),
+        ("another network is trusted", "10.0.0.0/8", 10),
+        ("loopback is the trusted proxy", TEST_PROXY, 11),
+    ];
+    for (case, trusted, accepted) in cases {
+        // Arrange
+        let app = TestApp::with_variables(&[("trusted_proxies", trusted)]);
+
+        // Act: eleven posts, each naming another client in both headers.
+        let statuses: Vec<u16> = (0..11)
+            .map(|n| {
+                let xff = format!("203.0.113.{n}");
+                let forwarded = format!("for=198.51.100.{n}");
+                post_from_loopback(
+                    &app,
+                    n,
+                    &[("x-forwarded-for", &xff), ("forwarded", &forwarded)],
+                )
+                .status
+            })
+            .collect();
+
+        // Assert
+        let passed = statuses.iter().filter(|s| **s == 202).count();
+        assert_eq!(passed, accepted, "case {case}: {statuses:?}");
+        if accepted == 11 {
+            let proofs =
+                app.count("SELECT count(*) FROM consents WHERE ip_truncated = '203.0.113.0/24'");
+            assert_eq!(proofs, 11, "case {case}: X-Forwarded-For names the client");
+        }
+    }
+}
+
 #[test]
 fn the_eleventh_submission_in_a_minute_from_one_ip_to_one_form_is_refused() {
+    if skip_under_spin("needs the manual clock") {
+        return;
+    }
     // Arrange
     let app = TestApp::new();
     let body = |n: &str| format!("email=rl{n}%40example.jp");
@@ -1254,6 +1332,9 @@ fn a_thank_you_url_that_is_saved_is_a_usable_location() {
 
 #[test]
 fn form_settings_round_trip() {
+    if skip_under_spin("needs the manual clock") {
+        return;
+    }
     // Arrange
     let app = TestApp::new();
     let unconfigured = app.get(FORMS_KEY, "/v1/forms/spring/settings");
@@ -1820,7 +1901,7 @@ fn unknown_routes_and_methods_are_refused() {
             &[
                 ("content-type", FORM),
                 ("authorization", &admin),
-                ("spin-client-addr", "203.0.113.7:1"),
+                ("x-forwarded-for", "203.0.113.7"),
             ],
             "email=route%40example.jp",
         );
@@ -1952,8 +2033,8 @@ fn post_concurrently(url: &str, bodies: Vec<String>) -> Vec<(u16, String)> {
 
 #[test]
 fn fifty_concurrent_posts_of_one_email_make_one_contact() {
-    // Arrange
-    let app = TestApp::new();
+    // Arrange: a limit high enough that only concurrency is measured.
+    let app = TestApp::with_variables(&[("form_rate_limit_per_minute", "1000")]);
     let server = app.serve(32);
     let url = format!("{}/v1/forms/lp", server.url());
     let bodies = (0..50)
@@ -1986,8 +2067,8 @@ fn fifty_concurrent_posts_of_one_email_make_one_contact() {
 
 #[test]
 fn fifty_concurrent_posts_of_different_emails_make_fifty_contacts() {
-    // Arrange
-    let app = TestApp::new();
+    // Arrange: a limit high enough that only concurrency is measured.
+    let app = TestApp::with_variables(&[("form_rate_limit_per_minute", "1000")]);
     let server = app.serve(32);
     let url = format!("{}/v1/forms/lp", server.url());
     let bodies = (0..50)
@@ -2110,14 +2191,14 @@ fn one_ipv6_subscriber_line_is_one_client() {
     // Act: eleven posts from eleven addresses of one /64.
     let answers: Vec<u16> = (1..=11)
         .map(|i| {
-            let client = format!("[2001:db8:1:2::{i:x}]:40000");
+            let client = format!("2001:db8:1:2::{i:x}");
             app.request(
                 "POST",
                 "/v1/forms/lp",
                 &[
                     ("content-type", JSON),
                     ("accept", JSON),
-                    ("spin-client-addr", &client),
+                    ("x-forwarded-for", &client),
                 ],
                 json!({"email": format!("v6-{i}@example.jp")}).to_string(),
             )
