@@ -159,10 +159,9 @@ fn refund(
     })
 }
 
-/// Maps an order payload; `topic` sets the facts the topic implies.
+/// Maps an order payload (any `orders/*` topic: the body says it all).
 pub fn parse_order(
     dto: OrderDto,
-    topic: &str,
     received_at: OffsetDateTime,
     region: Region,
 ) -> Result<Event, ApiError> {
@@ -257,11 +256,13 @@ pub fn parse_order(
         ],
         region,
     );
+    // Shopify signs the body only: every fact comes from it, never from
+    // the topic header, so a captured body replayed under another topic
+    // says no more than it said the first time.
     let financial = dto.financial_status.as_deref().unwrap_or("");
-    let paid =
-        topic == "orders/paid" || matches!(financial, "paid" | "partially_refunded" | "refunded");
+    let paid = matches!(financial, "paid" | "partially_refunded" | "refunded");
     let cancelled_at = time_field("cancelled_at", dto.cancelled_at.as_deref(), &mut errors);
-    let cancelled = topic == "orders/cancelled" || cancelled_at.is_some();
+    let cancelled = cancelled_at.is_some();
     let placed_at = time_field("processed_at", dto.processed_at.as_deref(), &mut errors)
         .or(time_field(
             "created_at",
@@ -299,7 +300,7 @@ pub fn parse_order(
         paid,
         paid_at: paid.then_some(placed_at),
         cancelled,
-        cancelled_at: cancelled_at.or(cancelled.then_some(received_at)),
+        cancelled_at,
         refunds,
     };
     if errors.is_empty() {
@@ -343,7 +344,7 @@ pub fn parse_refund(
     }
 }
 
-/// Maps a delivery by its `X-Shopify-Topic`.
+/// Maps a delivery; `X-Shopify-Topic` (unsigned) only picks the parser.
 pub fn parse(
     topic: &str,
     body: &bytes::Bytes,
@@ -353,7 +354,7 @@ pub fn parse(
 ) -> Result<Event, ApiError> {
     match topic {
         "orders/create" | "orders/paid" | "orders/updated" | "orders/cancelled" => {
-            parse_order(crate::http::parse_json(body)?, topic, received_at, region)
+            parse_order(crate::http::parse_json(body)?, received_at, region)
         }
         "refunds/create" => {
             parse_refund(crate::http::parse_json(body)?, shop_currency, received_at)

@@ -764,6 +764,82 @@ fn shopify_topics_take_an_order_from_pending_to_paid_updated_refunded_and_cancel
 }
 
 #[test]
+fn a_signed_shopify_body_replayed_under_another_topic_changes_no_fact() {
+    // Arrange: a paid order, delivered as Shopify signs it.
+    let app = TestApp::new();
+    let body = shopify_order();
+    let order_id = applied(
+        &post_shopify(&app, "orders/paid", "ev-paid", &body),
+        "orders/paid",
+    )
+    .expect("order id");
+    let before = order(&app, &order_id);
+    assert_eq!(before["status"], "paid");
+
+    // Act: the captured bytes again, under a topic Shopify did not send
+    // for them and a fresh (unsigned) event id.
+    let replay = post_shopify(&app, "orders/cancelled", "ev-forged", &body);
+
+    // Assert
+    assert_eq!(replay.status, 200, "{}", replay.text());
+    let after = order(&app, &order_id);
+    assert_eq!(after["status"], "paid", "the topic cancelled the order");
+    assert_eq!(after["cancelled_at"], Json::Null);
+    assert_eq!(after, before);
+}
+
+#[test]
+fn a_shopify_topic_never_makes_an_unpaid_order_paid() {
+    // Arrange
+    let app = TestApp::new();
+    let mut pending = shopify_order();
+    pending["financial_status"] = json!("pending");
+
+    // Act
+    let order_id = applied(
+        &post_shopify(&app, "orders/paid", "ev-pending", &pending),
+        "orders/paid with a pending body",
+    )
+    .expect("order id");
+
+    // Assert
+    let stored = order(&app, &order_id);
+    assert_eq!(stored["status"], "pending", "{stored}");
+    assert_eq!(
+        app.count("SELECT count(*) FROM orders WHERE paid_at IS NOT NULL"),
+        0
+    );
+}
+
+#[test]
+fn two_woocommerce_states_saved_in_the_same_second_both_apply() {
+    // Arrange: an order on hold, then paid, saved within one second, so
+    // both bodies carry the same id and date_modified_gmt.
+    let app = TestApp::new();
+    let mut on_hold = woo_order();
+    on_hold["status"] = json!("on-hold");
+    on_hold["date_paid"] = Json::Null;
+    on_hold["date_paid_gmt"] = Json::Null;
+    let processing = woo_order();
+    assert_eq!(
+        on_hold["date_modified_gmt"],
+        processing["date_modified_gmt"]
+    );
+    let order_id =
+        applied(&post_woo(&app, "order.updated", "d-1", &on_hold), "on-hold").expect("order id");
+    assert_eq!(order(&app, &order_id)["status"], "pending");
+
+    // Act
+    let second = post_woo(&app, "order.updated", "d-2", &processing);
+    let retry = post_woo(&app, "order.updated", "d-2", &processing);
+
+    // Assert
+    applied(&second, "processing in the same second");
+    answered(&retry, "duplicate", "the same body again");
+    assert_eq!(order(&app, &order_id)["status"], "paid");
+}
+
+#[test]
 fn an_unhandled_shopify_topic_is_acknowledged_and_ignored() {
     // Arrange
     let app = TestApp::new();
