@@ -1,7 +1,16 @@
 //! Shopify's own webhook payloads (REST Admin API order and refund
 //! resources): `orders/create`, `orders/paid`, `orders/updated`,
-//! `orders/cancelled`, `refunds/create`. Prices are decimal strings in
-//! the shop's currency; ids are integers.
+//! `orders/cancelled`, `refunds/create`. Ids are integers.
+//!
+//! Money, as Shopify sends it: an order's `currency` is the shop's, and
+//! its plain amounts and every `*_set.shop_money` are in it, while
+//! `presentment_money` is what the buyer saw. Kizuna reads the plain
+//! amount, else `shop_money`, and never `presentment_money` as shop money. A line's discount is the sum of its
+//! `discount_allocations` (codes and automatic discounts leave
+//! `total_discount` at zero). A refund's transactions are in the buyer's
+//! currency, so for a multi-currency order the shop amount comes from the
+//! refund's own sets (lines, taxes, adjustments), chosen to match what the
+//! transactions paid out.
 
 use super::kizuna_format::{customer_profile, time_field};
 use super::model::{self, Customer, Event, Line, Order, Refund};
@@ -34,9 +43,13 @@ pub struct OrderDto {
     cancelled_at: Option<String>,
     financial_status: Option<String>,
     subtotal_price: Option<String>,
+    subtotal_price_set: Option<PriceSet>,
     total_price: String,
+    total_price_set: Option<PriceSet>,
     total_tax: Option<String>,
+    total_tax_set: Option<PriceSet>,
     total_discounts: Option<String>,
+    total_discounts_set: Option<PriceSet>,
     total_shipping_price_set: Option<PriceSet>,
     #[serde(default)]
     line_items: Vec<LineDto>,
@@ -49,14 +62,55 @@ pub struct OrderDto {
     test: bool,
 }
 
+/// An amount in the shop's currency and in the buyer's.
 #[derive(Debug, Deserialize)]
 struct PriceSet {
     shop_money: Money,
+    presentment_money: Option<Money>,
 }
 
 #[derive(Debug, Deserialize)]
 struct Money {
-    amount: String,
+    /// A decimal string; refunds also send JSON numbers.
+    amount: Json,
+    currency_code: Option<String>,
+}
+
+impl Money {
+    fn text(&self) -> Option<String> {
+        match &self.amount {
+            Json::String(s) => Some(s.clone()),
+            Json::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    }
+}
+
+/// An amount in shop money: the plain `field`, which Shopify documents as
+/// shop money on orders, else the `shop_money` of `{field}_set`.
+fn shop_amount(
+    currency: Currency,
+    field: &str,
+    set: Option<&PriceSet>,
+    plain: Option<&str>,
+    errors: &mut Vec<FieldError>,
+) -> i64 {
+    match (plain.map(str::trim).filter(|p| !p.is_empty()), set) {
+        (Some(plain), _) => model::amount(currency, field, Some(plain), errors),
+        (None, Some(set)) => model::amount(
+            currency,
+            &format!("{field}_set"),
+            set.shop_money.text().as_deref(),
+            errors,
+        ),
+        (None, None) => 0,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct DiscountAllocationDto {
+    amount: Option<String>,
+    amount_set: Option<PriceSet>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,7 +122,10 @@ struct LineDto {
     product_type: Option<String>,
     quantity: i64,
     price: String,
+    price_set: Option<PriceSet>,
     total_discount: Option<String>,
+    #[serde(default)]
+    discount_allocations: Vec<DiscountAllocationDto>,
     #[serde(default)]
     tax_lines: Vec<TaxLine>,
 }
@@ -106,6 +163,31 @@ pub struct RefundDto {
     note: Option<String>,
     #[serde(default)]
     transactions: Vec<TransactionDto>,
+    #[serde(default)]
+    refund_line_items: Vec<RefundLineDto>,
+    #[serde(default)]
+    order_adjustments: Vec<AdjustmentDto>,
+    /// API 2024-10 and later; the same shipping is also an adjustment.
+    #[serde(default)]
+    refund_shipping_lines: Vec<RefundShippingDto>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RefundLineDto {
+    subtotal_set: Option<PriceSet>,
+    total_tax_set: Option<PriceSet>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AdjustmentDto {
+    kind: Option<String>,
+    amount_set: Option<PriceSet>,
+    tax_amount_set: Option<PriceSet>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RefundShippingDto {
+    subtotal_amount_set: Option<PriceSet>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,19 +198,225 @@ struct TransactionDto {
     currency: Option<String>,
 }
 
-/// The money a refund returned: its successful `refund` transactions.
+/// A refund's money by part, in the shop's and the buyer's currency
+/// (minor units). Adjustments are negative in Shopify's payload (money
+/// going back); here every part is what the customer got back.
+#[derive(Debug, Default)]
+struct RefundParts {
+    shop_without_tax: i64,
+    shop_tax: i64,
+    buyer_without_tax: i64,
+    buyer_tax: i64,
+    buyer_currency: Option<String>,
+    any: bool,
+}
+
+impl RefundParts {
+    fn add(
+        &mut self,
+        shop: Currency,
+        field: &str,
+        set: Option<&PriceSet>,
+        sign: i64,
+        is_tax: bool,
+        errors: &mut Vec<FieldError>,
+    ) {
+        let Some(set) = set else { return };
+        self.any = true;
+        // A refund names no currency of its own: its sets must be in the
+        // shop's, or it is not the shop's money to book.
+        if let Some(code) = set.shop_money.currency_code.as_deref()
+            && !code.eq_ignore_ascii_case(shop.code())
+        {
+            errors.push(FieldError::new(
+                field,
+                format!("shop money is in {code}, not the shop's {}", shop.code()),
+            ));
+            return;
+        }
+        let shop_minor =
+            model::amount(shop, field, set.shop_money.text().as_deref(), errors) * sign;
+        let buyer = set.presentment_money.as_ref().and_then(|m| {
+            let code = m.currency_code.as_deref()?;
+            Some((Currency::parse(code).ok()?, code.to_ascii_uppercase(), m))
+        });
+        let buyer_minor = match buyer {
+            Some((currency, code, money)) => {
+                if self.buyer_currency.get_or_insert_with(|| code.clone()) != &code {
+                    errors.push(FieldError::new(field, "mixed presentment currencies"));
+                }
+                model::amount(currency, field, money.text().as_deref(), errors) * sign
+            }
+            None => 0,
+        };
+        if is_tax {
+            self.shop_tax += shop_minor;
+            self.buyer_tax += buyer_minor;
+        } else {
+            self.shop_without_tax += shop_minor;
+            self.buyer_without_tax += buyer_minor;
+        }
+    }
+
+    fn of(shop: Currency, dto: &RefundDto, field: &str, errors: &mut Vec<FieldError>) -> Self {
+        let mut parts = RefundParts::default();
+        for (i, line) in dto.refund_line_items.iter().enumerate() {
+            let f = format!("{field}.refund_line_items[{i}]");
+            parts.add(
+                shop,
+                &format!("{f}.subtotal_set"),
+                line.subtotal_set.as_ref(),
+                1,
+                false,
+                errors,
+            );
+            parts.add(
+                shop,
+                &format!("{f}.total_tax_set"),
+                line.total_tax_set.as_ref(),
+                1,
+                true,
+                errors,
+            );
+        }
+        let mut shipping_adjusted = false;
+        for (i, adjustment) in dto.order_adjustments.iter().enumerate() {
+            let f = format!("{field}.order_adjustments[{i}]");
+            shipping_adjusted |= adjustment.kind.as_deref() == Some("shipping_refund");
+            parts.add(
+                shop,
+                &format!("{f}.amount_set"),
+                adjustment.amount_set.as_ref(),
+                -1,
+                false,
+                errors,
+            );
+            parts.add(
+                shop,
+                &format!("{f}.tax_amount_set"),
+                adjustment.tax_amount_set.as_ref(),
+                -1,
+                true,
+                errors,
+            );
+        }
+        if !shipping_adjusted {
+            for (i, shipping) in dto.refund_shipping_lines.iter().enumerate() {
+                let f = format!("{field}.refund_shipping_lines[{i}].subtotal_amount_set");
+                parts.add(
+                    shop,
+                    &f,
+                    shipping.subtotal_amount_set.as_ref(),
+                    1,
+                    false,
+                    errors,
+                );
+            }
+        }
+        parts
+    }
+}
+
+/// The money a refund returned, in the shop's currency: its successful
+/// `refund` transactions when they are in the shop's currency (or name
+/// none and nothing says otherwise); for a buyer in another currency, the
+/// refund's shop-money parts, with or without their taxes, whichever adds
+/// up to what the transactions paid in the buyer's currency (taxes are
+/// inside the line subtotals in a tax-inclusive shop, beside them
+/// otherwise). If neither does, the transactions are converted at the
+/// rate the parts imply, rounded to the nearest minor unit.
 fn refund_amount(
-    currency: Currency,
+    shop: Currency,
     dto: &RefundDto,
     field: &str,
     errors: &mut Vec<FieldError>,
 ) -> i64 {
-    dto.transactions
+    let paid_out: Vec<&TransactionDto> = dto
+        .transactions
         .iter()
         .filter(|t| t.kind.as_deref().unwrap_or("refund") == "refund")
         .filter(|t| matches!(t.status.as_deref(), None | Some("success")))
-        .map(|t| model::amount(currency, field, Some(&t.amount), errors))
-        .sum()
+        .collect();
+    let tx_field = format!("{field}.transactions.currency");
+    let mut tx_currency: Option<String> = None;
+    for t in &paid_out {
+        if let Some(code) = t.currency.as_deref().map(str::to_ascii_uppercase)
+            && tx_currency.get_or_insert_with(|| code.clone()) != &code
+        {
+            errors.push(FieldError::new(
+                &tx_field,
+                "transactions in several currencies",
+            ));
+            return 0;
+        }
+    }
+    let parts = RefundParts::of(shop, dto, field, errors);
+    let in_shop_currency = match tx_currency.as_deref() {
+        Some(code) => code == shop.code(),
+        None => true,
+    };
+    let sum_in = |currency: Currency, errors: &mut Vec<FieldError>| -> i64 {
+        paid_out
+            .iter()
+            .map(|t| {
+                model::amount(
+                    currency,
+                    &format!("{field}.transactions.amount"),
+                    Some(&t.amount),
+                    errors,
+                )
+            })
+            .sum()
+    };
+    if in_shop_currency {
+        return sum_in(shop, errors);
+    }
+    let code = tx_currency.unwrap_or_default();
+    let Ok(buyer) = Currency::parse(&code) else {
+        errors.push(FieldError::new(
+            &tx_field,
+            format!("unknown currency {code}"),
+        ));
+        return 0;
+    };
+    if !parts.any {
+        errors.push(FieldError::new(
+            &tx_field,
+            format!(
+                "the refund was paid in {code} and gives no {} amounts to book",
+                shop.code()
+            ),
+        ));
+        return 0;
+    }
+    if parts.buyer_currency.as_deref().is_some_and(|c| c != code) {
+        errors.push(FieldError::new(
+            &tx_field,
+            "the transactions and the refund's presentment money differ in currency",
+        ));
+        return 0;
+    }
+    let paid = sum_in(buyer, errors);
+    let with_tax = (
+        parts.buyer_without_tax + parts.buyer_tax,
+        parts.shop_without_tax + parts.shop_tax,
+    );
+    let without_tax = (parts.buyer_without_tax, parts.shop_without_tax);
+    if paid == with_tax.0 {
+        with_tax.1
+    } else if paid == without_tax.0 {
+        without_tax.1
+    } else if with_tax.0 != 0 {
+        let scaled = i128::from(paid) * i128::from(with_tax.1);
+        let divisor = i128::from(with_tax.0);
+        i64::try_from((2 * scaled + divisor.signum() * divisor) / (2 * divisor)).unwrap_or(0)
+    } else {
+        errors.push(FieldError::new(
+            &tx_field,
+            format!("no {} amount matches the refund", shop.code()),
+        ));
+        0
+    }
 }
 
 fn refund(
@@ -182,16 +470,36 @@ pub fn parse_order(
         .take(model::MAX_LINES + 1)
         .enumerate()
         .map(|(i, l)| {
-            let unit_price = amount(
+            let unit_price = shop_amount(
+                currency,
                 &format!("line_items[{i}].price"),
+                l.price_set.as_ref(),
                 Some(&l.price),
                 &mut errors,
             );
-            let discount = amount(
-                &format!("line_items[{i}].total_discount"),
-                l.total_discount.as_deref(),
-                &mut errors,
-            );
+            // Codes and automatic discounts are allocations; only draft
+            // orders, scripts and the API set `total_discount` instead.
+            let discount = if l.discount_allocations.is_empty() {
+                amount(
+                    &format!("line_items[{i}].total_discount"),
+                    l.total_discount.as_deref(),
+                    &mut errors,
+                )
+            } else {
+                l.discount_allocations
+                    .iter()
+                    .enumerate()
+                    .map(|(j, a)| {
+                        shop_amount(
+                            currency,
+                            &format!("line_items[{i}].discount_allocations[{j}].amount"),
+                            a.amount_set.as_ref(),
+                            a.amount.as_deref(),
+                            &mut errors,
+                        )
+                    })
+                    .sum()
+            };
             let tax = l
                 .tax_lines
                 .iter()
@@ -276,21 +584,41 @@ pub fn parse_order(
         currency,
         placed_at,
         updated_at: time_field("updated_at", dto.updated_at.as_deref(), &mut errors),
-        subtotal: amount("subtotal_price", dto.subtotal_price.as_deref(), &mut errors),
-        shipping: amount(
-            "total_shipping_price_set",
-            dto.total_shipping_price_set
-                .as_ref()
-                .map(|s| s.shop_money.amount.as_str()),
+        subtotal: shop_amount(
+            currency,
+            "subtotal_price",
+            dto.subtotal_price_set.as_ref(),
+            dto.subtotal_price.as_deref(),
             &mut errors,
         ),
-        tax: amount("total_tax", dto.total_tax.as_deref(), &mut errors),
-        discount: amount(
+        shipping: shop_amount(
+            currency,
+            "total_shipping_price",
+            dto.total_shipping_price_set.as_ref(),
+            None,
+            &mut errors,
+        ),
+        tax: shop_amount(
+            currency,
+            "total_tax",
+            dto.total_tax_set.as_ref(),
+            dto.total_tax.as_deref(),
+            &mut errors,
+        ),
+        discount: shop_amount(
+            currency,
             "total_discounts",
+            dto.total_discounts_set.as_ref(),
             dto.total_discounts.as_deref(),
             &mut errors,
         ),
-        total: amount("total_price", Some(&dto.total_price), &mut errors),
+        total: shop_amount(
+            currency,
+            "total_price",
+            dto.total_price_set.as_ref(),
+            Some(&dto.total_price),
+            &mut errors,
+        ),
         points_used: 0,
         lines,
         customer: Customer {
@@ -321,11 +649,8 @@ pub fn parse_refund(
         .as_ref()
         .and_then(id_text)
         .ok_or_else(|| ApiError::invalid("order_id", "the refund's order id is required"))?;
-    let currency = match dto.transactions.iter().find_map(|t| t.currency.as_deref()) {
-        Some(code) => Currency::parse(code)
-            .map_err(|e| ApiError::invalid("transactions.currency", e.to_string()))?,
-        None => shop_currency,
-    };
+    // Booked in the shop's currency whatever the buyer paid in.
+    let currency = shop_currency;
     let mut errors = Vec::new();
     if id_text(&dto.id).is_none() {
         errors.push(FieldError::new("id", "the refund id is required"));

@@ -839,6 +839,183 @@ fn two_woocommerce_states_saved_in_the_same_second_both_apply() {
     assert_eq!(order(&app, &order_id)["status"], "paid");
 }
 
+/// A payload from `tests/fixtures/shopify/` (shapes from Shopify's Order
+/// and Refund resources; see the README there).
+fn shopify_fixture(name: &str) -> Json {
+    let path = format!(
+        "{}/fixtures/shopify/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    fixture(&std::fs::read_to_string(&path).expect("fixture file"))
+}
+
+/// (sku, line total, discount) of each stored line.
+fn line_money(order: &Json) -> Vec<(String, i64, i64)> {
+    order["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|l| {
+            (
+                l["sku"].as_str().unwrap_or("").to_owned(),
+                l["line_total_minor"].as_i64().expect("total"),
+                l["discount_minor"].as_i64().expect("discount"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn shopify_discount_codes_on_some_lines_are_taken_from_their_allocations() {
+    // Arrange: code KIZUNA10 on two of three lines; every line's
+    // total_discount is "0", as Shopify sends it.
+    let app = TestApp::new();
+    let body = shopify_fixture("order_paid_discount_code");
+
+    // Act
+    let order_id = applied(
+        &post_shopify(&app, "orders/paid", "ev-code", &body),
+        "orders/paid",
+    )
+    .expect("order id");
+
+    // Assert
+    let stored = order(&app, &order_id);
+    assert_eq!(
+        line_money(&stored),
+        [
+            ("TEA-SENCHA-100".to_owned(), 2916, 324),
+            ("TEA-MATCHA-30".to_owned(), 1944, 216),
+            ("POT-TOKONAME-01".to_owned(), 4400, 0),
+        ]
+    );
+    assert_eq!(stored["discount_minor"], 540);
+    assert_eq!(stored["total_minor"], 9920);
+    assert_eq!(stored["status"], "paid");
+}
+
+#[test]
+fn a_shopify_refund_paid_in_the_buyers_currency_is_booked_in_shop_money() {
+    // Arrange: a JPY shop, a buyer paying in USD.
+    let app = TestApp::new();
+    let order_id = applied(
+        &post_shopify(
+            &app,
+            "orders/paid",
+            "ev-usd-order",
+            &shopify_fixture("order_paid_multicurrency"),
+        ),
+        "multi-currency order",
+    )
+    .expect("order id");
+    let stored = order(&app, &order_id);
+    assert_eq!(stored["total_minor"], 13200);
+    assert_eq!(stored["currency"], "JPY");
+    assert_eq!(
+        line_money(&stored),
+        [
+            ("TEA-SENCHA-100".to_owned(), 3240, 360),
+            ("TEA-MATCHA-30".to_owned(), 2160, 240),
+            ("POT-TOKONAME-01".to_owned(), 4800, 0),
+        ]
+    );
+
+    // Act: one tin and the shipping back, 30.80 USD to the buyer.
+    let refund = post_shopify(
+        &app,
+        "refunds/create",
+        "ev-usd-refund",
+        &shopify_fixture("refund_multicurrency"),
+    );
+
+    // Assert
+    applied(&refund, "refund in USD");
+    let after = order(&app, &order_id);
+    assert_eq!(after["refunded_minor"], 4620, "1620 + 3000 shipping, once");
+    assert_eq!(after["status"], "partially_refunded");
+}
+
+#[test]
+fn a_shopify_refund_without_a_currency_but_foreign_shop_money_is_refused() {
+    // Arrange
+    let app = TestApp::new();
+    migrate(&app);
+    let before = stored(&app);
+
+    // Act
+    let response = post_shopify(
+        &app,
+        "refunds/create",
+        "ev-null-currency",
+        &shopify_fixture("refund_null_currency_foreign_set"),
+    );
+
+    // Assert
+    response.assert_problem(422, "shop money in USD, transaction currency null");
+    let mut after = stored(&app);
+    after.retain(|(t, _)| t != "webhook_deliveries");
+    let mut before = before;
+    before.retain(|(t, _)| t != "webhook_deliveries");
+    assert_eq!(after, before, "nothing but the rejection log changed");
+}
+
+#[test]
+fn a_shopify_refund_of_a_line_and_shipping_counts_what_the_transaction_paid() {
+    // Arrange: the discount-code order, then one sencha and the shipping back.
+    let app = TestApp::new();
+    let order_id = applied(
+        &post_shopify(
+            &app,
+            "orders/paid",
+            "ev-code",
+            &shopify_fixture("order_paid_discount_code"),
+        ),
+        "order",
+    )
+    .expect("order id");
+
+    // Act
+    let refund = post_shopify(
+        &app,
+        "refunds/create",
+        "ev-line-refund",
+        &shopify_fixture("refund_with_lines_and_shipping"),
+    );
+
+    // Assert
+    applied(&refund, "refund");
+    let after = order(&app, &order_id);
+    assert_eq!(after["refunded_minor"], 2118);
+    assert_eq!(after["status"], "partially_refunded");
+}
+
+#[test]
+fn a_shopify_guest_checkout_is_stored_with_the_orders_own_contact_details() {
+    // Arrange
+    let app = TestApp::new();
+
+    // Act
+    let order_id = applied(
+        &post_shopify(
+            &app,
+            "orders/paid",
+            "ev-guest",
+            &shopify_fixture("order_guest_checkout"),
+        ),
+        "guest order",
+    )
+    .expect("order id");
+
+    // Assert
+    let stored = order(&app, &order_id);
+    assert_eq!(stored["total_minor"], 2280);
+    assert_eq!(
+        app.count("SELECT count(*) FROM contacts WHERE email = 'kenta.tanaka@example.jp'"),
+        1,
+        "the order's email makes the contact"
+    );
+}
+
 #[test]
 fn an_unhandled_shopify_topic_is_acknowledged_and_ignored() {
     // Arrange
@@ -3221,4 +3398,52 @@ fn a_shopify_test_order_is_acknowledged_and_not_counted() {
     answered(&response, "ignored", "test order");
     assert_eq!(app.count("SELECT count(*) FROM orders"), 0);
     assert_eq!(app.count("SELECT count(*) FROM contacts"), 0);
+}
+
+#[test]
+fn standard_webhooks_timestamps_at_the_edges_of_i64_and_beyond_are_401_and_store_nothing() {
+    // Arrange: each delivery is validly signed over its own timestamp text,
+    // so only the timestamp can turn it away.
+    let app = TestApp::new();
+    migrate(&app);
+    let body = kizuna_event("order.paid").to_string();
+    let before = stored(&app);
+    let deliveries_before = app.count("SELECT count(*) FROM webhook_deliveries");
+    let cases = [
+        ("i64::MAX", i64::MAX.to_string()),
+        ("i64::MIN", i64::MIN.to_string()),
+        ("-9223372036854775808", "-9223372036854775808".to_owned()),
+        ("i64::MAX + 1", "9223372036854775808".to_owned()),
+        ("i64::MIN - 1", "-9223372036854775809".to_owned()),
+        ("30 digits", "123456789012345678901234567890".to_owned()),
+        (
+            "minus 30 digits",
+            "-123456789012345678901234567890".to_owned(),
+        ),
+    ];
+
+    for (i, (case, timestamp)) in cases.iter().enumerate() {
+        let id = format!("msg_edge_{i}");
+        let signature =
+            kizuna::signatures::sign_standard_text(ORDERS_SECRET, &id, timestamp, body.as_bytes());
+        let headers = owned(&[
+            ("content-type", "application/json"),
+            ("webhook-id", &id),
+            ("webhook-timestamp", timestamp),
+            ("webhook-signature", &signature),
+        ]);
+
+        // Act
+        let response = post(&app, "/v1/webhooks/orders", &headers, body.clone());
+
+        // Assert
+        response.assert_problem(401, case);
+        assert_eq!(app.count("SELECT count(*) FROM orders"), 0, "case {case}");
+        assert_eq!(
+            app.count("SELECT count(*) FROM webhook_deliveries"),
+            deliveries_before,
+            "case {case}: no delivery row"
+        );
+        assert_eq!(stored(&app), before, "case {case}: nothing stored");
+    }
 }
