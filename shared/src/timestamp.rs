@@ -2,8 +2,19 @@
 //! microseconds, so that stored text sorts in time order.
 
 use time::format_description::well_known::Rfc3339;
-use time::macros::format_description;
+use time::macros::{datetime, format_description};
 use time::{OffsetDateTime, UtcOffset};
+
+/// The earliest moment Kizuna stores or compares with stored text.
+pub const MIN: OffsetDateTime = datetime!(0001-01-01 00:00:00 UTC);
+/// The latest: the last whole microsecond of year 9999, in UTC. Between
+/// the two, [`format`] gives fixed-width text that sorts in time order.
+pub const MAX: OffsetDateTime = datetime!(9999-12-31 23:59:59.999_999 UTC);
+
+/// Whether `at` lies within [`MIN`]..=[`MAX`].
+pub fn in_range(at: OffsetDateTime) -> bool {
+    (MIN..=MAX).contains(&at)
+}
 
 /// Formats `at` as `2026-11-22T06:00:00.000000Z`.
 pub fn format(at: OffsetDateTime) -> String {
@@ -15,11 +26,13 @@ pub fn format(at: OffsetDateTime) -> String {
 }
 
 /// Parses any RFC 3339 timestamp (any offset) into UTC; `None` for text
-/// that is not one, or whose UTC time falls outside years 1..=9999.
+/// that is not one, or whose UTC time falls outside [`MIN`]..=[`MAX`]
+/// (years 1..=9999), which stored text could not keep in order.
 pub fn parse(text: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(text.trim(), &Rfc3339)
         .ok()
         .and_then(|t| t.checked_to_offset(UtcOffset::UTC))
+        .filter(|t| in_range(*t))
 }
 
 #[cfg(test)]
@@ -36,5 +49,23 @@ mod tests {
             parse("9999-12-31T23:59:59-09:00").is_none(),
             "past year 9999 in UTC"
         );
+    }
+
+    #[test]
+    fn only_years_1_to_9999_in_utc_parse() {
+        for (text, want) in [
+            ("0001-01-01T00:00:00Z", Some(MIN)),
+            ("9999-12-31T23:59:59.999999Z", Some(MAX)),
+            ("0000-12-31T23:59:59.999999Z", None),
+            ("0001-01-01T08:59:59+09:00", None),
+            ("0001-01-01T00:00:00+23:59", None),
+            ("0000-01-01T00:00:00-23:59", None),
+            ("9999-12-31T23:59:59.9999999Z", None),
+            ("9999-12-31T23:59:59-23:59", None),
+        ] {
+            assert_eq!(parse(text), want, "{text}");
+        }
+        assert_eq!(format(MIN), "0001-01-01T00:00:00.000000Z");
+        assert_eq!(format(MAX), "9999-12-31T23:59:59.999999Z");
     }
 }

@@ -74,15 +74,21 @@ impl Builder {
         self.p(timestamp::format(at))
     }
 
-    /// The start of the shop-local day `days` days ago, in UTC.
+    /// The start of the shop-local day `days` days ago, in UTC (clamped
+    /// like [`add_days`]).
     fn days_ago(&self, days: i64) -> OffsetDateTime {
-        let local = self.env.now.to_offset(self.offset);
-        (local
-            .date()
-            .with_time(Time::MIDNIGHT)
-            .assume_offset(self.offset)
-            - Duration::days(days))
-        .to_offset(UtcOffset::UTC)
+        let today = self
+            .env
+            .now
+            .checked_to_offset(self.offset)
+            .map(|local| {
+                local
+                    .date()
+                    .with_time(Time::MIDNIGHT)
+                    .assume_offset(self.offset)
+            })
+            .unwrap_or(self.env.now);
+        add_days(today, days.checked_neg().unwrap_or(i64::MAX))
     }
 
     fn node(&mut self, node: &Node) -> String {
@@ -114,7 +120,7 @@ impl Builder {
             ),
             Builtin::Repeat => "c.order_count >= 2".to_owned(),
             Builtin::Vip => {
-                let since = self.t(self.env.now - Duration::days(365));
+                let since = self.t(add_days(self.env.now, -365));
                 let threshold = self.p(self.env.vip_threshold.max(1));
                 format!(
                     "c.order_count >= 1 AND (SELECT COALESCE(SUM(MAX(o.total_minor - o.refunded_minor, 0)), 0) FROM orders o \
@@ -125,17 +131,16 @@ impl Builder {
                 "(SELECT r.churn_risk FROM rfm_scores r WHERE r.contact_id = c.id) = 'high'"
                     .to_owned()
             }
-            Builtin::Dormant => format!(
-                "c.last_order_at < {}",
-                self.t(self.env.now - Duration::days(365))
-            ),
+            Builtin::Dormant => {
+                format!("c.last_order_at < {}", self.t(add_days(self.env.now, -365)))
+            }
             Builtin::PointsExpiring => self.points_expiring(30),
         }
     }
 
     fn points_expiring(&mut self, days: i64) -> String {
         let now = self.t(self.env.now);
-        let until = self.t(self.env.now + Duration::days(days));
+        let until = self.t(add_days(self.env.now, days));
         format!(
             "EXISTS (SELECT 1 FROM points_lots p WHERE p.contact_id = c.id AND p.remaining > 0 \
              AND p.expires_at > {now} AND p.expires_at <= {until})"
@@ -380,11 +385,31 @@ impl Builder {
     }
 }
 
-/// `at` rounded up to a whole microsecond.
+/// `at` moved by `days` whole days (negative: back), in UTC and clamped
+/// to [`timestamp::MIN`]..=[`timestamp::MAX`]. Every stored time lies in
+/// that range, so a bound beyond it compares exactly like the range's
+/// end; nothing here can overflow or panic, whatever `days` is.
+fn add_days(at: OffsetDateTime, days: i64) -> OffsetDateTime {
+    days.checked_mul(86_400)
+        .and_then(|seconds| at.checked_add(Duration::seconds(seconds)))
+        .and_then(|t| t.checked_to_offset(UtcOffset::UTC))
+        .map(|t| t.clamp(timestamp::MIN, timestamp::MAX))
+        .unwrap_or(if days < 0 {
+            timestamp::MIN
+        } else {
+            timestamp::MAX
+        })
+}
+
+/// `at` rounded up to a whole microsecond. Parsed times are at most
+/// [`timestamp::MAX`], a whole microsecond, so the result stays in range;
+/// beyond it, the result is [`timestamp::MAX`] rather than a panic.
 fn ceil_micros(at: OffsetDateTime) -> OffsetDateTime {
     match at.nanosecond() % 1000 {
         0 => at,
-        extra => at + Duration::nanoseconds(i64::from(1000 - extra)),
+        extra => at
+            .checked_add(Duration::nanoseconds(i64::from(1000 - extra)))
+            .unwrap_or(timestamp::MAX),
     }
 }
 
@@ -426,5 +451,101 @@ mod tests {
                 .count()
                 == 4
         );
+    }
+
+    #[test]
+    fn extreme_dates_offsets_and_day_counts_are_refused_or_compile_without_panicking() {
+        use crate::error::ApiError;
+        use crate::segments::definition::parse_in;
+        let values = [
+            json!("-9999-01-01"),
+            json!("0000-01-01"),
+            json!("0001-01-01"),
+            json!("0001-01-02"),
+            json!("9999-12-30"),
+            json!("9999-12-31"),
+            json!("0001-01-01T00:00:00Z"),
+            json!("0001-01-01T00:00:00+23:59"),
+            json!("9999-12-31T23:59:59.999999Z"),
+            json!("9999-12-31T23:59:59.999999999Z"),
+            json!("9999-12-31T23:59:59-23:59"),
+        ];
+        let mut definitions = Vec::new();
+        for value in &values {
+            for op in ["before", "after"] {
+                definitions.push(json!({"field": "created_at", "op": op, "value": value}));
+            }
+            for other in [json!("0001-01-01T00:00:00Z"), json!("9999-12-31")] {
+                let range = json!([other.clone(), value.clone()]);
+                definitions
+                    .push(json!({"field": "last_order_at", "op": "between", "value": range}));
+                let range = json!([value.clone(), other]);
+                definitions
+                    .push(json!({"field": "last_order_at", "op": "between", "value": range}));
+            }
+        }
+        for days in [
+            i64::MIN,
+            -1,
+            0,
+            1,
+            36_500,
+            36_501,
+            1_000_000_000_000,
+            i64::MAX,
+        ] {
+            definitions
+                .push(json!({"field": "created_at", "op": "within_last_days", "value": days}));
+            definitions.push(json!({"field": "days_since_last_order", "op": "gte", "value": days}));
+            definitions
+                .push(json!({"field": "points_expiring_within_days", "op": "lte", "value": days}));
+            definitions.push(
+                json!({"field": "purchased", "op": "eq", "value": {"sku": "A", "within_days": days}}),
+            );
+        }
+        let offsets = [
+            UtcOffset::UTC,
+            crate::points::program::SHOP_OFFSET,
+            UtcOffset::from_hms(14, 0, 0).unwrap(),
+            UtcOffset::from_hms(-12, 0, 0).unwrap(),
+            UtcOffset::from_hms(25, 59, 59).unwrap(),
+            UtcOffset::from_hms(-25, -59, -59).unwrap(),
+        ];
+        let nows = [
+            time::macros::datetime!(2026-11-22 03:00 UTC),
+            timestamp::MIN,
+            timestamp::MAX,
+        ];
+        for offset in offsets {
+            for definition in &definitions {
+                match parse_in(definition, offset) {
+                    Ok(node) => {
+                        for now in nows {
+                            let env = Env {
+                                now,
+                                vip_threshold: i64::MAX,
+                            };
+                            let compiled = compile_in(&node, &env, false, offset);
+                            for param in &compiled.params {
+                                if let Value::Text(text) = param {
+                                    assert!(
+                                        !text.starts_with('-') && !text.starts_with("0000"),
+                                        "{definition} at {offset}: {text}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    Err(ApiError::Validation(errors)) => {
+                        assert_eq!(errors[0].field, "/value", "{definition} at {offset}")
+                    }
+                    Err(other) => panic!("{definition} at {offset}: {other:?}"),
+                }
+            }
+        }
+        assert_eq!(add_days(timestamp::MAX, 1), timestamp::MAX);
+        assert_eq!(add_days(timestamp::MIN, -1), timestamp::MIN);
+        assert_eq!(add_days(timestamp::MIN, i64::MAX), timestamp::MAX);
+        assert_eq!(add_days(timestamp::MAX, i64::MIN), timestamp::MIN);
     }
 }

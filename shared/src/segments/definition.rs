@@ -561,9 +561,15 @@ fn days(value: &Json) -> Result<i64, String> {
 }
 
 /// A moment: an RFC 3339 timestamp, or a date taken as midnight in the
-/// shop's time zone.
+/// shop's time zone. Either must fall within years 1..=9999 in UTC
+/// ([`timestamp::MIN`]..=[`timestamp::MAX`]), the range stored times
+/// have, so that compiling never leaves it (no conversion can overflow).
 fn time(value: &Json, offset: time::UtcOffset) -> Result<OffsetDateTime, String> {
-    let message = || "an RFC 3339 timestamp or a date YYYY-MM-DD".to_owned();
+    let message = || {
+        "an RFC 3339 timestamp or a date YYYY-MM-DD, from 0001-01-01T00:00:00Z \
+         to 9999-12-31T23:59:59.999999Z"
+            .to_owned()
+    };
     let text = value.as_str().ok_or_else(message)?;
     if let Some(t) = timestamp::parse(text) {
         return Ok(t);
@@ -573,10 +579,11 @@ fn time(value: &Json, offset: time::UtcOffset) -> Result<OffsetDateTime, String>
         time::macros::format_description!("[year]-[month]-[day]"),
     )
     .map_err(|_| message())?;
-    Ok(date
-        .with_time(time::Time::MIDNIGHT)
+    date.with_time(time::Time::MIDNIGHT)
         .assume_offset(offset)
-        .to_offset(time::UtcOffset::UTC))
+        .checked_to_offset(time::UtcOffset::UTC)
+        .filter(|t| timestamp::in_range(*t))
+        .ok_or_else(message)
 }
 
 fn pair<T>(value: &Json, one: impl Fn(&Json) -> Result<T, String>) -> Result<(T, T), String> {

@@ -3419,3 +3419,216 @@ fn segments_and_analytics_need_a_key_with_the_segments_scope() {
     }
     assert_eq!(all_table_counts(&app), before, "nothing stored");
 }
+
+#[test]
+fn out_of_range_dates_and_day_counts_get_a_pointer_and_store_nothing() {
+    // Arrange
+    let app = TestApp::new();
+    app.create_contact(&json!({"email": "x@example.jp", "tags": ["gold"]}));
+    let existing = segment_id(&create_segment(
+        &app,
+        "Existing",
+        &cond("tags", "contains", json!("gold")),
+        None,
+    ));
+    let ok = cond("order_count", "gte", json!(1));
+    let trillion = 1_000_000_000_000_i64;
+    let cases: Vec<(&str, Json, &str)> = vec![
+        (
+            "a date in year -9999",
+            cond("created_at", "before", json!("-9999-01-01")),
+            "/definition/value",
+        ),
+        (
+            "a date in year 0",
+            cond("created_at", "after", json!("0000-01-01")),
+            "/definition/value",
+        ),
+        (
+            "midnight of 0001-01-01 in Tokyo is still year 0 in UTC",
+            cond("first_order_at", "before", json!("0001-01-01")),
+            "/definition/value",
+        ),
+        (
+            "a five-digit year",
+            cond("created_at", "before", json!("10000-01-01")),
+            "/definition/value",
+        ),
+        (
+            "between from year -1",
+            json!({"all": [ok, cond("last_order_at", "between", json!(["-0001-06-01", "2026-01-01"]))]}),
+            "/definition/all/1/value",
+        ),
+        (
+            "an offset that moves a timestamp into year 0",
+            cond("created_at", "after", json!("0001-01-01T00:00:00+23:59")),
+            "/definition/value",
+        ),
+        (
+            "an offset that moves a timestamp past year 9999",
+            cond("created_at", "before", json!("9999-12-31T23:59:59-23:59")),
+            "/definition/value",
+        ),
+        (
+            "before the last nanosecond of year 9999",
+            cond(
+                "created_at",
+                "before",
+                json!("9999-12-31T23:59:59.999999999Z"),
+            ),
+            "/definition/value",
+        ),
+        (
+            "between from the last nanosecond of year 9999",
+            cond(
+                "last_order_at",
+                "between",
+                json!([
+                    "9999-12-31T23:59:59.9999995Z",
+                    "9999-12-31T23:59:59.9999999Z"
+                ]),
+            ),
+            "/definition/value",
+        ),
+        (
+            "within_last_days 10^12",
+            cond("created_at", "within_last_days", json!(trillion)),
+            "/definition/value",
+        ),
+        (
+            "within_last_days -1",
+            cond("created_at", "within_last_days", json!(-1)),
+            "/definition/value",
+        ),
+        (
+            "within_last_days 0",
+            cond("created_at", "within_last_days", json!(0)),
+            "/definition/value",
+        ),
+        (
+            "within_last_days i64::MAX",
+            cond("last_order_at", "within_last_days", json!(i64::MAX)),
+            "/definition/value",
+        ),
+        (
+            "within_last_days i64::MIN",
+            cond("last_order_at", "within_last_days", json!(i64::MIN)),
+            "/definition/value",
+        ),
+        (
+            "within_last_days u64::MAX",
+            cond("first_order_at", "within_last_days", json!(u64::MAX)),
+            "/definition/value",
+        ),
+        (
+            "within_last_days 1e12 as a float",
+            cond("created_at", "within_last_days", json!(1e12)),
+            "/definition/value",
+        ),
+        (
+            "days_since_last_order above 10^12",
+            cond("days_since_last_order", "gt", json!(trillion)),
+            "/definition/value",
+        ),
+        (
+            "days_since_last_order -1",
+            cond("days_since_last_order", "eq", json!(-1)),
+            "/definition/value",
+        ),
+        (
+            "days_since_last_order between i64::MIN and i64::MAX",
+            cond(
+                "days_since_last_order",
+                "between",
+                json!([i64::MIN, i64::MAX]),
+            ),
+            "/definition/value",
+        ),
+        (
+            "days_since_last_order in a list with i64::MIN",
+            cond("days_since_last_order", "in", json!([1, i64::MIN])),
+            "/definition/value",
+        ),
+        (
+            "purchased within 10^12 days",
+            cond(
+                "purchased",
+                "eq",
+                json!({"sku": "A", "within_days": trillion}),
+            ),
+            "/definition/value",
+        ),
+        (
+            "submitted_form within -1 days",
+            cond(
+                "submitted_form",
+                "eq",
+                json!({"form_id": "f", "within_days": -1}),
+            ),
+            "/definition/value",
+        ),
+        (
+            "points expiring within 10^12 days",
+            cond("points_expiring_within_days", "lte", json!(trillion)),
+            "/definition/value",
+        ),
+        (
+            "birthday_month 0",
+            cond("birthday_month", "eq", json!(0)),
+            "/definition/value",
+        ),
+        (
+            "birthday_month -1 in a list",
+            cond("birthday_month", "in", json!([1, -1])),
+            "/definition/value",
+        ),
+        (
+            "birthday_month between 1 and i64::MAX",
+            cond("birthday_month", "between", json!([1, i64::MAX])),
+            "/definition/value",
+        ),
+    ];
+    let before = all_table_counts(&app);
+    let stored_before = app
+        .get(SEGMENTS_KEY, &format!("/v1/segments/{existing}"))
+        .json();
+
+    for (case, definition, pointer) in &cases {
+        let requests = [
+            (
+                "preview",
+                "POST",
+                "/v1/segments/preview".to_owned(),
+                json!({ "definition": definition }),
+            ),
+            (
+                "create",
+                "POST",
+                "/v1/segments".to_owned(),
+                json!({"name": format!("bad {case}"), "definition": definition}),
+            ),
+            (
+                "replace",
+                "PUT",
+                format!("/v1/segments/{existing}"),
+                json!({"name": format!("bad {case}"), "definition": definition}),
+            ),
+        ];
+        for (what, method, path, body) in requests {
+            // Act
+            let response = app.send_json(method, SEGMENTS_KEY, &path, &body);
+
+            // Assert
+            let named = format!("{what} {case}");
+            let problem = response.assert_problem(422, &named);
+            assert_eq!(problem["errors"][0]["field"], json!(pointer), "{named}");
+            assert_eq!(all_table_counts(&app), before, "{named}: nothing stored");
+        }
+    }
+    assert_eq!(
+        app.get(SEGMENTS_KEY, &format!("/v1/segments/{existing}"))
+            .json(),
+        stored_before,
+        "the segment is unchanged"
+    );
+}
