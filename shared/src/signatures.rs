@@ -119,8 +119,10 @@ pub fn verify_standard(
     if secrets.is_empty() {
         return Err(SignatureError::NotConfigured);
     }
+    // Text beyond i64 (30 digits) is no timestamp; within i64, the
+    // distance is taken without overflow (i64::MIN − now does not fit).
     let timestamp: i64 = timestamp_text.parse().map_err(|_| SignatureError::Stale)?;
-    if (now.unix_timestamp() - timestamp).abs() > TOLERANCE_SECONDS {
+    if now.unix_timestamp().abs_diff(timestamp) > TOLERANCE_SECONDS.unsigned_abs() {
         return Err(SignatureError::Stale);
     }
     let candidates: Vec<Vec<u8>> = signatures
@@ -156,6 +158,12 @@ pub fn verify_standard(
 
 /// Signs like a Standard Webhooks sender; for tests, fixtures and benches.
 pub fn sign_standard(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
+    sign_standard_text(secret, id, &timestamp.to_string(), body)
+}
+
+/// Like [`sign_standard`], over the `webhook-timestamp` header text as
+/// sent, which need not be a valid timestamp (tests of bad input).
+pub fn sign_standard_text(secret: &str, id: &str, timestamp: &str, body: &[u8]) -> String {
     let key = STANDARD
         .decode(secret.strip_prefix("whsec_").unwrap_or(secret))
         .expect("a whsec_ secret is base64");
@@ -215,6 +223,39 @@ mod tests {
             verify_standard(&HeaderMap::new(), body, &secrets, now),
             Err(SignatureError::MissingHeader("webhook-id"))
         );
+    }
+
+    #[test]
+    fn standard_timestamps_at_the_edges_of_i64_are_stale_not_a_panic() {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let body = br#"{"type":"order.paid"}"#;
+        let secrets = vec![SECRET.to_owned()];
+        for timestamp in [
+            i64::MAX.to_string(),
+            i64::MIN.to_string(),
+            "-9223372036854775808".to_owned(),
+            "9223372036854775808".to_owned(),
+            "123456789012345678901234567890".to_owned(),
+            "-123456789012345678901234567890".to_owned(),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("webhook-id", "msg_1".parse().unwrap());
+            h.insert("webhook-timestamp", timestamp.parse().unwrap());
+            let signature = sign_standard_text(SECRET, "msg_1", &timestamp, body);
+            h.insert("webhook-signature", signature.parse().unwrap());
+            for now in [
+                now,
+                OffsetDateTime::from_unix_timestamp(0).unwrap(),
+                crate::timestamp::MIN,
+                crate::timestamp::MAX,
+            ] {
+                assert_eq!(
+                    verify_standard(&h, body, &secrets, now),
+                    Err(SignatureError::Stale),
+                    "{timestamp}"
+                );
+            }
+        }
     }
 
     #[test]
