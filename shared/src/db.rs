@@ -57,22 +57,29 @@ async fn user_version(db: &impl Db) -> anyhow::Result<i64> {
 /// fresh file: the version is re-read inside `BEGIN IMMEDIATE`, which only
 /// one connection holds at a time, so each migration runs exactly once.
 pub async fn migrate(db: &impl Db) -> anyhow::Result<()> {
-    if user_version(db).await? >= SCHEMA_VERSION {
+    migrate_with(db, MIGRATIONS).await
+}
+
+/// [`migrate`] over a given list of migrations (tests run it on copies).
+async fn migrate_with(db: &impl Db, migrations: &[&str]) -> anyhow::Result<()> {
+    let target = migrations.len() as i64;
+    if user_version(db).await? >= target {
         return Ok(());
     }
     transaction(db, async || {
         let current = user_version(db).await?;
-        if current > SCHEMA_VERSION {
-            anyhow::bail!("database schema {current} is newer than this build ({SCHEMA_VERSION})");
+        if current > target {
+            anyhow::bail!("database schema {current} is newer than this build ({target})");
         }
-        for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let skip = usize::try_from(current).unwrap_or(0);
+        for (index, sql) in migrations.iter().enumerate().skip(skip) {
             for statement in split_statements(sql) {
-                db.execute(statement, &[])
+                db.execute(&statement, &[])
                     .await
                     .with_context(|| format!("migration {} failed", index + 1))?;
             }
         }
-        db.execute(&format!("PRAGMA user_version = {SCHEMA_VERSION}"), &[])
+        db.execute(&format!("PRAGMA user_version = {target}"), &[])
             .await
             .context("failed to record the schema version")?;
         Ok(())
@@ -99,15 +106,45 @@ async fn switch_to_wal(db: &impl Db) -> anyhow::Result<()> {
 }
 
 /// Spin's `execute` runs one statement at a time, so a migration file is
-/// split on `;` at line ends. Migrations therefore keep `;` out of string
-/// literals and triggers.
-fn split_statements(sql: &str) -> impl Iterator<Item = &str> {
-    sql.split(";\n").map(str::trim).filter(|s| {
-        !s.is_empty()
-            && !s
-                .lines()
-                .all(|l| l.trim().is_empty() || l.trim_start().starts_with("--"))
-    })
+/// split into statements: each ends with `;` at the end of a line.
+/// Migrations therefore keep `;` out of string literals and triggers.
+/// Lines end in LF or CRLF (a Windows checkout), and the statements are
+/// the same either way, joined with LF. A `--` comment line never ends a
+/// statement, even when it ends with `;`; comment and blank lines
+/// between statements are dropped.
+fn split_statements(sql: &str) -> Vec<String> {
+    let mut statements = Vec::new();
+    let mut current: Vec<&str> = Vec::new();
+    // `lines` strips a trailing `\r` along with the `\n`; a lone `\r`
+    // (old Mac line ends) is a line end too.
+    for line in sql.lines().flat_map(|l| l.split('\r')) {
+        let line = line.trim_end();
+        let comment = line.trim_start().starts_with("--");
+        if current.is_empty() && (line.is_empty() || comment) {
+            continue;
+        }
+        current.push(line);
+        if !comment && line.ends_with(';') {
+            let statement = current.join("\n");
+            let statement = statement.trim();
+            statements.push(
+                statement
+                    .strip_suffix(';')
+                    .unwrap_or(statement)
+                    .trim_end()
+                    .to_owned(),
+            );
+            current.clear();
+        }
+    }
+    let rest = current.join("\n");
+    if !rest
+        .lines()
+        .all(|l| l.trim().is_empty() || l.trim_start().starts_with("--"))
+    {
+        statements.push(rest.trim().to_owned());
+    }
+    statements
 }
 
 /// Runs `work` inside `BEGIN IMMEDIATE … COMMIT`, rolling back on error.
@@ -183,4 +220,111 @@ pub async fn checkpoint_truncate(db: &impl Db) -> Result<(), DbError> {
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)", &[])
         .await
         .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ports::Rows;
+    use std::cell::{Cell, RefCell};
+
+    /// A database that records the statements it is given and keeps
+    /// `user_version`; it refuses what Spin's `execute` would not run as
+    /// one statement (text after a `;`, or a carriage return).
+    #[derive(Default)]
+    struct Recorder {
+        version: Cell<i64>,
+        statements: RefCell<Vec<String>>,
+    }
+
+    impl Db for Recorder {
+        async fn execute(&self, sql: &str, _params: &[Value]) -> Result<Rows, DbError> {
+            if sql == "PRAGMA user_version" {
+                return Ok(Rows {
+                    columns: vec!["user_version".to_owned()],
+                    rows: vec![vec![Value::Integer(self.version.get())]],
+                });
+            }
+            if let Some(v) = sql.strip_prefix("PRAGMA user_version = ") {
+                self.version.set(v.parse().expect("a version"));
+            }
+            let code: String = sql
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("--"))
+                .map(|l| l.split(" --").next().unwrap_or(l))
+                .collect::<Vec<_>>()
+                .join("\n");
+            if sql.contains('\r') || code.trim_end_matches(';').contains(';') {
+                return Err(DbError::Other(format!("not one statement: {sql}")));
+            }
+            self.statements.borrow_mut().push(sql.to_owned());
+            Ok(Rows::default())
+        }
+    }
+
+    fn crlf(sql: &str) -> String {
+        sql.replace("\r\n", "\n").replace('\n', "\r\n")
+    }
+
+    fn run(migrations: &[&str]) -> Vec<String> {
+        let db = Recorder::default();
+        futures::executor::block_on(migrate_with(&db, migrations)).expect("migrations run");
+        assert_eq!(db.version.get(), migrations.len() as i64);
+        db.statements.into_inner()
+    }
+
+    #[test]
+    fn every_migration_splits_into_the_same_statements_with_lf_and_crlf() {
+        for (index, sql) in MIGRATIONS.iter().enumerate() {
+            let lf = split_statements(sql);
+            assert!(lf.len() > 1, "migration {}", index + 1);
+            for statement in &lf {
+                let first = statement.split_whitespace().next().unwrap_or("");
+                assert!(
+                    matches!(
+                        first,
+                        "CREATE" | "INSERT" | "ALTER" | "DROP" | "UPDATE" | "PRAGMA"
+                    ),
+                    "migration {}: {statement}",
+                    index + 1
+                );
+                assert!(!statement.ends_with(';') && !statement.contains('\r'));
+            }
+            assert_eq!(
+                split_statements(&crlf(sql)),
+                lf,
+                "migration {} as CRLF",
+                index + 1
+            );
+            assert_eq!(
+                split_statements(&sql.replace('\n', "\r")),
+                lf,
+                "migration {} with CR line ends",
+                index + 1
+            );
+        }
+    }
+
+    #[test]
+    fn every_migration_runs_with_crlf_line_endings() {
+        let lf = run(MIGRATIONS);
+        let crlf: Vec<String> = MIGRATIONS.iter().map(|sql| crlf(sql)).collect();
+        let crlf: Vec<&str> = crlf.iter().map(String::as_str).collect();
+        assert_eq!(run(&crlf), lf);
+        assert!(lf.contains(&format!("PRAGMA user_version = {SCHEMA_VERSION}")));
+        assert!(lf.len() > MIGRATIONS.len() * 2, "{lf:?}");
+    }
+
+    #[test]
+    fn splitting_keeps_comments_inside_statements_and_ignores_them_between() {
+        let sql = "-- a header;\r\n\r\nCREATE TABLE t (\r\n    a TEXT, -- a; b\r\n    -- note;\r\n    b TEXT\r\n);  \r\n-- between;\r\nCREATE INDEX i ON t (a);\r\nCREATE INDEX j ON t (b)";
+        assert_eq!(
+            split_statements(sql),
+            vec![
+                "CREATE TABLE t (\n    a TEXT, -- a; b\n    -- note;\n    b TEXT\n)",
+                "CREATE INDEX i ON t (a)",
+                "CREATE INDEX j ON t (b)",
+            ]
+        );
+    }
 }
