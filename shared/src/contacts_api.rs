@@ -627,7 +627,18 @@ pub async fn change_consent<D: Db, K: Kv>(
             text_version: text_version.as_deref(),
             ip_truncated: None,
         };
-        consent::record(ctx.db, id, &change, &actor.label(), ctx.clock.now()).await?;
+        let secret = ctx.config.unsubscribe_secret()?;
+        match status {
+            consent::Status::Granted => {
+                crate::suppression::refuse_grant_if_suppressed(ctx.db, secret, id, channel).await?;
+                consent::record(ctx.db, id, &change, &actor.label(), ctx.clock.now()).await?;
+            }
+            consent::Status::Withdrawn => {
+                consent::record(ctx.db, id, &change, &actor.label(), ctx.clock.now()).await?;
+                crate::suppression::on_withdrawal(ctx.db, secret, id, channel, ctx.clock.now())
+                    .await?;
+            }
+        }
         let current = consent::current(ctx.db, id).await?;
         Ok(WriteAnswer {
             status: StatusCode::CREATED,
@@ -657,7 +668,7 @@ pub async fn unsubscribe_link<D: Db, K: Kv>(
 
 /// `GET /v1/contacts/{id}/export`.
 pub async fn export<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, id: &str) -> Result<Response, ApiError> {
-    let document = crate::privacy::export(ctx.db, id, ctx.clock.now())
+    let document = crate::privacy::export(ctx, id)
         .await?
         .ok_or_else(not_found)?;
     Ok(json_response(StatusCode::OK, &document))
@@ -672,7 +683,8 @@ pub async fn erase<D: Db, K: Kv>(
 ) -> Result<Response, ApiError> {
     let now = ctx.clock.now();
     let erased_at = transaction(ctx.db, async || -> Result<Option<String>, ApiError> {
-        Ok(crate::privacy::erase(ctx.db, id, &actor.label(), now).await?)
+        let secret = ctx.config.unsubscribe_secret()?;
+        Ok(crate::privacy::erase(ctx.db, secret, id, &actor.label(), now).await?)
     })
     .await?
     .ok_or_else(not_found)?;

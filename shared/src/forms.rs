@@ -512,7 +512,17 @@ pub async fn submit<D: Db, K: Kv>(
             return Ok(false);
         }
         if !submission.honeypot_filled {
-            store_submission(ctx.db, form_id, &submission, &settings, &sender, now).await?;
+            let secret = ctx.config.unsubscribe_secret()?;
+            store_submission(
+                ctx.db,
+                secret,
+                form_id,
+                &submission,
+                &settings,
+                &sender,
+                now,
+            )
+            .await?;
         }
         Ok(true)
     })
@@ -546,6 +556,7 @@ pub async fn submit<D: Db, K: Kv>(
 /// The stored part of a submission, inside the caller's transaction.
 async fn store_submission(
     db: &impl Db,
+    suppression_secret: &[u8],
     form_id: &str,
     submission: &Submission,
     settings: &FormSettings,
@@ -591,11 +602,28 @@ async fn store_submission(
             tags::add(db, &id, &tag, &actor, now).await?;
         }
     }
-    // An anonymous post never overrides a withdrawal (unsubscribe,
-    // complaint, bounce): anyone can type someone else's address. Renewed
-    // consent then needs staff (or a double opt-in flow) to record it.
-    let withdrawn = consent::current(db, &id).await?["email"]["status"] == "withdrawn";
-    let grant = submission.consent_email && submission.profile.email.is_some() && !withdrawn;
+    // The person's own explicit opt-in, dated now, is the one thing that
+    // grants consent after a withdrawal or an erasure: it lifts the
+    // address's suppression (see `suppression`), and the lift names the
+    // form. Staff cannot re-grant a suppressed address.
+    let opted_in = submission.consent_email && submission.profile.email.is_some();
+    let opt_in = if opted_in {
+        Some(
+            crate::suppression::opt_in(
+                db,
+                suppression_secret,
+                &id,
+                consent::Channel::Email,
+                &actor,
+                now,
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
+    let grant = opt_in.is_some_and(crate::suppression::OptIn::grants);
+    let suppression_lifted = opt_in == Some(crate::suppression::OptIn::Lifted);
     let entry = Entry {
         kind: Kind::FormSubmitted,
         channel: Some("web"),
@@ -608,6 +636,7 @@ async fn store_submission(
             "fields": submission.fields,
             "consent_email": submission.consent_email,
             "consent_recorded": grant,
+            "suppression_lifted": suppression_lifted,
         })),
         occurred_at: now,
     };

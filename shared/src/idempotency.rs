@@ -38,6 +38,23 @@ impl IdempotencyKey {
 }
 
 /// What to do with a request that carries a key.
+/// The request hash of a saved answer whose contact was erased: the
+/// digest of the request (which held personal data) is gone, and every
+/// retry with the key gets `ERASED_ANSWER`.
+pub const ERASED_HASH: &str = "erased";
+pub const ERASED_STATUS: u16 = 410;
+
+/// What a retry after erasure is told (a problem document).
+pub fn erased_answer() -> String {
+    serde_json::json!({
+        "type": "https://kizuna.dev/problems/erased",
+        "title": "Gone",
+        "status": ERASED_STATUS,
+        "detail": "the contact this request created or changed was erased; it is not created again",
+    })
+    .to_string()
+}
+
 pub enum NextAction {
     Start,
     Replay { status: u16, body: String },
@@ -72,6 +89,14 @@ pub async fn check(
     let Some(row) = rows.first() else {
         return Ok(NextAction::Start);
     };
+    // The contact this key created or changed was erased: a retry must
+    // not bring the person back, whatever it carries.
+    if row.str("request_hash")? == ERASED_HASH {
+        return Ok(NextAction::Replay {
+            status: u16::try_from(row.i64("response_status")?).context("stored status")?,
+            body: row.str("response_body")?.to_owned(),
+        });
+    }
     if row.str("request_hash")? != hash {
         return Err(ApiError::invalid(
             "Idempotency-Key",
@@ -165,9 +190,14 @@ pub async fn write<D: Db, K: Kv>(
         },
     )
     .await?;
+    let content_type = if status.as_u16() == ERASED_STATUS {
+        "application/problem+json"
+    } else {
+        "application/json"
+    };
     Ok(http::Response::builder()
         .status(status)
-        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_TYPE, content_type)
         .body(Bytes::from(body))
         .expect("static headers are valid"))
 }

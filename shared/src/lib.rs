@@ -13,7 +13,9 @@
 //! - `contact`, `consent`, `timeline`, `tags`: the customer record.
 //! - `forms`: public lead capture, form settings, rate limits, CORS.
 //! - `contacts_api`: the staff-facing contact use cases.
-//! - `privacy`: export, erasure and unsubscribe links.
+//! - `privacy`: export, erasure and unsubscribe links; `suppression`: the
+//!   keyed list of withdrawn and erased addresses that nothing but the
+//!   person's own opt-in lifts.
 //! - `idempotency`: replaying a retried write's first answer.
 
 pub mod auth;
@@ -40,6 +42,7 @@ pub mod segments;
 pub mod signatures;
 #[cfg(feature = "spin")]
 pub mod spin_ports;
+pub mod suppression;
 pub mod tags;
 pub mod text;
 pub mod timeline;

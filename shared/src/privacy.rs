@@ -24,8 +24,12 @@ use serde_json::{Value as Json, json};
 use sha2::Sha256;
 use time::OffsetDateTime;
 
-/// Everything stored about a contact.
-pub async fn export(db: &impl Db, id: &str, now: OffsetDateTime) -> Result<Option<Json>, ApiError> {
+/// Everything stored about a contact: profile, consent history, timeline,
+/// orders with lines and refunds, the shop customer ids, the points
+/// ledger, RFM scores with churn risk, the saved segments the person is
+/// in now, and any erasure.
+pub async fn export<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, id: &str) -> Result<Option<Json>, ApiError> {
+    let (db, now) = (ctx.db, ctx.clock.now());
     let Some(contact) = crate::contact::load(db, id, now).await? else {
         return Ok(None);
     };
@@ -105,13 +109,48 @@ pub async fn export(db: &impl Db, id: &str, now: OffsetDateTime) -> Result<Optio
             }))
         })
         .collect::<anyhow::Result<_>>()?;
+    let shop_ids = db
+        .execute(
+            "SELECT source, external_id FROM contact_external_ids WHERE contact_id = ?1 ORDER BY source, external_id",
+            &[id.into()],
+        )
+        .await
+        .context("failed to read shop customer ids")?;
+    let shop_ids: Vec<Json> = shop_ids
+        .iter()
+        .map(|r| Ok(json!({"source": r.str("source")?, "customer_id": r.str("external_id")?})))
+        .collect::<anyhow::Result<_>>()?;
+    let orders = crate::purchases::api::for_contact(db, id).await?;
+    let rfm_computed_at = crate::segments::analytics::ensure_fresh(db, now).await?;
+    let rfm = db
+        .execute(
+            "SELECT recency, frequency, monetary, churn_risk FROM rfm_scores WHERE contact_id = ?1",
+            &[id.into()],
+        )
+        .await
+        .context("failed to read RFM scores")?;
+    let rfm = match rfm.first() {
+        Some(r) => json!({
+            "recency": r.i64("recency")?,
+            "frequency": r.i64("frequency")?,
+            "monetary": r.i64("monetary")?,
+            "churn_risk": r.str("churn_risk")?,
+            "computed_at": rfm_computed_at,
+        }),
+        None => json!({"computed_at": rfm_computed_at, "scored": false}),
+    };
+    let segments = crate::segments::api::memberships(ctx, id).await?;
     Ok(Some(json!({
-        "format": "kizuna-contact-export/1",
+        "format": "kizuna-contact-export/2",
         "contact": contact,
         "consent_log": consent_log,
         "timeline": timeline,
         "erasures": erasures,
+        "orders": orders,
+        "shop_customer_ids": shop_ids,
         "points_ledger": points,
+        "rfm": rfm,
+        "segments": segments,
     })))
 }
 
@@ -120,6 +159,7 @@ pub async fn export(db: &impl Db, id: &str, now: OffsetDateTime) -> Result<Optio
 /// retried erasure changes nothing), or `None` when there is no contact.
 pub async fn erase(
     db: &impl Db,
+    suppression_secret: &[u8],
     id: &str,
     actor: &str,
     now: OffsetDateTime,
@@ -146,6 +186,21 @@ pub async fn erase(
     let consents = count("SELECT count(*) AS n FROM consents WHERE contact_id = ?1").await?;
     let tags = count("SELECT count(*) AS n FROM contact_tags WHERE contact_id = ?1").await?;
     let at = timestamp::format(now);
+    // Remembered before the addresses go: nothing but the person's own
+    // opt-in grants them consent again.
+    crate::suppression::on_erasure(db, suppression_secret, id, now).await?;
+    db.execute(
+        "UPDATE idempotency_keys SET request_hash = ?2, response_status = ?3, response_body = ?4
+         WHERE contact_id = ?1",
+        &[
+            id.into(),
+            crate::idempotency::ERASED_HASH.into(),
+            i64::from(crate::idempotency::ERASED_STATUS).into(),
+            crate::idempotency::erased_answer().into(),
+        ],
+    )
+    .await
+    .context("failed to retire saved answers")?;
     for (sql, what) in [
         (
             "UPDATE contacts SET email = NULL, phone = NULL, external_id = NULL, name = NULL,
@@ -165,12 +220,22 @@ pub async fn erase(
             "UPDATE interactions SET channel = NULL, subject = NULL, body = NULL, data = NULL WHERE contact_id = ?1",
             "interactions",
         ),
-        ("DELETE FROM idempotency_keys WHERE contact_id = ?1", "saved answers"),
         // The shop's customer ids name the person at the shop; the orders
         // themselves stay, attached to the tombstone, for accounting.
         ("DELETE FROM contact_external_ids WHERE contact_id = ?1", "shop customer ids"),
-        // Staff write free text as reasons; amounts and kinds stay.
-        ("UPDATE points_entries SET reason = NULL WHERE contact_id = ?1", "points reasons"),
+        // Staff and POS write free text as reasons and order references;
+        // amounts and kinds stay.
+        (
+            "UPDATE points_entries SET reason = NULL, order_ref = NULL WHERE contact_id = ?1",
+            "points reasons and order references",
+        ),
+        // Refund notes are free text from the shop (often the customer's
+        // own words); amounts and dates stay for accounting.
+        (
+            "UPDATE refunds SET reason = NULL WHERE (source, order_external_id) IN
+                 (SELECT source, external_id FROM orders WHERE contact_id = ?1)",
+            "refund notes",
+        ),
     ] {
         db.execute(sql, &[id.into()])
             .await
@@ -189,6 +254,9 @@ pub async fn erase(
         "profile": ["email", "phone", "external_id", "names", "kana", "company", "postal_code",
                     "address", "birthday", "attributes", "first_touch_page_and_utm"],
         "interactions_emptied": interactions,
+        "free_text": ["interaction subjects and bodies", "refund notes", "points reasons", "order references"],
+        "suppressed": ["email", "phone"],
+        "saved_answers": "retired: a retry answers 410",
         "consent_records_deleted": consents,
         "tags_deleted": tags,
     });
@@ -237,6 +305,7 @@ pub fn verify_unsubscribe_token(secret: &[u8], token: &str) -> Option<String> {
 /// transaction. Idempotent: a second click records nothing new.
 pub async fn unsubscribe(
     db: &impl Db,
+    suppression_secret: &[u8],
     contact_id: &str,
     now: OffsetDateTime,
 ) -> anyhow::Result<()> {
@@ -258,6 +327,8 @@ pub async fn unsubscribe(
     };
     let actor = crate::auth::Actor::Unsubscribe.label();
     consent::record(db, contact_id, &change, &actor, now).await?;
+    crate::suppression::on_withdrawal(db, suppression_secret, contact_id, change.channel, now)
+        .await?;
     Ok(())
 }
 
@@ -310,7 +381,7 @@ pub async fn unsubscribe_request<D: Db, K: Kv>(
         .ok_or_else(|| ApiError::invalid("token", "this unsubscribe link is not valid"))?;
     let now = ctx.clock.now();
     crate::db::transaction(ctx.db, async || -> Result<(), ApiError> {
-        Ok(unsubscribe(ctx.db, &contact, now).await?)
+        Ok(unsubscribe(ctx.db, ctx.config.unsubscribe_secret()?, &contact, now).await?)
     })
     .await?;
     let sender = crate::forms::Sender::from_request(request, &ctx.config.trusted_proxies);

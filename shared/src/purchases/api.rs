@@ -40,16 +40,43 @@ fn order_json(row: Row<'_>) -> anyhow::Result<Json> {
 pub async fn get(db: &impl Db, id: &str) -> Result<Response, ApiError> {
     let not_found = || ApiError::NotFound("no order with this id".into());
     let id = ContactId::parse(id).ok_or_else(not_found)?; // same UUID shape as every id
+    let order = load(db, id.as_str()).await?.ok_or_else(not_found)?;
+    Ok(json_response(StatusCode::OK, &order))
+}
+
+/// Every order of a contact with its lines and refunds, oldest first
+/// (for the person's data export).
+pub async fn for_contact(db: &impl Db, contact_id: &str) -> anyhow::Result<Vec<Json>> {
+    let ids = db
+        .execute(
+            "SELECT id FROM orders WHERE contact_id = ?1 ORDER BY placed_at, id",
+            &[contact_id.into()],
+        )
+        .await
+        .context("failed to list a contact's orders")?;
+    let mut orders = Vec::with_capacity(ids.len());
+    for row in ids.iter() {
+        if let Some(order) = load(db, row.str("id")?).await? {
+            orders.push(order);
+        }
+    }
+    Ok(orders)
+}
+
+/// One order with its lines and refunds, as `GET /v1/orders/{id}` shows it.
+async fn load(db: &impl Db, id: &str) -> anyhow::Result<Option<Json>> {
     let rows = db
-        .execute("SELECT * FROM orders WHERE id = ?1", &[id.as_str().into()])
+        .execute("SELECT * FROM orders WHERE id = ?1", &[id.into()])
         .await
         .context("failed to read an order")?;
-    let row = rows.first().ok_or_else(not_found)?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
     let mut order = order_json(row)?;
     let lines = db
         .execute(
             "SELECT * FROM order_lines WHERE order_id = ?1 ORDER BY line_no",
-            &[id.as_str().into()],
+            &[id.into()],
         )
         .await
         .context("failed to read order lines")?;
@@ -93,7 +120,7 @@ pub async fn get(db: &impl Db, id: &str) -> Result<Response, ApiError> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?
         .into();
-    Ok(json_response(StatusCode::OK, &order))
+    Ok(Some(order))
 }
 
 /// `GET /v1/orders?contact_id=…`: newest first, keyed by (placed_at, id).

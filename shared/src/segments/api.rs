@@ -450,6 +450,42 @@ async fn compiled_segment<D: Db, K: Kv>(
     Ok((segment, compiled, env, computed_at))
 }
 
+/// The saved segments `contact_id` belongs to now, by evaluating each
+/// definition for that one contact (for the person's data export).
+pub async fn memberships<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    contact_id: &str,
+) -> Result<Vec<Json>, ApiError> {
+    let segments = ctx
+        .db
+        .execute("SELECT id, name FROM segments ORDER BY name", &[])
+        .await
+        .context("failed to list segments")?;
+    let mut member_of = Vec::new();
+    for row in segments.iter() {
+        let id = row.str("id")?;
+        let (_, compiled, _, _) = compiled_segment(ctx, id).await?;
+        let mut params = compiled.params.clone();
+        params.push(contact_id.into());
+        let rows = ctx
+            .db
+            .execute(
+                &format!(
+                    "SELECT count(*) AS n FROM contacts c WHERE c.id = ?{} AND {}",
+                    params.len(),
+                    compiled.sql
+                ),
+                &params,
+            )
+            .await
+            .context("failed to test a segment membership")?;
+        if rows.first().context("count")?.i64("n")? > 0 {
+            member_of.push(json!({"segment_id": id, "name": row.str("name")?}));
+        }
+    }
+    Ok(member_of)
+}
+
 /// `GET /v1/segments/{id}/count`; also stored as the segment's last count.
 pub async fn count_segment<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,

@@ -1772,7 +1772,7 @@ fn export_holds_profile_consent_log_and_timeline() {
     // Assert
     assert_eq!(response.status, 200, "{}", response.text());
     let export = response.json();
-    assert_eq!(export["format"], "kizuna-contact-export/1");
+    assert_eq!(export["format"], "kizuna-contact-export/2");
     assert_eq!(export["contact"], fetch(&app, &id));
     assert_eq!(export["contact"]["email"], "export@example.jp");
     let log: Vec<&str> = export["consent_log"]
@@ -2011,6 +2011,52 @@ fn an_erased_contact_is_read_only_and_its_email_is_free_again() {
     assert_eq!(again.status, 201, "{}", again.text());
     assert_ne!(again.json()["id"], id.as_str());
     assert_eq!(fetch(&app, &id), tombstone);
+}
+
+#[test]
+fn a_retried_create_after_erasure_does_not_recreate_the_person() {
+    // Arrange: a create with an idempotency key, then erasure.
+    let app = TestApp::new();
+    let body = json!({"email": "retry@example.jp", "name": "再送 太郎"});
+    let create = |app: &TestApp| {
+        app.request(
+            "POST",
+            "/v1/contacts",
+            &[
+                ("authorization", &bearer(WRITE_KEY)),
+                ("content-type", "application/json"),
+                ("idempotency-key", "signup-42"),
+            ],
+            body.to_string(),
+        )
+    };
+    let first = create(&app);
+    assert_eq!(first.status, 201, "{}", first.text());
+    let id = first.json()["id"].as_str().expect("id").to_owned();
+    let erased = app.request(
+        "DELETE",
+        &format!("/v1/contacts/{id}"),
+        &[("authorization", &bearer(ADMIN_KEY))],
+        Bytes::new(),
+    );
+    assert_eq!(erased.status, 200, "{}", erased.text());
+    let counts = app.table_counts();
+
+    // Act: the client retries the create it never saw answered.
+    let retry = create(&app);
+
+    // Assert
+    retry.assert_problem(410, "retry after erasure");
+    assert_eq!(app.table_counts(), counts, "nothing stored");
+    assert_eq!(
+        app.count("SELECT count(*) FROM contacts WHERE email = 'retry@example.jp'"),
+        0
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM idempotency_keys WHERE response_body LIKE '%retry@%'"),
+        0,
+        "the saved answer no longer holds the person"
+    );
 }
 
 /// Every file of the database: the main file (which must exist) and its

@@ -2092,8 +2092,9 @@ fn fifty_concurrent_posts_of_different_emails_make_fifty_contacts() {
 }
 
 #[test]
-fn an_anonymous_post_never_re_grants_a_withdrawn_consent() {
-    // Arrange: a subscriber who then unsubscribed.
+fn a_fresh_form_opt_in_after_a_withdrawal_grants_again_and_lifts_the_suppression() {
+    // Arrange: a subscriber who then unsubscribed, so staff cannot
+    // re-grant the address.
     let app = TestApp::new();
     let first = app.post_form_json(
         "lp",
@@ -2102,30 +2103,49 @@ fn an_anonymous_post_never_re_grants_a_withdrawn_consent() {
     );
     assert_eq!(first.status, 202);
     let id = only_contact_id(&app);
-    app.clock.advance(time::Duration::seconds(1));
+    let consent_path = format!("/v1/contacts/{id}/consents");
     let withdrawn = app.send_json(
         "POST",
         WRITE_KEY,
-        &format!("/v1/contacts/{id}/consents"),
+        &consent_path,
         &json!({"channel": "email", "status": "withdrawn", "reason": "unsubscribed"}),
     );
     assert_eq!(withdrawn.status, 201, "{}", withdrawn.text());
-    app.clock.advance(time::Duration::seconds(1));
+    let staff = app.send_json(
+        "POST",
+        WRITE_KEY,
+        &consent_path,
+        &json!({"channel": "email", "status": "granted", "reason": "manual"}),
+    );
+    staff.assert_problem(409, "staff re-grant of a suppressed address");
+    assert_eq!(
+        contact_by_id(&app, &id)["consents"]["email"]["status"],
+        "withdrawn"
+    );
+    if !app.under_spin() {
+        app.clock.advance(time::Duration::seconds(1));
+    } else {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 
-    // Act: anyone who knows the address ticks the box again.
+    // Act: the person ticks the box on a form again.
     let again = app.post_form_json(
         "lp",
         &json!({"email": "optout@example.jp", "consent_email": true}),
         "198.51.100.9",
     );
 
-    // Assert: same answer, consent stays withdrawn, the attempt is on the timeline.
+    // Assert: granted, with the form as proof, and the lift recorded.
     assert_eq!(again.status, 202);
     let contact = contact_by_id(&app, &id);
-    assert_eq!(contact["consents"]["email"]["status"], "withdrawn");
+    assert_eq!(contact["consents"]["email"]["status"], "granted");
     let entries = form_entries(&app, &id);
-    assert_eq!(entries[0]["data"]["consent_email"], true);
-    assert_eq!(entries[0]["data"]["consent_recorded"], false);
+    assert_eq!(entries[0]["data"]["consent_recorded"], true);
+    assert_eq!(entries[0]["data"]["suppression_lifted"], true);
+    assert_eq!(
+        app.count("SELECT count(*) FROM suppressions WHERE lifted_by = 'form:lp'"),
+        1
+    );
 }
 
 #[test]

@@ -1016,6 +1016,197 @@ fn a_shopify_guest_checkout_is_stored_with_the_orders_own_contact_details() {
     );
 }
 
+/// A customer with a Shopify order and a refund (with a note), points
+/// awarded and redeemed against an order reference, a call with a
+/// subject, a withdrawn SMS consent and a saved segment they belong to.
+fn customer_with_history(app: &TestApp) -> (String, String) {
+    let order_id = applied(
+        &post_shopify(
+            app,
+            "orders/paid",
+            "ev-history",
+            &shopify_fixture("order_paid_discount_code"),
+        ),
+        "order",
+    )
+    .expect("order id");
+    applied(
+        &post_shopify(
+            app,
+            "refunds/create",
+            "ev-history-refund",
+            &shopify_fixture("refund_with_lines_and_shipping"),
+        ),
+        "refund",
+    );
+    let contact_id = order(app, &order_id)["contact_id"]
+        .as_str()
+        .expect("linked contact")
+        .to_owned();
+    let award = app.send_json(
+        "POST",
+        ADMIN_KEY,
+        "/v1/points/award",
+        &json!({"contact_id": contact_id, "points": 500, "reason": "佐藤様 誕生日"}),
+    );
+    assert_eq!(award.status, 201, "award: {}", award.text());
+    let redeem = app.request(
+        "POST",
+        "/v1/points/redeem",
+        &[
+            ("authorization", &format!("Bearer {ADMIN_KEY}")),
+            ("content-type", "application/json"),
+            ("idempotency-key", "checkout-history"),
+        ],
+        json!({"contact_id": contact_id, "points": 100, "order_ref": "レシート 佐藤花子"})
+            .to_string(),
+    );
+    assert_eq!(redeem.status, 201, "redeem: {}", redeem.text());
+    let call = app.send_json(
+        "POST",
+        ADMIN_KEY,
+        &format!("/v1/contacts/{contact_id}/interactions"),
+        &json!({"kind": "call", "subject": "佐藤花子様より配送の件", "body": "x"}),
+    );
+    assert_eq!(call.status, 201, "call: {}", call.text());
+    for status in ["granted", "withdrawn"] {
+        let sms = app.send_json(
+            "POST",
+            ADMIN_KEY,
+            &format!("/v1/contacts/{contact_id}/consents"),
+            &json!({"channel": "sms", "status": status, "reason": "manual"}),
+        );
+        assert_eq!(sms.status, 201, "sms {status}: {}", sms.text());
+    }
+    let segment = app.send_json(
+        "POST",
+        ADMIN_KEY,
+        "/v1/segments",
+        &json!({"name": "buyers", "definition": {"field": "order_count", "op": "gte", "value": 1}}),
+    );
+    assert_eq!(segment.status, 201, "segment: {}", segment.text());
+    (contact_id, order_id)
+}
+
+#[test]
+fn the_export_holds_orders_shop_ids_points_rfm_segments_and_consent_history() {
+    // Arrange
+    let app = TestApp::new();
+    let (contact_id, order_id) = customer_with_history(&app);
+
+    // Act
+    let response = app.get(ADMIN_KEY, &format!("/v1/contacts/{contact_id}/export"));
+
+    // Assert
+    assert_eq!(response.status, 200, "{}", response.text());
+    let export = response.json();
+    let orders = export["orders"].as_array().expect("orders");
+    assert_eq!(orders.len(), 1, "{export}");
+    assert_eq!(orders[0]["id"], order_id.as_str());
+    assert_eq!(orders[0]["lines"].as_array().map(Vec::len), Some(3));
+    assert_eq!(orders[0]["refunds"][0]["amount_minor"], 2118);
+    assert_eq!(
+        export["shop_customer_ids"],
+        json!([{"source": "shopify", "customer_id": "7301928374650"}])
+    );
+    let kinds: Vec<&str> = export["points_ledger"]
+        .as_array()
+        .expect("ledger")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"redeem"), "{kinds:?}");
+    assert!(export["rfm"]["recency"].is_i64(), "{}", export["rfm"]);
+    assert!(export["rfm"]["churn_risk"].is_string());
+    assert_eq!(export["segments"][0]["name"], "buyers");
+    let sms: Vec<&str> = export["consent_log"]
+        .as_array()
+        .expect("consent log")
+        .iter()
+        .filter(|c| c["channel"] == "sms")
+        .filter_map(|c| c["status"].as_str())
+        .collect();
+    assert_eq!(sms, ["granted", "withdrawn"], "the whole consent history");
+}
+
+#[test]
+fn erasure_removes_free_text_and_remembers_the_withdrawal_and_the_person() {
+    // Arrange
+    let app = TestApp::new();
+    let (contact_id, _) = customer_with_history(&app);
+
+    // Act
+    let erased = app.request(
+        "DELETE",
+        &format!("/v1/contacts/{contact_id}"),
+        &[("authorization", &format!("Bearer {ADMIN_KEY}"))],
+        Bytes::new(),
+    );
+
+    // Assert: free text that could name the person is gone.
+    assert_eq!(erased.status, 200, "{}", erased.text());
+    for (what, sql) in [
+        (
+            "refund notes",
+            "SELECT count(*) FROM refunds WHERE reason IS NOT NULL",
+        ),
+        (
+            "order references",
+            "SELECT count(*) FROM points_entries WHERE order_ref IS NOT NULL",
+        ),
+        (
+            "staff's points reasons",
+            "SELECT count(*) FROM points_entries WHERE reason LIKE '%佐藤%'",
+        ),
+        (
+            "interaction subjects",
+            "SELECT count(*) FROM interactions WHERE subject IS NOT NULL OR body IS NOT NULL",
+        ),
+    ] {
+        assert_eq!(app.count(sql), 0, "{what} survived erasure");
+    }
+    assert_eq!(
+        app.count("SELECT count(*) FROM refunds WHERE amount_minor = 2118"),
+        1,
+        "the refund's amount stays for accounting"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM suppressions WHERE lifted_at IS NULL"),
+        2,
+        "email and phone are suppressed"
+    );
+
+    // Act: the shop sends the same customer again, and staff try to
+    // grant consent to the new record.
+    let again = applied(
+        &post_shopify(&app, "orders/paid", "ev-after-erasure", &{
+            let mut body = shopify_fixture("order_guest_checkout");
+            body["email"] = json!("hanako.sato@example.jp");
+            body
+        }),
+        "a later order by the same address",
+    )
+    .expect("order id");
+    let new_contact = order(&app, &again)["contact_id"]
+        .as_str()
+        .expect("a new contact")
+        .to_owned();
+    assert_ne!(new_contact, contact_id);
+    let staff = app.send_json(
+        "POST",
+        ADMIN_KEY,
+        &format!("/v1/contacts/{new_contact}/consents"),
+        &json!({"channel": "email", "status": "granted", "reason": "manual"}),
+    );
+
+    // Assert: no marketing consent without the person's own opt-in.
+    staff.assert_problem(409, "staff grant to an erased person's address");
+    assert_eq!(
+        app.count("SELECT count(*) FROM consents WHERE status = 'granted' AND channel = 'email'"),
+        0
+    );
+}
+
 #[test]
 fn an_unhandled_shopify_topic_is_acknowledged_and_ignored() {
     // Arrange

@@ -2072,7 +2072,13 @@ fn an_email_segment_never_returns_a_contact_without_current_consent() {
     consent(&app, &erased, "granted");
     app.clock.advance(Duration::seconds(1));
     consent(&app, &withdrawn, "withdrawn");
-    consent(&app, &regranted, "granted");
+    // After a withdrawal only the person's own opt-in grants again.
+    submit_form(
+        &app,
+        "lp",
+        &json!({"email": "regranted@example.jp", "consent_email": "on"}),
+        "198.51.100.12",
+    );
     erase(&app, &erased);
     submit_form(
         &app,
@@ -2129,7 +2135,8 @@ fn an_email_segment_never_returns_a_contact_without_current_consent() {
         "List-Unsubscribe=One-Click",
     );
     assert_eq!(unsubscribe.status, 200, "{}", unsubscribe.text());
-    // An anonymous form post never renews consent after an unsubscribe.
+    // A form post in the very instant of the unsubscribe is not dated
+    // after it, so it does not lift the suppression.
     submit_form(
         &app,
         "lp",
