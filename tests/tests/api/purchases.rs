@@ -782,9 +782,14 @@ fn a_signed_shopify_body_replayed_under_another_topic_changes_no_fact() {
 
     // Assert
     assert_eq!(replay.status, 200, "{}", replay.text());
-    let after = order(&app, &order_id);
+    let mut after = order(&app, &order_id);
     assert_eq!(after["status"], "paid", "the topic cancelled the order");
     assert_eq!(after["cancelled_at"], Json::Null);
+    // The same facts again: only the time it was last written may move.
+    let mut before = before;
+    for order in [&mut before, &mut after] {
+        order.as_object_mut().map(|o| o.remove("updated_at"));
+    }
     assert_eq!(after, before);
 }
 
