@@ -499,17 +499,31 @@ pub async fn submit<D: Db, K: Kv>(
     let form_bucket = rate_limit_bucket(key, &network, &format!("form:{form_id}"));
     let all_bucket = rate_limit_bucket(key, &network, "all-forms");
     let window = now.unix_timestamp().div_euclid(60);
-    let stored = transaction(ctx.db, async || -> Result<bool, ApiError> {
+    let all_limit = limit.saturating_mul(ALL_FORMS_FACTOR);
+    let retry_after_seconds = u64::try_from(60 - now.unix_timestamp().rem_euclid(60)).unwrap_or(60);
+    let refused = ApiError::RateLimited {
+        retry_after_seconds,
+    };
+    // A refusal is decided by a read, outside the write lock, and writes
+    // nothing: a flood of refused posts neither fsyncs nor queues behind
+    // the writers it is being refused to protect.
+    if rate_limit_reached(
+        ctx.db,
+        &[(&form_bucket, limit), (&all_bucket, all_limit)],
+        window,
+    )
+    .await?
+    {
+        return Err(refused);
+    }
+    transaction(ctx.db, async || -> Result<(), ApiError> {
         let form_ok = take_rate_limit_slot(ctx.db, &form_bucket, window, limit).await?;
-        let all_ok = take_rate_limit_slot(
-            ctx.db,
-            &all_bucket,
-            window,
-            limit.saturating_mul(ALL_FORMS_FACTOR),
-        )
-        .await?;
+        let all_ok = take_rate_limit_slot(ctx.db, &all_bucket, window, all_limit).await?;
         if !(form_ok && all_ok) {
-            return Ok(false);
+            // Lost a race for the last slot: rolled back, nothing kept.
+            return Err(ApiError::RateLimited {
+                retry_after_seconds,
+            });
         }
         if !submission.honeypot_filled {
             let secret = ctx.config.unsubscribe_secret()?;
@@ -524,16 +538,9 @@ pub async fn submit<D: Db, K: Kv>(
             )
             .await?;
         }
-        Ok(true)
+        Ok(())
     })
     .await?;
-    if !stored {
-        let retry_after_seconds =
-            u64::try_from(60 - now.unix_timestamp().rem_euclid(60)).unwrap_or(60);
-        return Err(ApiError::RateLimited {
-            retry_after_seconds,
-        });
-    }
 
     let answer = if sender.wants_json {
         Answer::Accepted
@@ -689,6 +696,30 @@ fn rate_limit_bucket(key: &[u8], network: &str, scope: &str) -> String {
 /// window holds more than `limit`. Windows older than ten minutes are
 /// swept when a bucket starts a new one, which keeps the table small
 /// without a scheduled job.
+/// Whether any `(bucket, limit)` has used its limit in `window`: a plain
+/// read, no write lock.
+async fn rate_limit_reached(
+    db: &impl Db,
+    buckets: &[(&str, u32)],
+    window: i64,
+) -> anyhow::Result<bool> {
+    for (bucket, limit) in buckets {
+        let rows = db
+            .execute(
+                "SELECT hits FROM rate_limits WHERE bucket = ?1 AND window_start = ?2",
+                &[(*bucket).into(), window.into()],
+            )
+            .await
+            .context("failed to read a rate limit")?;
+        if let Some(row) = rows.first()
+            && row.i64("hits")? >= i64::from(*limit)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 async fn take_rate_limit_slot(
     db: &impl Db,
     bucket: &str,

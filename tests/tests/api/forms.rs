@@ -1032,6 +1032,7 @@ fn post_from_loopback(app: &TestApp, n: usize, headers: &[(&str, &str)]) -> Test
 fn a_forged_spin_client_addr_neither_escapes_the_rate_limit_nor_becomes_the_proof() {
     // Arrange: no trusted proxy, so the TCP peer (loopback) is the client.
     let app = TestApp::with_variables(&[("trusted_proxies", "")]);
+    app.clear_of_minute_boundary();
     for n in 0..10 {
         let forged = format!("8.8.8.{n}:1234");
         let response = post_from_loopback(&app, n, &[("spin-client-addr", &forged)]);
@@ -1056,6 +1057,40 @@ fn a_forged_spin_client_addr_neither_escapes_the_rate_limit_nor_becomes_the_proo
     assert_eq!(proofs, ["127.0.0.0/24"], "the proof names the real peer");
 }
 
+/// The rate-limit table as stored: (bucket, window, hits), sorted.
+fn rate_limit_rows(app: &TestApp) -> Vec<(String, i64, i64)> {
+    app.db()
+        .prepare("SELECT bucket, window_start, hits FROM rate_limits ORDER BY bucket")
+        .expect("query")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rate limits")
+}
+
+#[test]
+fn a_refused_post_writes_nothing() {
+    // Arrange: one client has used its ten posts this minute.
+    let app = TestApp::new();
+    app.clear_of_minute_boundary();
+    for n in 0..10 {
+        let response = post_from_loopback(&app, n, &[("x-forwarded-for", IP)]);
+        assert_eq!(response.status, 202, "post {n}: {}", response.text());
+    }
+    let counters = rate_limit_rows(&app);
+    let stored_before = stored(&app);
+
+    // Act
+    let refused: Vec<u16> = (10..15)
+        .map(|n| post_from_loopback(&app, n, &[("x-forwarded-for", IP)]).status)
+        .collect();
+
+    // Assert
+    assert_eq!(refused, [429; 5]);
+    assert_eq!(rate_limit_rows(&app), counters, "a refusal moved a counter");
+    assert_eq!(stored(&app), stored_before);
+}
+
 #[test]
 fn forwarding_headers_are_believed_only_from_a_trusted_proxy() {
     let cases = [
@@ -1066,6 +1101,7 @@ fn forwarding_headers_are_believed_only_from_a_trusted_proxy() {
     for (case, trusted, accepted) in cases {
         // Arrange
         let app = TestApp::with_variables(&[("trusted_proxies", trusted)]);
+        app.clear_of_minute_boundary();
 
         // Act: eleven posts, each naming another client in both headers.
         let statuses: Vec<u16> = (0..11)
