@@ -59,8 +59,29 @@ pub struct FormSettings {
     pub required_fields: Vec<String>,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The version of the consent wording the form shows now; the proof
+    /// a consent records.
     #[serde(default)]
     pub consent_text_version: Option<String>,
+    /// Every consent wording the form has shown, by version. A posted
+    /// `consent_text_version` is kept only if it is one of these (or the
+    /// current one): a page still showing an older wording can say so,
+    /// but a submitter cannot invent the proof.
+    #[serde(default)]
+    pub consent_texts: std::collections::BTreeMap<String, String>,
+}
+
+impl FormSettings {
+    /// The wording version a consent from this form records: the posted
+    /// one if the form knows it, else the form's current one.
+    pub fn consent_version<'a>(&'a self, posted: Option<&'a str>) -> Option<&'a str> {
+        let known = |v: &str| {
+            self.consent_text_version.as_deref() == Some(v) || self.consent_texts.contains_key(v)
+        };
+        posted
+            .filter(|v| known(v))
+            .or(self.consent_text_version.as_deref())
+    }
 }
 
 /// Fields a form may name as required.
@@ -131,6 +152,18 @@ impl FormSettings {
                 "consent_text_version",
                 "1 to 64 characters",
             ));
+        }
+        if self.consent_texts.len() > 20 {
+            errors.push(FieldError::new("consent_texts", "at most 20 versions"));
+        }
+        for (version, text) in &self.consent_texts {
+            if version.is_empty() || version.len() > 64 || text.is_empty() || text.len() > 10_000 {
+                errors.push(FieldError::new(
+                    "consent_texts",
+                    "versions of 1 to 64 characters, each with its wording (1 to 10,000 bytes)",
+                ));
+                break;
+            }
         }
         if errors.is_empty() {
             Ok(self)
@@ -650,10 +683,7 @@ async fn store_submission(
     timeline::append(db, &id, &entry, &actor, now).await?;
     if grant {
         let ip = sender.client_ip.as_deref().and_then(consent::truncate_ip);
-        let version = submission
-            .consent_text_version
-            .as_deref()
-            .or(settings.consent_text_version.as_deref());
+        let version = settings.consent_version(submission.consent_text_version.as_deref());
         let change = ConsentChange {
             channel: consent::Channel::Email,
             status: consent::Status::Granted,

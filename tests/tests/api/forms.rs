@@ -836,8 +836,9 @@ fn first_touch_is_kept_and_each_submission_is_on_the_timeline() {
 
 #[test]
 fn a_ticked_consent_box_records_consent_with_its_proof() {
-    // Arrange
+    // Arrange: the form's wording is v2.
     let app = TestApp::new();
+    configure(&app, "spring", &json!({"consent_text_version": "v2"}));
 
     // Act
     let response = app.post_form(
@@ -1406,6 +1407,7 @@ fn form_settings_round_trip() {
             "required_fields": ["name"],
             "tags": ["spring-2026"],
             "consent_text_version": "v3",
+            "consent_texts": {},
         },
     });
     assert_eq!(saved.json(), expected);
@@ -1673,30 +1675,61 @@ fn settings_allowed_origins_make_a_redirect_to_that_origin_acceptable() {
 }
 
 #[test]
-fn settings_consent_text_version_is_used_when_the_submission_has_none() {
+fn the_configured_consent_wording_is_the_proof_and_a_posted_version_only_if_known() {
+    // Arrange: the form shows v3 now and showed v2 before.
+    let app = TestApp::new();
+    configure(
+        &app,
+        "spring",
+        &json!({"consent_text_version": "v3",
+                "consent_texts": {"v2": "メールでお知らせを受け取る（旧）", "v3": "メールマガジンを受け取る"}}),
+    );
+    let cases = [
+        ("none posted", "", "v3"),
+        (
+            "an older wording the form knows",
+            "&consent_text_version=v2",
+            "v2",
+        ),
+        ("the current one", "&consent_text_version=v3", "v3"),
+        (
+            "one the submitter made up",
+            "&consent_text_version=forged",
+            "v3",
+        ),
+    ];
+    for (n, (case, extra, recorded)) in cases.iter().enumerate() {
+        // Act
+        let body = format!("email=ver{n}%40example.jp&consent_email=on{extra}");
+        let response = app.post_form("spring", &body, IP);
+
+        // Assert
+        assert_eq!(response.status, 200, "case {case}: {}", response.text());
+        let contact = contact_by_email(&app, &format!("ver{n}@example.jp"));
+        assert_eq!(
+            contact["consents"]["email"]["text_version"], *recorded,
+            "case {case}"
+        );
+    }
+}
+
+#[test]
+fn a_form_without_configured_wording_keeps_no_posted_version() {
     // Arrange
     let app = TestApp::new();
-    configure(&app, "spring", &json!({"consent_text_version": "v3"}));
 
     // Act
-    let without = app.post_form("spring", "email=v3%40example.jp&consent_email=on", IP);
-    let with = app.post_form(
-        "spring",
-        "email=v4%40example.jp&consent_email=on&consent_text_version=v4",
+    let response = app.post_form(
+        "plain",
+        "email=noversion%40example.jp&consent_email=on&consent_text_version=forged",
         IP,
     );
 
     // Assert
-    assert_eq!(without.status, 200, "{}", without.text());
-    assert_eq!(with.status, 200, "{}", with.text());
-    assert_eq!(
-        contact_by_email(&app, "v3@example.jp")["consents"]["email"]["text_version"],
-        "v3"
-    );
-    assert_eq!(
-        contact_by_email(&app, "v4@example.jp")["consents"]["email"]["text_version"],
-        "v4"
-    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let email = &contact_by_email(&app, "noversion@example.jp")["consents"]["email"];
+    assert_eq!(email["status"], "granted");
+    assert_eq!(email["text_version"], Json::Null);
 }
 
 // ---------------------------------------------------------------------------
