@@ -611,7 +611,14 @@ async fn store_submission(
             .as_deref()
             .map(|r| r.chars().take(2000).collect())
     });
-    let id = match contact::resolve(db, &submission.profile, None).await? {
+    let existing = contact::resolve(db, &submission.profile, None).await?;
+    if let Some(id) = &existing
+        && anonymous_entries_today(db, id, now).await? >= MAX_ANONYMOUS_ENTRIES_PER_DAY
+    {
+        count_unrecorded_submission(db, id).await?;
+        return Ok(());
+    }
+    let id = match existing {
         Some(id) => {
             contact::update(
                 db,
@@ -726,6 +733,43 @@ fn rate_limit_bucket(key: &[u8], network: &str, scope: &str) -> String {
 /// window holds more than `limit`. Windows older than ten minutes are
 /// swept when a bucket starts a new one, which keeps the table small
 /// without a scheduled job.
+/// Form posts are anonymous, and anyone who knows an address can post
+/// it: past this many timeline entries in 24 hours, a contact's record
+/// stops growing. Further posts are only counted, on the latest entry
+/// (`data.repeats_not_recorded`), and change nothing else.
+pub const MAX_ANONYMOUS_ENTRIES_PER_DAY: i64 = 20;
+
+async fn anonymous_entries_today(
+    db: &impl Db,
+    contact_id: &str,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<i64> {
+    let since = crate::timestamp::format(now - time::Duration::days(1));
+    let rows = db
+        .execute(
+            "SELECT count(*) AS n FROM interactions
+             WHERE kind = 'form_submitted' AND contact_id = ?1 AND occurred_at > ?2",
+            &[contact_id.into(), since.into()],
+        )
+        .await
+        .context("failed to count today's form posts")?;
+    rows.first().context("count")?.i64("n")
+}
+
+async fn count_unrecorded_submission(db: &impl Db, contact_id: &str) -> anyhow::Result<()> {
+    db.execute(
+        "UPDATE interactions
+         SET data = json_set(coalesce(data, '{}'), '$.repeats_not_recorded',
+                             coalesce(json_extract(data, '$.repeats_not_recorded'), 0) + 1)
+         WHERE id = (SELECT id FROM interactions WHERE kind = 'form_submitted' AND contact_id = ?1
+                     ORDER BY occurred_at DESC, id DESC LIMIT 1)",
+        &[contact_id.into()],
+    )
+    .await
+    .context("failed to count an unrecorded form post")?;
+    Ok(())
+}
+
 /// Whether any `(bucket, limit)` has used its limit in `window`: a plain
 /// read, no write lock.
 async fn rate_limit_reached(

@@ -1093,6 +1093,44 @@ fn a_refused_post_writes_nothing() {
 }
 
 #[test]
+fn strangers_cannot_grow_a_contacts_record_without_bound() {
+    // Arrange: one address, posted by many clients (each under its own
+    // rate limit) with consent ticked.
+    let app = TestApp::new();
+    let post = |n: usize| {
+        app.request(
+            "POST",
+            "/v1/forms/lp",
+            &[
+                ("content-type", JSON),
+                ("accept", JSON),
+                ("x-forwarded-for", &format!("203.0.113.{n}")),
+            ],
+            json!({"email": "target@example.jp", "consent_email": true, "n": n}).to_string(),
+        )
+    };
+
+    // Act
+    let statuses: Vec<u16> = (0..25).map(|n| post(n).status).collect();
+
+    // Assert: every post is answered the same, but the record stops growing.
+    assert_eq!(statuses, [202; 25]);
+    assert_eq!(
+        app.count("SELECT count(*) FROM interactions WHERE kind = 'form_submitted'"),
+        20
+    );
+    assert!(
+        app.count("SELECT count(*) FROM consents") <= 20,
+        "consent records grew past the bound"
+    );
+    let repeats = app.count(
+        "SELECT json_extract(data, '$.repeats_not_recorded') FROM interactions
+         WHERE kind = 'form_submitted' ORDER BY occurred_at DESC, id DESC LIMIT 1",
+    );
+    assert_eq!(repeats, 5, "the posts past the bound are counted");
+}
+
+#[test]
 fn forwarding_headers_are_believed_only_from_a_trusted_proxy() {
     let cases = [
         ("no trusted proxy", "", 10),
@@ -2124,9 +2162,17 @@ fn fifty_concurrent_posts_of_one_email_make_one_contact() {
         );
     }
     assert_eq!(app.count("SELECT count(*) FROM contacts"), 1);
+    // Twenty entries a day at most; every other post is counted on them.
     assert_eq!(
         app.count("SELECT count(*) FROM interactions WHERE kind = 'form_submitted'"),
-        50
+        20
+    );
+    assert_eq!(
+        app.count(
+            "SELECT coalesce(sum(json_extract(data, '$.repeats_not_recorded')), 0)
+             FROM interactions WHERE kind = 'form_submitted'"
+        ),
+        30
     );
     assert_eq!(
         app.count("SELECT count(DISTINCT contact_id) FROM interactions"),
