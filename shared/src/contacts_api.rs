@@ -666,12 +666,53 @@ pub async fn unsubscribe_link<D: Db, K: Kv>(
     ))
 }
 
-/// `GET /v1/contacts/{id}/export`.
-pub async fn export<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, id: &str) -> Result<Response, ApiError> {
-    let document = crate::privacy::export(ctx, id)
-        .await?
-        .ok_or_else(not_found)?;
-    Ok(json_response(StatusCode::OK, &document))
+/// `GET /v1/contacts/{id}/export[?limit=]`: the whole record, its growing
+/// lists to `limit` items (default and most 500) with `next` links;
+/// `?section=…&cursor=…` continues one list.
+pub async fn export<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    id: &str,
+    request: &Request,
+) -> Result<Response, ApiError> {
+    use crate::privacy::{EXPORT_PAGE_MAX, Section};
+    let pairs = crate::http::query_pairs(request);
+    if let Some((name, _)) = pairs
+        .iter()
+        .find(|(k, _)| !matches!(k.as_str(), "limit" | "section" | "cursor"))
+    {
+        return Err(ApiError::invalid(
+            name.clone(),
+            "not a parameter of this route",
+        ));
+    }
+    let limit = match query_param(&pairs, "limit") {
+        None => EXPORT_PAGE_MAX,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=EXPORT_PAGE_MAX).contains(n))
+            .ok_or_else(|| ApiError::invalid("limit", "a whole number from 1 to 500"))?,
+    };
+    let section = query_param(&pairs, "section")
+        .map(Section::parse)
+        .transpose()?;
+    let cursor = query_param(&pairs, "cursor");
+    let Some(section) = section else {
+        if cursor.is_some() {
+            return Err(ApiError::invalid("cursor", "only with `section`"));
+        }
+        let document = crate::privacy::export(ctx, id, limit)
+            .await?
+            .ok_or_else(not_found)?;
+        return Ok(json_response(StatusCode::OK, &document));
+    };
+    require_contact(ctx.db, id).await?;
+    let (items, next) = crate::privacy::section_page(ctx.db, id, section, limit, cursor).await?;
+    let next = next.map(|c| crate::privacy::next_page_url(id, section, limit, &c));
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({ "contact_id": id, "section": section.as_str(), "items": items, "next": next }),
+    ))
 }
 
 /// `DELETE /v1/contacts/{id}`: erasure, then a WAL checkpoint so old page

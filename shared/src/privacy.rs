@@ -24,27 +24,123 @@ use serde_json::{Value as Json, json};
 use sha2::Sha256;
 use time::OffsetDateTime;
 
-/// Everything stored about a contact: profile, consent history, timeline,
-/// orders with lines and refunds, the shop customer ids, the points
-/// ledger, RFM scores with churn risk, the saved segments the person is
-/// in now, and any erasure.
-pub async fn export<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, id: &str) -> Result<Option<Json>, ApiError> {
-    let (db, now) = (ctx.db, ctx.clock.now());
-    let Some(contact) = crate::contact::load(db, id, now).await? else {
-        return Ok(None);
+/// The export's lists that grow with the person's history, each paged
+/// by keyset, oldest first, so that a long history is exported in as
+/// many requests as it takes rather than failing in one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    ConsentLog,
+    Timeline,
+    Orders,
+    PointsLedger,
+}
+
+impl Section {
+    pub const ALL: [Section; 4] = [
+        Section::ConsentLog,
+        Section::Timeline,
+        Section::Orders,
+        Section::PointsLedger,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Section::ConsentLog => "consent_log",
+            Section::Timeline => "timeline",
+            Section::Orders => "orders",
+            Section::PointsLedger => "points_ledger",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Section, ApiError> {
+        Section::ALL
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "section",
+                    "one of consent_log, timeline, orders, points_ledger",
+                )
+            })
+    }
+
+    /// The rows of this section after `(key, id)`, at most `limit + 1`.
+    fn sql(self) -> &'static str {
+        match self {
+            Section::ConsentLog => {
+                "SELECT id, recorded_at AS k, channel, status, reason, form_id, page_url, text_version,
+                        ip_truncated, recorded_at, recorded_by
+                 FROM consents WHERE contact_id = ?1
+                   AND (?2 IS NULL OR recorded_at > ?2 OR (recorded_at = ?2 AND id > ?3))
+                 ORDER BY recorded_at, id LIMIT ?4"
+            }
+            Section::Timeline => {
+                "SELECT id, occurred_at AS k, kind, channel, subject, body, data, occurred_at,
+                        recorded_at, recorded_by
+                 FROM interactions WHERE contact_id = ?1
+                   AND (?2 IS NULL OR occurred_at > ?2 OR (occurred_at = ?2 AND id > ?3))
+                 ORDER BY occurred_at, id LIMIT ?4"
+            }
+            Section::Orders => {
+                "SELECT id, placed_at AS k FROM orders WHERE contact_id = ?1
+                   AND (?2 IS NULL OR placed_at > ?2 OR (placed_at = ?2 AND id > ?3))
+                 ORDER BY placed_at, id LIMIT ?4"
+            }
+            Section::PointsLedger => {
+                "SELECT id, printf('%020d', seq) AS k, seq, kind, points, balance_after, reason,
+                        order_ref, created_at, created_by
+                 FROM points_entries WHERE contact_id = ?1
+                   AND (?2 IS NULL OR printf('%020d', seq) > ?2 OR (printf('%020d', seq) = ?2 AND id > ?3))
+                 ORDER BY seq, id LIMIT ?4"
+            }
+        }
+    }
+}
+
+/// Export pages hold at most this many items per section.
+pub const EXPORT_PAGE_MAX: usize = 500;
+
+/// One page of `section`, oldest first, and the cursor of the next.
+pub async fn section_page(
+    db: &impl Db,
+    id: &str,
+    section: Section,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<(Vec<Json>, Option<String>), ApiError> {
+    let (after_key, after_id) = match cursor {
+        Some(c) => {
+            let mut parts = crate::http::decode_cursor(c, 2)?;
+            let after_id = parts.pop();
+            (parts.pop(), after_id)
+        }
+        None => (None, None),
     };
-    let consents = db
+    let rows = db
         .execute(
-            "SELECT channel, status, reason, form_id, page_url, text_version, ip_truncated, recorded_at, recorded_by
-             FROM consents WHERE contact_id = ?1 ORDER BY recorded_at, id",
-            &[id.into()],
+            section.sql(),
+            &[
+                id.into(),
+                after_key.into(),
+                after_id.into(),
+                i64::try_from(limit + 1).unwrap_or(i64::MAX).into(),
+            ],
         )
         .await
-        .context("failed to read consents")?;
-    let consent_log: Vec<Json> = consents
-        .iter()
-        .map(|r| {
-            Ok(json!({
+        .with_context(|| format!("failed to read the export's {}", section.as_str()))?;
+    let mut items = Vec::new();
+    let mut next = None;
+    for (index, r) in rows.iter().enumerate() {
+        if index == limit {
+            let last = rows.iter().nth(limit - 1).context("page boundary")?;
+            next = Some(crate::http::encode_cursor(&[
+                last.str("k")?,
+                last.str("id")?,
+            ]));
+            break;
+        }
+        let item = match section {
+            Section::ConsentLog => json!({
                 "channel": r.str("channel")?,
                 "status": r.str("status")?,
                 "reason": r.str("reason")?,
@@ -54,34 +150,14 @@ pub async fn export<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, id: &str) -> Result<Optio
                 "ip_truncated": r.opt_str("ip_truncated")?,
                 "recorded_at": r.str("recorded_at")?,
                 "recorded_by": r.str("recorded_by")?,
-            }))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let interactions = db
-        .execute(
-            "SELECT id, kind, channel, subject, body, data, occurred_at, recorded_at, recorded_by
-             FROM interactions WHERE contact_id = ?1 ORDER BY occurred_at, id",
-            &[id.into()],
-        )
-        .await
-        .context("failed to read interactions")?;
-    let timeline: Vec<Json> = interactions
-        .iter()
-        .map(timeline::entry_json)
-        .collect::<anyhow::Result<_>>()?;
-    let points = db
-        .execute(
-            "SELECT id, kind, points, balance_after, reason, order_ref, created_at, created_by
-             FROM points_entries WHERE contact_id = ?1 ORDER BY id",
-            &[id.into()],
-        )
-        .await
-        .context("failed to read the points ledger")?;
-    let points: Vec<Json> = points
-        .iter()
-        .map(|r| {
-            Ok(json!({
+            }),
+            Section::Timeline => timeline::entry_json(r)?,
+            Section::Orders => crate::purchases::api::load(db, r.str("id")?)
+                .await?
+                .context("an order vanished while exporting")?,
+            Section::PointsLedger => json!({
                 "id": r.str("id")?,
+                "seq": r.i64("seq")?,
                 "kind": r.str("kind")?,
                 "points": r.i64("points")?,
                 "balance_after": r.i64("balance_after")?,
@@ -89,9 +165,47 @@ pub async fn export<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, id: &str) -> Result<Optio
                 "order_ref": r.opt_str("order_ref")?,
                 "created_at": r.str("created_at")?,
                 "created_by": r.str("created_by")?,
-            }))
-        })
-        .collect::<anyhow::Result<_>>()?;
+            }),
+        };
+        items.push(item);
+    }
+    Ok((items, next))
+}
+
+/// Where the next page of `section` is.
+pub fn next_page_url(id: &str, section: Section, limit: usize, cursor: &str) -> String {
+    format!(
+        "/v1/contacts/{id}/export?section={}&limit={limit}&cursor={cursor}",
+        section.as_str()
+    )
+}
+
+/// Everything stored about a contact: profile, consent history, timeline,
+/// orders with lines and refunds, the shop customer ids, the points
+/// ledger, RFM scores with churn risk, the saved segments the person is
+/// in now, and any erasure. The growing lists hold their first `limit`
+/// items; `next` names where each list continues (see `section_page`).
+pub async fn export<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    id: &str,
+    limit: usize,
+) -> Result<Option<Json>, ApiError> {
+    let (db, now) = (ctx.db, ctx.clock.now());
+    let Some(contact) = crate::contact::load(db, id, now).await? else {
+        return Ok(None);
+    };
+    let mut sections = serde_json::Map::new();
+    let mut next = serde_json::Map::new();
+    for section in Section::ALL {
+        let (items, cursor) = section_page(db, id, section, limit, None).await?;
+        sections.insert(section.as_str().to_owned(), items.into());
+        if let Some(cursor) = cursor {
+            next.insert(
+                section.as_str().to_owned(),
+                next_page_url(id, section, limit, &cursor).into(),
+            );
+        }
+    }
     let erasures = db
         .execute(
             "SELECT erased_at, erased_by, erased FROM erasures WHERE contact_id = ?1 ORDER BY erased_at",
@@ -120,7 +234,6 @@ pub async fn export<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, id: &str) -> Result<Optio
         .iter()
         .map(|r| Ok(json!({"source": r.str("source")?, "customer_id": r.str("external_id")?})))
         .collect::<anyhow::Result<_>>()?;
-    let orders = crate::purchases::api::for_contact(db, id).await?;
     let rfm_computed_at = crate::segments::analytics::ensure_fresh(db, now).await?;
     let rfm = db
         .execute(
@@ -140,18 +253,19 @@ pub async fn export<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, id: &str) -> Result<Optio
         None => json!({"computed_at": rfm_computed_at, "scored": false}),
     };
     let segments = crate::segments::api::memberships(ctx, id).await?;
-    Ok(Some(json!({
+    let mut document = json!({
         "format": "kizuna-contact-export/2",
         "contact": contact,
-        "consent_log": consent_log,
-        "timeline": timeline,
         "erasures": erasures,
-        "orders": orders,
         "shop_customer_ids": shop_ids,
-        "points_ledger": points,
         "rfm": rfm,
         "segments": segments,
-    })))
+        "next": next,
+    });
+    for (name, items) in sections {
+        document[name] = items;
+    }
+    Ok(Some(document))
 }
 
 /// Removes the person's data for good, inside the caller's transaction.

@@ -155,7 +155,7 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
         ["v1", "contacts", id, "export"] => match *method {
             Method::GET => {
                 authorize(Scope::ContactsRead)?;
-                contacts_api::export(ctx, &contact_id(id)?).await
+                contacts_api::export(ctx, &contact_id(id)?, request).await
             }
             _ => Err(ApiError::MethodNotAllowed("GET")),
         },

@@ -44,27 +44,8 @@ pub async fn get(db: &impl Db, id: &str) -> Result<Response, ApiError> {
     Ok(json_response(StatusCode::OK, &order))
 }
 
-/// Every order of a contact with its lines and refunds, oldest first
-/// (for the person's data export).
-pub async fn for_contact(db: &impl Db, contact_id: &str) -> anyhow::Result<Vec<Json>> {
-    let ids = db
-        .execute(
-            "SELECT id FROM orders WHERE contact_id = ?1 ORDER BY placed_at, id",
-            &[contact_id.into()],
-        )
-        .await
-        .context("failed to list a contact's orders")?;
-    let mut orders = Vec::with_capacity(ids.len());
-    for row in ids.iter() {
-        if let Some(order) = load(db, row.str("id")?).await? {
-            orders.push(order);
-        }
-    }
-    Ok(orders)
-}
-
 /// One order with its lines and refunds, as `GET /v1/orders/{id}` shows it.
-async fn load(db: &impl Db, id: &str) -> anyhow::Result<Option<Json>> {
+pub async fn load(db: &impl Db, id: &str) -> anyhow::Result<Option<Json>> {
     let rows = db
         .execute("SELECT * FROM orders WHERE id = ?1", &[id.into()])
         .await

@@ -2059,6 +2059,65 @@ fn a_retried_create_after_erasure_does_not_recreate_the_person() {
     );
 }
 
+#[test]
+fn a_long_history_is_exported_page_by_page_and_nothing_is_lost() {
+    // Arrange: a contact with seven timeline entries.
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "history@example.jp"}));
+    for n in 0..6 {
+        let response = app.send_json(
+            "POST",
+            WRITE_KEY,
+            &format!("/v1/contacts/{id}/interactions"),
+            &json!({"kind": "note", "body": format!("note {n}")}),
+        );
+        assert_eq!(response.status, 201, "{}", response.text());
+    }
+    let whole = app.get(READ_KEY, &format!("/v1/contacts/{id}/export"));
+    assert_eq!(whole.status, 200, "{}", whole.text());
+    let whole = whole.json();
+    assert_eq!(whole["timeline"].as_array().map(Vec::len), Some(7));
+    assert_eq!(whole["next"], json!({}));
+
+    // Act: three at a time, following `next`.
+    let first = app.get(READ_KEY, &format!("/v1/contacts/{id}/export?limit=3"));
+    assert_eq!(first.status, 200, "{}", first.text());
+    let first = first.json();
+    let mut timeline = first["timeline"].as_array().expect("timeline").clone();
+    let mut next = first["next"]["timeline"].as_str().map(str::to_owned);
+    let mut pages = 1;
+    while let Some(url) = next {
+        let page = app.get(READ_KEY, &url);
+        assert_eq!(page.status, 200, "{url}: {}", page.text());
+        let page = page.json();
+        assert_eq!(page["section"], "timeline");
+        timeline.extend(page["items"].as_array().expect("items").iter().cloned());
+        next = page["next"].as_str().map(str::to_owned);
+        pages += 1;
+    }
+
+    // Assert
+    assert_eq!(pages, 3);
+    assert_eq!(Json::Array(timeline), whole["timeline"]);
+}
+
+#[test]
+fn bad_export_parameters_are_422() {
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "params@example.jp"}));
+    for (case, query) in [
+        ("unknown parameter", "?format=xml"),
+        ("unknown section", "?section=secrets"),
+        ("cursor without section", "?cursor=abc"),
+        ("limit zero", "?limit=0"),
+        ("limit too large", "?limit=501"),
+        ("forged cursor", "?section=timeline&cursor=bm90LWEtY3Vyc29y"),
+    ] {
+        app.get(READ_KEY, &format!("/v1/contacts/{id}/export{query}"))
+            .assert_problem(422, case);
+    }
+}
+
 /// Every file of the database: the main file (which must exist) and its
 /// `-wal` if present.
 fn database_bytes(app: &TestApp) -> Vec<(String, Vec<u8>)> {
