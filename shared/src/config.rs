@@ -33,7 +33,7 @@ pub const PURCHASES_VARIABLES: &[&str] = &[
 ];
 
 /// The variables the `points` component reads.
-pub const POINTS_VARIABLES: &[&str] = &["api_keys", "shop_currency"];
+pub const POINTS_VARIABLES: &[&str] = &["api_keys", "shop_currency", "shop_timezone"];
 
 /// The variables the `segments` component reads.
 pub const SEGMENTS_VARIABLES: &[&str] = &[
@@ -70,7 +70,9 @@ pub struct Config {
     /// A fixed VIP threshold (12-month net spend, minor units); without
     /// one, the top decile's boundary from the analytics is used.
     pub vip_threshold_minor: Option<i64>,
-    /// The shop's time zone, for relative dates ("within the last 7 days").
+    /// The shop's time zone (see `shop_time`): relative dates in segments
+    /// ("within the last 7 days"), points month ends, the liability
+    /// report's months.
     pub shop_offset: time::UtcOffset,
 }
 
@@ -121,8 +123,10 @@ impl Config {
             orders_webhook_secrets: secret_list(get("orders_webhook_secrets")),
             shopify_webhook_secrets: secret_list(get("shopify_webhook_secrets")),
             woocommerce_webhook_secrets: secret_list(get("woocommerce_webhook_secrets")),
-            shop_offset: parse_time_zone(get("shop_timezone").unwrap_or("Asia/Tokyo"))
-                .context("variable `shop_timezone`: an IANA zone without daylight saving (Asia/Tokyo) or an offset like +09:00")?,
+            shop_offset: crate::shop_time::parse(
+                get("shop_timezone").unwrap_or(crate::shop_time::DEFAULT_ZONE),
+            )
+            .context("variable `shop_timezone`: an IANA zone without daylight saving (Asia/Tokyo) or an offset like +09:00")?,
             vip_threshold_minor: match get("vip_threshold_minor") {
                 None => None,
                 Some(v) => {
@@ -140,40 +144,6 @@ impl Config {
             .as_deref()
             .context("variable `unsubscribe_secret` is not set for this component")
     }
-}
-
-/// The shop's time zone as a fixed offset. Zones without daylight saving
-/// are exact as offsets; zones with it are refused rather than guessed.
-pub fn parse_time_zone(text: &str) -> Option<time::UtcOffset> {
-    let known = [
-        ("Asia/Tokyo", 9),
-        ("Asia/Seoul", 9),
-        ("Asia/Shanghai", 8),
-        ("Asia/Taipei", 8),
-        ("Asia/Hong_Kong", 8),
-        ("Asia/Singapore", 8),
-        ("Asia/Bangkok", 7),
-        ("Asia/Jakarta", 7),
-        ("Asia/Kolkata", 5),
-        ("UTC", 0),
-        ("Etc/UTC", 0),
-    ];
-    if let Some((_, hours)) = known.iter().find(|(name, _)| *name == text) {
-        // Kolkata is +05:30.
-        let minutes = if text == "Asia/Kolkata" { 30 } else { 0 };
-        return time::UtcOffset::from_hms(*hours, minutes, 0).ok();
-    }
-    let (sign, rest) = match text.as_bytes().first()? {
-        b'+' => (1, &text[1..]),
-        b'-' => (-1, &text[1..]),
-        _ => return None,
-    };
-    let (hours, minutes) = rest.split_once(':')?;
-    let (hours, minutes): (i8, i8) = (hours.parse().ok()?, minutes.parse().ok()?);
-    if !(0..=14).contains(&hours) || !(0..60).contains(&minutes) {
-        return None;
-    }
-    time::UtcOffset::from_hms(sign * hours, sign * minutes, 0).ok()
 }
 
 /// `scheme://host[:port]` of an absolute http(s) URL, lower-cased, or
@@ -225,25 +195,6 @@ pub fn redirect_url(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn time_zones_are_fixed_offsets_or_refused() {
-        assert_eq!(
-            parse_time_zone("Asia/Tokyo"),
-            time::UtcOffset::from_hms(9, 0, 0).ok()
-        );
-        assert_eq!(
-            parse_time_zone("Asia/Kolkata"),
-            time::UtcOffset::from_hms(5, 30, 0).ok()
-        );
-        assert_eq!(
-            parse_time_zone("-03:00"),
-            time::UtcOffset::from_hms(-3, 0, 0).ok()
-        );
-        for bad in ["Europe/Berlin", "America/New_York", "+15:00", "9", ""] {
-            assert_eq!(parse_time_zone(bad), None, "case {bad:?}");
-        }
-    }
 
     #[test]
     fn redirect_urls_are_header_safe() {

@@ -10,6 +10,7 @@
 //!   the client's address (Spin's peer, or behind trusted proxies).
 //! - `email`, `phone`, `profile`, `text`, `timestamp`, `ids`: values that
 //!   parse, and the profile built from them.
+//! - `shop_time`: the shop's time zone and its day and month boundaries.
 //! - `contact`, `consent`, `timeline`, `tags`: the customer record.
 //! - `forms`: public lead capture, form settings, rate limits, CORS.
 //! - `contacts_api`: the staff-facing contact use cases.
@@ -39,6 +40,7 @@ pub mod privacy;
 pub mod profile;
 pub mod purchases;
 pub mod segments;
+pub mod shop_time;
 pub mod signatures;
 #[cfg(feature = "spin")]
 pub mod spin_ports;

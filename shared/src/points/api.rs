@@ -4,7 +4,7 @@
 //! transaction that records the acting key's name.
 
 use super::ledger::{self, Kind, NewEntry};
-use super::program::{self, Rules, SHOP_OFFSET};
+use super::program::{self, Rules};
 use crate::Ctx;
 use crate::auth::Actor;
 use crate::db::transaction;
@@ -16,11 +16,11 @@ use crate::http::{
 use crate::idempotency::{IdempotencyKey, WriteAnswer, write};
 use crate::ids::ContactId;
 use crate::ports::{Db, Kv, Value};
+use crate::shop_time;
 use crate::timestamp;
 use anyhow::Context as _;
 use http::StatusCode;
 use serde_json::{Map, Value as Json, json};
-use time::{Date, Month, Time, UtcOffset};
 
 /// The most points one request may move.
 pub const MAX_POINTS: i64 = 1_000_000_000;
@@ -258,7 +258,7 @@ pub async fn award<D: Db, K: Kv>(
         let program = program::current(ctx.db).await?;
         let entry = NewEntry { reason: reason.as_deref(), program_version: Some(program.version), ..NewEntry::new(Kind::Earn, points) };
         let available_at = available_at.unwrap_or_else(|| program.rules.available_at(now));
-        let expires_at = expires_at.or_else(|| program.rules.expires_at(now));
+        let expires_at = expires_at.or_else(|| program.rules.expires_at(now, ctx.config.shop_offset));
         let entry_id = ledger::credit(ctx.db, &contact, &entry, available_at, expires_at, &actor.label(), now).await?;
         let balance = ledger::balance(ctx.db, &contact, now).await?;
         Ok(WriteAnswer {
@@ -335,7 +335,7 @@ pub async fn adjust<D: Db, K: Kv>(
         let program = program::current(ctx.db).await?;
         let entry = NewEntry { reason: reason.as_deref(), program_version: Some(program.version), ..NewEntry::new(Kind::Adjust, points) };
         let entry_id = if points > 0 {
-            ledger::credit(ctx.db, &contact, &entry, now, program.rules.expires_at(now), &actor.label(), now).await?
+            ledger::credit(ctx.db, &contact, &entry, now, program.rules.expires_at(now, ctx.config.shop_offset), &actor.label(), now).await?
         } else {
             ledger::debit(ctx.db, &contact, &entry, None, &actor.label(), now).await?
         };
@@ -463,37 +463,27 @@ async fn liability_report<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>) -> Result<Response,
         .await
         .context("failed to sum debt")?;
     let debt = debt.first().context("debt")?.i64("debt")?;
-    // Months in shop time, from this month on. Points are listed under the
-    // last month they can be used: an `expires_at` of 1 December 00:00
-    // JST is "expiring in November".
-    let local = now.to_offset(SHOP_OFFSET);
-    let mut months = Vec::new();
-    let (mut year, mut month) = (local.year(), local.month());
-    for _ in 0..12 {
-        months.push((year, month));
-        if month == Month::December {
-            year += 1;
-        }
-        month = month.next();
-    }
-    let (last_year, last_month) = months[11];
-    let end_year = if last_month == Month::December {
-        last_year + 1
-    } else {
-        last_year
-    };
-    let end = Date::from_calendar_date(end_year, last_month.next(), 1)
-        .context("month end")?
-        .with_time(Time::MIDNIGHT)
-        .assume_offset(SHOP_OFFSET)
-        .to_offset(UtcOffset::UTC);
+    // Months in shop time (`shop_timezone`), from this month on. Points
+    // are listed under the last month they can be used: an `expires_at` of
+    // 1 December 00:00 shop time is "expiring in November".
+    let shop = ctx.config.shop_offset;
+    let month_start =
+        |months: i64| shop_time::month_start(now, months, shop).context("month start");
+    let months = (0..12)
+        .map(|i| shop_time::month_key(month_start(i)?, shop).context("month key"))
+        .collect::<anyhow::Result<Vec<String>>>()?;
+    let end = month_start(12)?;
     let rows = ctx
         .db
         .execute(
-            "SELECT strftime('%Y-%m', expires_at, '+9 hours', '-0.001 seconds') AS month, SUM(remaining) AS points
+            "SELECT strftime('%Y-%m', expires_at, ?3, '-0.001 seconds') AS month, SUM(remaining) AS points
              FROM points_lots WHERE remaining > 0 AND expires_at > ?1 AND expires_at <= ?2
              GROUP BY month",
-            &[at.as_str().into(), timestamp::format(end).into()],
+            &[
+                at.as_str().into(),
+                timestamp::format(end).into(),
+                shop_time::sqlite_modifier(shop).into(),
+            ],
         )
         .await
         .context("failed to group expiries")?;
@@ -504,9 +494,8 @@ async fn liability_report<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>) -> Result<Response,
     let value = |points: i64| points.saturating_mul(i64::from(program.rules.point_value_minor));
     let expiring: Vec<Json> = months
         .iter()
-        .map(|(y, m)| {
-            let key = format!("{y:04}-{:02}", u8::from(*m));
-            let points = by_month.get(&key).copied().unwrap_or(0);
+        .map(|key| {
+            let points = by_month.get(key).copied().unwrap_or(0);
             json!({ "month": key, "points": points, "value_minor": value(points) })
         })
         .collect();

@@ -21,15 +21,31 @@ use super::program::{self, EarnLine, EarnOrder};
 use crate::ports::Db;
 use crate::purchases::Source;
 use crate::purchases::ingest::Applied;
+use crate::shop_time;
 use crate::timestamp;
 use anyhow::Context as _;
-use time::OffsetDateTime;
+use time::{OffsetDateTime, UtcOffset};
 
+/// [`on_order_in`] with month ends in [`shop_time::DEFAULT`]: the
+/// `purchases` component does not read `shop_timezone` yet.
 pub async fn on_order(
     db: &impl Db,
     source: Source,
     applied: &Applied,
     now: OffsetDateTime,
+) -> anyhow::Result<()> {
+    on_order_in(db, source, applied, now, shop_time::DEFAULT).await
+}
+
+/// Earns, takes back and restores the points of the order `applied`
+/// touched; expiries at a month end count in the shop's time zone `shop`
+/// (`Config::shop_offset`).
+pub async fn on_order_in(
+    db: &impl Db,
+    source: Source,
+    applied: &Applied,
+    now: OffsetDateTime,
+    shop: UtcOffset,
 ) -> anyhow::Result<()> {
     let Some(order_id) = applied.order_id.as_deref() else {
         return Ok(());
@@ -106,7 +122,7 @@ pub async fn on_order(
                 ..NewEntry::new(Kind::Earn, points)
             };
             let available_at = program.rules.available_at(now);
-            let expires_at = program.rules.expires_at(now);
+            let expires_at = program.rules.expires_at(now, shop);
             ledger::credit(
                 db,
                 &contact_id,

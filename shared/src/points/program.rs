@@ -21,14 +21,7 @@ use crate::timestamp;
 use anyhow::Context as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::BTreeMap;
-use time::{Date, Duration, Month, OffsetDateTime, Time, UtcOffset};
-
-/// The shop's time zone for month ends: Japan has no daylight saving, so
-/// a fixed offset is exact for `Asia/Tokyo`.
-pub const SHOP_OFFSET: UtcOffset = match UtcOffset::from_hms(9, 0, 0) {
-    Ok(offset) => offset,
-    Err(_) => UtcOffset::UTC,
-};
+use time::{Duration, OffsetDateTime, UtcOffset};
 
 /// A multiplier with up to two decimals (`5`, `1.5`), kept in hundredths
 /// so the calculation stays in integers.
@@ -258,29 +251,16 @@ impl Rules {
         }
     }
 
-    /// When points earned at `earned_at` expire (`None`: never).
-    pub fn expires_at(&self, earned_at: OffsetDateTime) -> Option<OffsetDateTime> {
+    /// When points earned at `earned_at` expire (`None`: never); month
+    /// ends are counted in the shop's time zone `shop` (`Config::shop_offset`).
+    pub fn expires_at(&self, earned_at: OffsetDateTime, shop: UtcOffset) -> Option<OffsetDateTime> {
         match self.expiry {
             Expiry::Never => None,
             Expiry::DaysAfterEarn { days } => Some(earned_at + Duration::days(i64::from(days))),
+            // The end of the month `months` after the earn month, in shop
+            // time: points expire at the next month's first instant.
             Expiry::EndOfMonthAfter { months } => {
-                // The end of the month `months` after the earn month, in
-                // shop time: points expire at the next month's first instant.
-                let local = earned_at.to_offset(SHOP_OFFSET);
-                let month_index = i64::from(local.year()) * 12 + i64::from(u8::from(local.month()))
-                    - 1
-                    + i64::from(months)
-                    + 1;
-                let year = i32::try_from(month_index.div_euclid(12)).ok()?;
-                let month =
-                    Month::try_from(u8::try_from(month_index.rem_euclid(12) + 1).ok()?).ok()?;
-                let first = Date::from_calendar_date(year, month, 1).ok()?;
-                Some(
-                    first
-                        .with_time(Time::MIDNIGHT)
-                        .assume_offset(SHOP_OFFSET)
-                        .to_offset(UtcOffset::UTC),
-                )
+                crate::shop_time::month_start(earned_at, i64::from(months) + 1, shop)
             }
         }
     }
@@ -510,19 +490,32 @@ mod tests {
 
     #[test]
     fn expiry_policies() {
+        let tokyo = crate::shop_time::DEFAULT;
         let earned = datetime!(2026-11-22 03:00 UTC);
         let mut r = Rules::default();
-        assert_eq!(r.expires_at(earned), Some(datetime!(2027-11-22 03:00 UTC)));
-        r.expiry = Expiry::EndOfMonthAfter { months: 12 };
-        assert_eq!(r.expires_at(earned), Some(datetime!(2027-12-01 00:00 +9)));
-        r.expiry = Expiry::EndOfMonthAfter { months: 0 };
-        // 2026-11-30T20:00Z is already December 1st in Tokyo.
         assert_eq!(
-            r.expires_at(datetime!(2026-11-30 20:00 UTC)),
+            r.expires_at(earned, tokyo),
+            Some(datetime!(2027-11-22 03:00 UTC))
+        );
+        r.expiry = Expiry::EndOfMonthAfter { months: 12 };
+        assert_eq!(
+            r.expires_at(earned, tokyo),
+            Some(datetime!(2027-12-01 00:00 +9))
+        );
+        r.expiry = Expiry::EndOfMonthAfter { months: 0 };
+        // 2026-11-30T20:00Z is already December 1st in Tokyo, still
+        // November in UTC.
+        let late = datetime!(2026-11-30 20:00 UTC);
+        assert_eq!(
+            r.expires_at(late, tokyo),
             Some(datetime!(2027-01-01 00:00 +9))
         );
+        assert_eq!(
+            r.expires_at(late, UtcOffset::UTC),
+            Some(datetime!(2026-12-01 00:00 UTC))
+        );
         r.expiry = Expiry::Never;
-        assert_eq!(r.expires_at(earned), None);
+        assert_eq!(r.expires_at(earned, tokyo), None);
     }
 
     #[test]

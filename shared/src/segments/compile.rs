@@ -4,10 +4,10 @@
 //! the shop's time zone, from the start of today.
 
 use super::definition::{Builtin, Condition, Field, Node, Op, Operand};
-use crate::points::program::SHOP_OFFSET;
 use crate::ports::Value;
+use crate::shop_time;
 use crate::timestamp;
-use time::{Duration, OffsetDateTime, Time, UtcOffset};
+use time::{Duration, OffsetDateTime, UtcOffset};
 
 /// What conditions need besides the definition.
 #[derive(Debug, Clone, Copy)]
@@ -24,10 +24,12 @@ pub struct Compiled {
     pub params: Vec<Value>,
 }
 
-/// Compiles `node`; with `email_purpose`, only contacts with an email and
-/// a current email consent (the latest record a grant) can match.
+/// Compiles `node` with relative dates in the default zone
+/// ([`shop_time::DEFAULT`]); with `email_purpose`, only contacts with an
+/// email and a current email consent (the latest record a grant) can
+/// match. Requests use [`compile_in`] with the configured zone.
 pub fn compile(node: &Node, env: &Env, email_purpose: bool) -> Compiled {
-    compile_in(node, env, email_purpose, SHOP_OFFSET)
+    compile_in(node, env, email_purpose, shop_time::DEFAULT)
 }
 
 /// Like [`compile`], with relative dates counted in the time zone `offset`.
@@ -77,17 +79,7 @@ impl Builder {
     /// The start of the shop-local day `days` days ago, in UTC (clamped
     /// like [`add_days`]).
     fn days_ago(&self, days: i64) -> OffsetDateTime {
-        let today = self
-            .env
-            .now
-            .checked_to_offset(self.offset)
-            .map(|local| {
-                local
-                    .date()
-                    .with_time(Time::MIDNIGHT)
-                    .assume_offset(self.offset)
-            })
-            .unwrap_or(self.env.now);
+        let today = shop_time::start_of_day(self.env.now, self.offset).unwrap_or(self.env.now);
         add_days(today, days.checked_neg().unwrap_or(i64::MAX))
     }
 
@@ -505,7 +497,7 @@ mod tests {
         }
         let offsets = [
             UtcOffset::UTC,
-            crate::points::program::SHOP_OFFSET,
+            shop_time::DEFAULT,
             UtcOffset::from_hms(14, 0, 0).unwrap(),
             UtcOffset::from_hms(-12, 0, 0).unwrap(),
             UtcOffset::from_hms(25, 59, 59).unwrap(),

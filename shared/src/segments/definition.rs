@@ -337,10 +337,11 @@ impl Node {
     }
 }
 
-/// Parses a definition, reading dates (`YYYY-MM-DD`) as midnight in
-/// Japan; see [`parse_in`].
+/// Parses a definition, reading dates (`YYYY-MM-DD`) as midnight in the
+/// default zone ([`crate::shop_time::DEFAULT`]); requests use [`parse_in`]
+/// with the configured zone.
 pub fn parse(json: &Json) -> Result<Node, ApiError> {
-    parse_in(json, crate::points::program::SHOP_OFFSET)
+    parse_in(json, crate::shop_time::DEFAULT)
 }
 
 /// Parses a definition, reading dates as midnight at `offset` (the shop's

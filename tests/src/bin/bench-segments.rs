@@ -97,10 +97,10 @@
 use anyhow::ensure;
 use bytes::Bytes;
 use kizuna::auth::key_digest;
-use kizuna::points::program::SHOP_OFFSET;
 use kizuna::ports::Value;
 use kizuna::segments::compile::{Compiled, Env, compile};
 use kizuna::segments::definition;
+use kizuna::shop_time::DEFAULT as SHOP_OFFSET;
 use kizuna::timestamp;
 use kizuna_tests::bench::{
     BenchDir, Stats, body_text, database_size, measure, mib, open_baseline, parse_args,

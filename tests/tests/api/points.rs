@@ -2468,3 +2468,123 @@ fn a_ledger_cursor_this_api_did_not_return_is_422() {
         assert_eq!(problem["errors"][0]["field"], "cursor", "case {case}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// The shop's time zone (`shop_timezone`)
+// ---------------------------------------------------------------------------
+
+/// The `expiring_by_month` buckets of a liability report, as (month, points).
+fn expiring_by_month(report: &Json) -> Vec<(String, i64)> {
+    report["expiring_by_month"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["month"].as_str().unwrap().to_owned(),
+                m["points"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn month_end_expiries_and_the_liability_report_follow_the_shop_time_zone() {
+    if skip_under_spin("needs the manual clock") {
+        return;
+    }
+    // Arrange: a shop on UTC; now is 2026-11-22 03:00 UTC (noon in Tokyo)
+    let app = TestApp::with_variables(&[("shop_timezone", "+00:00")]);
+    let id = new_contact(&app, "utc-shop@example.jp");
+    let expires = |entry: &Json| -> String {
+        app.db()
+            .query_row(
+                "SELECT expires_at FROM points_lots WHERE entry_id = ?1",
+                [entry["entry_id"].as_str().unwrap()],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    put_program(
+        &app,
+        &json!({"expiry": {"policy": "end_of_month_after", "months": 0}}),
+    );
+    let this_month = award(&app, &id, 100);
+    put_program(
+        &app,
+        &json!({"expiry": {"policy": "end_of_month_after", "months": 11}}),
+    );
+    let twelfth_month = award(&app, &id, 40);
+    put_program(&app, &json!({"expiry": {"policy": "never"}}));
+    // 2026-11-30 16:00 UTC: November in UTC (December in Tokyo)
+    award_with(
+        &app,
+        &json!({"contact_id": id, "points": 30, "reason": "seed",
+                "expires_at": "2026-11-30T16:00:00Z"}),
+    );
+
+    // Act
+    let report = app.get(POINTS_KEY, "/v1/points/liability");
+
+    // Assert: month ends at UTC midnight, not at 15:00 UTC (Tokyo's)
+    assert_eq!(expires(&this_month), "2026-12-01T00:00:00.000000Z");
+    assert_eq!(expires(&twelfth_month), "2027-11-01T00:00:00.000000Z");
+    assert_eq!(report.status, 200, "{}", report.text());
+    let months = expiring_by_month(&report.json());
+    assert_eq!(months.len(), 12, "{months:?}");
+    assert_eq!(months[0], ("2026-11".to_owned(), 130), "{months:?}");
+    assert_eq!(months[11], ("2027-10".to_owned(), 40), "{months:?}");
+    let listed: i64 = months.iter().map(|(_, p)| p).sum();
+    assert_eq!(listed, 170, "{months:?}");
+
+    // Act: 2026-11-30 20:00 UTC is already 1 December in Tokyo
+    app.clock
+        .advance(time::macros::datetime!(2026-11-30 20:00 UTC) - start_time());
+    put_program(
+        &app,
+        &json!({"expiry": {"policy": "end_of_month_after", "months": 0}}),
+    );
+    let late = award(&app, &id, 5);
+    let report = app.get(POINTS_KEY, "/v1/points/liability").json();
+
+    // Assert: still November in the shop; the new points are November's too
+    assert_eq!(expires(&late), "2026-12-01T00:00:00.000000Z");
+    let months = expiring_by_month(&report);
+    assert_eq!(months[0], ("2026-11".to_owned(), 105), "{months:?}");
+    assert_eq!(months[1].0, "2026-12", "{months:?}");
+    assert_eq!(months[11], ("2027-10".to_owned(), 40), "{months:?}");
+}
+
+#[test]
+fn the_liability_report_buckets_by_month_in_a_zone_west_of_utc_with_half_hours() {
+    if skip_under_spin("needs the manual clock") {
+        return;
+    }
+    // Arrange: a shop at -03:30; both expiries are December in Tokyo
+    let app = TestApp::with_variables(&[("shop_timezone", "-03:30")]);
+    let id = new_contact(&app, "west-shop@example.jp");
+    for (points, expires_at) in [
+        // 2026-12-01 00:00 at -03:30: usable through 30 November
+        (20, "2026-12-01T03:30:00Z"),
+        // 2026-12-01 00:01 at -03:30: usable on 1 December
+        (7, "2026-12-01T03:31:00Z"),
+    ] {
+        award_with(
+            &app,
+            &json!({"contact_id": id, "points": points, "reason": "seed",
+                    "expires_at": expires_at}),
+        );
+    }
+
+    // Act
+    let response = app.get(POINTS_KEY, "/v1/points/liability");
+
+    // Assert
+    assert_eq!(response.status, 200, "{}", response.text());
+    let months = expiring_by_month(&response.json());
+    assert_eq!(
+        months[..2],
+        [("2026-11".to_owned(), 20), ("2026-12".to_owned(), 7)],
+        "{months:?}"
+    );
+}
