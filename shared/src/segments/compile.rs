@@ -540,4 +540,32 @@ mod tests {
         assert_eq!(add_days(timestamp::MIN, i64::MAX), timestamp::MAX);
         assert_eq!(add_days(timestamp::MAX, i64::MIN), timestamp::MIN);
     }
+
+    #[test]
+    fn a_built_in_counts_as_the_predicates_it_compiles_to() {
+        use crate::segments::definition::Builtin;
+        let env = Env {
+            now: time::macros::datetime!(2026-11-22 03:00 UTC),
+            vip_threshold: 100_000,
+        };
+        for name in Builtin::NAMES {
+            let builtin = Builtin::parse(name).unwrap();
+            let sql = compile(&Node::Builtin(builtin), &env, false).sql;
+            let inner = sql
+                .strip_prefix("c.erased_at IS NULL AND (")
+                .and_then(|s| s.strip_suffix(')'))
+                .unwrap();
+            // Predicates joined by AND outside any parentheses.
+            let (mut depth, mut predicates) = (0, 1);
+            for (i, c) in inner.char_indices() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    ' ' if depth == 0 && inner[i..].starts_with(" AND ") => predicates += 1,
+                    _ => {}
+                }
+            }
+            assert_eq!(builtin.conditions(), predicates, "{name}: {inner}");
+        }
+    }
 }

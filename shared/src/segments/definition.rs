@@ -302,6 +302,23 @@ impl Builtin {
         "points_expiring",
     ];
 
+    /// How many conditions the built-in counts for under
+    /// [`MAX_CONDITIONS`]: the predicates it compiles to (see
+    /// `compile.rs`), so a definition of built-ins is bounded like one of
+    /// conditions. `new_customers` is `order_count >= 1` and a first order
+    /// in the last 30 days; `vip` is `order_count >= 1` and the 12-month
+    /// spend subquery; the others are one predicate each.
+    pub fn conditions(self) -> usize {
+        match self {
+            Builtin::NewCustomers | Builtin::Vip => 2,
+            Builtin::Prospects
+            | Builtin::Repeat
+            | Builtin::AtRisk
+            | Builtin::Dormant
+            | Builtin::PointsExpiring => 1,
+        }
+    }
+
     pub fn parse(name: &str) -> Option<Builtin> {
         Some(match name {
             "prospects" => Builtin::Prospects,
@@ -447,9 +464,21 @@ fn parse_node(
         .map(|n| Node::Not(Box::new(n)));
     }
     if let Some(name) = object.get("segment") {
-        *conditions += 1;
         return match name.as_str().and_then(Builtin::parse) {
-            Some(builtin) => Some(Node::Builtin(builtin)),
+            Some(builtin) => {
+                *conditions += builtin.conditions();
+                if *conditions > MAX_CONDITIONS {
+                    return fail(
+                        errors,
+                        pointer,
+                        format!(
+                            "more than {MAX_CONDITIONS} conditions \
+                             (a built-in segment counts as the conditions it stands for)"
+                        ),
+                    );
+                }
+                Some(Node::Builtin(builtin))
+            }
             None => fail(
                 errors,
                 &format!("{pointer}/segment"),
@@ -785,5 +814,18 @@ mod tests {
             .map(|_| json!({"field": "order_count", "op": "gte", "value": 1}))
             .collect();
         assert_eq!(pointer_of(json!({"all": many})), "/all", "too many");
+        // Built-ins count too: 101 of them over two groups, and `vip`
+        // (two predicates) 51 times.
+        let prospects = |n: usize| vec![json!({"segment": "prospects"}); n];
+        assert_eq!(
+            pointer_of(json!({"all": [{"any": prospects(50)}, {"any": prospects(51)}]})),
+            "/all/1/any/50",
+            "101 built-ins"
+        );
+        let vip = vec![json!({"segment": "vip"}); 51];
+        assert_eq!(pointer_of(json!({"any": vip})), "/any/50", "51 vip");
+        let mut at_the_cap = vec![json!({"field": "order_count", "op": "gte", "value": 1}); 98];
+        at_the_cap.push(json!({"segment": "vip"}));
+        assert!(parse(&json!({"all": at_the_cap})).is_ok(), "98 + vip");
     }
 }

@@ -3631,3 +3631,89 @@ fn out_of_range_dates_and_day_counts_get_a_pointer_and_store_nothing() {
         "the segment is unchanged"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Built-in segments under the condition cap
+// ---------------------------------------------------------------------------
+
+#[test]
+fn built_in_segments_count_towards_the_hundred_condition_cap() {
+    // Arrange: a built-in counts as the predicates it stands for: `vip`
+    // (an order, and 12-month spend) and `new_customers` (an order, and
+    // a first order within 30 days) two each, the others one each.
+    let app = TestApp::new();
+    app.create_contact(&json!({"email": "cap@example.jp"}));
+    let ok = cond("order_count", "gte", json!(1));
+    let builtins = |name: &str, n: usize| vec![json!({ "segment": name }); n];
+    let mut conditions_then_vip = vec![ok.clone(); 99];
+    conditions_then_vip.push(json!({"segment": "vip"}));
+    let mut hundred_builtins = builtins("repeat", 99);
+    hundred_builtins.push(json!({"segment": "dormant"}));
+    let too_many: Vec<(&str, Json, &str)> = vec![
+        (
+            "101 built-ins over two groups",
+            json!({"all": [{"any": builtins("prospects", 50)}, {"any": builtins("prospects", 51)}]}),
+            "/definition/all/1/any/50",
+        ),
+        (
+            "51 vip",
+            json!({ "any": builtins("vip", 51) }),
+            "/definition/any/50",
+        ),
+        (
+            "51 new_customers, nested",
+            json!({"not": {"any": builtins("new_customers", 51)}}),
+            "/definition/not/any/50",
+        ),
+        (
+            "99 conditions and vip",
+            json!({ "all": conditions_then_vip }),
+            "/definition/all/99",
+        ),
+        (
+            "a condition and 100 built-ins",
+            json!({"any": [{"all": [ok.clone()]}, {"any": hundred_builtins}]}),
+            "/definition/any/1/any/99",
+        ),
+    ];
+    let before = all_table_counts(&app);
+
+    for (case, definition, pointer) in &too_many {
+        for (what, path, body) in [
+            (
+                "preview",
+                "/v1/segments/preview",
+                json!({ "definition": definition }),
+            ),
+            (
+                "create",
+                "/v1/segments",
+                json!({"name": format!("cap {case}"), "definition": definition}),
+            ),
+        ] {
+            // Act
+            let response = app.send_json("POST", SEGMENTS_KEY, path, &body);
+
+            // Assert
+            let problem = response.assert_problem(422, &format!("{what} {case}"));
+            assert_eq!(
+                problem["errors"][0]["field"], *pointer,
+                "{what} {case}: {problem}"
+            );
+        }
+    }
+    assert_eq!(all_table_counts(&app), before, "nothing stored");
+
+    // Act: exactly 100 (98 conditions and vip) is allowed
+    let mut at_the_cap = vec![ok.clone(); 98];
+    at_the_cap.push(json!({"segment": "vip"}));
+    let response = app.send_json(
+        "POST",
+        SEGMENTS_KEY,
+        "/v1/segments/preview?fields=id",
+        &json!({"definition": {"all": at_the_cap}}),
+    );
+
+    // Assert
+    assert_eq!(response.status, 200, "{}", response.text());
+}
