@@ -27,6 +27,7 @@ pub const PURCHASES_VARIABLES: &[&str] = &[
     "api_keys",
     "default_phone_region",
     "shop_currency",
+    "shop_timezone",
     "orders_webhook_secrets",
     "shopify_webhook_secrets",
     "woocommerce_webhook_secrets",

@@ -968,6 +968,7 @@ mod tests {
             required_fields: vec!["name".into()],
             tags: vec!["spring".into()],
             consent_text_version: Some("v3".into()),
+            consent_texts: [("v2".to_owned(), "旧文言".to_owned())].into(),
         }
         .validate()
         .unwrap();

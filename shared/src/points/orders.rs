@@ -21,26 +21,14 @@ use super::program::{self, EarnLine, EarnOrder};
 use crate::ports::Db;
 use crate::purchases::Source;
 use crate::purchases::ingest::Applied;
-use crate::shop_time;
 use crate::timestamp;
 use anyhow::Context as _;
 use time::{OffsetDateTime, UtcOffset};
 
-/// [`on_order_in`] with month ends in [`shop_time::DEFAULT`]: the
-/// `purchases` component does not read `shop_timezone` yet.
-pub async fn on_order(
-    db: &impl Db,
-    source: Source,
-    applied: &Applied,
-    now: OffsetDateTime,
-) -> anyhow::Result<()> {
-    on_order_in(db, source, applied, now, shop_time::DEFAULT).await
-}
-
 /// Earns, takes back and restores the points of the order `applied`
 /// touched; expiries at a month end count in the shop's time zone `shop`
 /// (`Config::shop_offset`).
-pub async fn on_order_in(
+pub async fn on_order(
     db: &impl Db,
     source: Source,
     applied: &Applied,

@@ -191,7 +191,7 @@ pub async fn receive<D: Db, K: Kv>(
             (Outcome::Ignored, Applied::default())
         } else {
             let applied = ingest::apply(ctx.db, delivery.source, &event, now).await?;
-            crate::points::orders::on_order(ctx.db, delivery.source, &applied, now).await?;
+            crate::points::orders::on_order(ctx.db, delivery.source, &applied, now, ctx.config.shop_offset).await?;
             (Outcome::Applied, applied)
         };
         log_delivery(ctx.db, delivery, event.order_external_id(), outcome, None, now).await?;

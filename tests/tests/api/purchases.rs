@@ -1213,6 +1213,44 @@ fn erasure_removes_free_text_and_remembers_the_withdrawal_and_the_person() {
 }
 
 #[test]
+fn points_earned_by_an_order_expire_at_the_end_of_the_month_in_the_shop_time_zone() {
+    // Arrange: a shop on UTC whose points last to the end of the month.
+    let app = TestApp::with_variables(&[("shop_timezone", "+00:00")]);
+    let program = app.send_json(
+        "PUT",
+        ADMIN_KEY,
+        "/v1/points/program",
+        &json!({"expiry": {"policy": "end_of_month_after", "months": 0}}),
+    );
+    assert_eq!(program.status, 200, "{}", program.text());
+
+    // Act
+    let mut event = kizuna_event("order.paid");
+    event["data"]["placed_at"] = json!(kizuna::timestamp::format(app.now()));
+    applied(&post_kizuna(&app, "msg_tz", &event), "order.paid");
+
+    // Assert: the first instant of next month in UTC, not Tokyo's 15:00 UTC.
+    let now = app.now();
+    let (year, month) = match now.month() {
+        time::Month::December => (now.year() + 1, time::Month::January),
+        m => (now.year(), m.next()),
+    };
+    let month_end = time::Date::from_calendar_date(year, month, 1)
+        .expect("date")
+        .midnight()
+        .assume_utc();
+    let expires: String = app
+        .db()
+        .query_row(
+            "SELECT expires_at FROM points_lots WHERE remaining > 0",
+            [],
+            |r| r.get(0),
+        )
+        .expect("one earned lot");
+    assert_eq!(expires, kizuna::timestamp::format(month_end));
+}
+
+#[test]
 fn an_unhandled_shopify_topic_is_acknowledged_and_ignored() {
     // Arrange
     let app = TestApp::new();
