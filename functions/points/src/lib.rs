@@ -53,8 +53,8 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
                 return Err(ApiError::MethodNotAllowed("POST"));
             }
             match *action {
-                "award" => api::award(ctx, &authorize(Scope::PointsWrite)?, request).await,
-                "redeem" => api::redeem(ctx, &authorize(Scope::PointsWrite)?, request).await,
+                "award" => api::award(ctx, &authorize(Scope::PointsAward)?, request).await,
+                "redeem" => api::redeem(ctx, &authorize(Scope::PointsRedeem)?, request).await,
                 "adjust" => api::adjust(ctx, &authorize(Scope::PointsAdmin)?, request).await,
                 _ => api::expire_due(ctx, &authorize(Scope::PointsAdmin)?).await,
             }

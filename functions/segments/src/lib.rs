@@ -24,6 +24,17 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let method = request.method();
     let authorize = |scope: Scope| ctx.config.api_keys.authorize(request.headers(), scope);
+    // Members with personal fields (email, phone, name) need
+    // `segments:export` on top of `segments:read`.
+    let may_export = || match authorize(Scope::SegmentsExport) {
+        Ok(_) => Ok(()),
+        Err(ApiError::Forbidden(_)) => Err(ApiError::Forbidden(format!(
+            "this key lacks the `segments:export` scope, which the personal fields ({}) need; \
+             ask for `fields=id,tags,counters,points` or use a key with it",
+            api::PERSONAL_FIELDS.join(", ")
+        ))),
+        Err(other) => Err(other),
+    };
     let get_only = |method: &Method| {
         if method == Method::GET {
             Ok(())
@@ -56,7 +67,7 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
         ["v1", "segments", "preview"] => match *method {
             Method::POST => {
                 authorize(Scope::SegmentsRead)?;
-                api::preview(ctx, request).await
+                api::preview(ctx, request, may_export).await
             }
             _ => Err(ApiError::MethodNotAllowed("POST")),
         },
@@ -79,7 +90,7 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
             get_only(method)?;
             authorize(Scope::SegmentsRead)?;
             match *view {
-                "contacts" => api::members(ctx, id, request).await,
+                "contacts" => api::members(ctx, id, request, may_export).await,
                 "count" => api::count_segment(ctx, id).await,
                 "changes" => api::changes(ctx, id, request).await,
                 _ => Err(ApiError::NotFound("no such route".into())),

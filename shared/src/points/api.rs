@@ -219,12 +219,20 @@ pub async fn ledger_page(
 }
 
 /// `POST /v1/points/award`: points with a reason, the program's pending
-/// and expiry unless `available_at` / `expires_at` override them.
+/// and expiry unless `available_at` / `expires_at` override them. Needs
+/// an `Idempotency-Key`, like redeem: a retried award must not credit
+/// twice.
 pub async fn award<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
     actor: &Actor,
     request: &Request,
 ) -> Result<Response, ApiError> {
+    if IdempotencyKey::from_headers(request.headers())?.is_none() {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            "is required: a retried award must not credit twice",
+        ));
+    }
     let body: Map<String, Json> = crate::http::read_json(request)?;
     let mut errors = Vec::new();
     only_fields(

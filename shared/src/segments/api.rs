@@ -50,6 +50,23 @@ async fn env<D: Db, K: Kv>(
 /// Member columns a caller may ask for.
 const FIELDS: &[&str] = &["id", "email", "phone", "name", "tags", "counters", "points"];
 
+/// Member columns that identify a person: asking for one (the default
+/// fields do) needs the `segments:export` scope, not only `segments:read`.
+pub const PERSONAL_FIELDS: &[&str] = &["email", "phone", "name"];
+
+/// The fields a request asks for, after `may_export` allowed the personal
+/// ones among them (it answers the 403 when the key lacks the scope).
+fn allowed_fields(
+    text: Option<&str>,
+    may_export: impl FnOnce() -> Result<(), ApiError>,
+) -> Result<Vec<&'static str>, ApiError> {
+    let fields = parse_fields(text)?;
+    if fields.iter().any(|f| PERSONAL_FIELDS.contains(f)) {
+        may_export()?;
+    }
+    Ok(fields)
+}
+
 fn parse_fields(text: Option<&str>) -> Result<Vec<&'static str>, ApiError> {
     let Some(text) = text else {
         return Ok(vec!["id", "email", "phone", "name"]);
@@ -181,9 +198,11 @@ fn cursor(pairs: &[(String, String)]) -> Result<Option<String>, ApiError> {
 }
 
 /// `POST /v1/segments/preview`: a definition in, count and first page out.
+/// `may_export` allows personal fields (see [`PERSONAL_FIELDS`]).
 pub async fn preview<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
     request: &Request,
+    may_export: impl FnOnce() -> Result<(), ApiError>,
 ) -> Result<Response, ApiError> {
     let body: Map<String, Json> = crate::http::read_json(request)?;
     for key in body.keys() {
@@ -198,7 +217,7 @@ pub async fn preview<D: Db, K: Kv>(
     let purpose = parse_purpose(body.get("purpose"))?;
     let pairs = query_pairs(request);
     let limit = page_size(&pairs, false)?;
-    let fields = parse_fields(query_param(&pairs, "fields"))?;
+    let fields = allowed_fields(query_param(&pairs, "fields"), may_export)?;
     let (env, computed_at) = env(ctx, &node).await?;
     let compiled = compile_in(&node, &env, purpose.is_some(), ctx.config.shop_offset);
     let total = count(ctx.db, &compiled).await?;
@@ -515,10 +534,12 @@ pub async fn count_segment<D: Db, K: Kv>(
 /// `GET /v1/segments/{id}/contacts`: JSON, or CSV with `Accept: text/csv`
 /// or `format=csv` (`bom=true` adds a UTF-8 BOM for Excel). The next
 /// page's cursor is in `next_cursor` (JSON) or the `Next-Cursor` header.
+/// `may_export` allows personal fields (see [`PERSONAL_FIELDS`]).
 pub async fn members<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
     id: &str,
     request: &Request,
+    may_export: impl FnOnce() -> Result<(), ApiError>,
 ) -> Result<Response, ApiError> {
     let pairs = query_pairs(request);
     let csv = query_param(&pairs, "format") == Some("csv")
@@ -530,7 +551,7 @@ pub async fn members<D: Db, K: Kv>(
         return Err(ApiError::invalid("format", "csv or json"));
     }
     let limit = page_size(&pairs, csv)?;
-    let fields = parse_fields(query_param(&pairs, "fields"))?;
+    let fields = allowed_fields(query_param(&pairs, "fields"), may_export)?;
     let after = cursor(&pairs)?;
     let (segment, compiled, env, computed_at) = compiled_segment(ctx, id).await?;
     let (page, next) = member_page(ctx.db, &compiled, &env, after.as_deref(), limit).await?;

@@ -45,7 +45,7 @@
 //!    each answer must equal the available points of step 2.
 //! 4. **redeem**: `--requests` sequential `POST /v1/points/redeem` of 1
 //!    point for the hot contact, each with its own `Idempotency-Key`,
-//!    with a `points:write` key through `Host::handle`: in one `BEGIN
+//!    with a `points:redeem` key through `Host::handle`: in one `BEGIN
 //!    IMMEDIATE` transaction with `synchronous = FULL`, the idempotency
 //!    look-up, the live-contact check, the program, the expiry of due
 //!    lots, the open lots in spending order, the entry, the account, the
@@ -100,7 +100,7 @@ use std::path::Path;
 use std::time::Instant;
 use time::OffsetDateTime;
 
-/// `points:read` and `points:write`.
+/// `points:read` and `points:redeem`.
 const POINTS_KEY: &str = "bench-points-key-0123456789";
 /// Who preloaded earns and redemptions were written by (the key's label).
 const WRITER: &str = "key:bench-points";
@@ -167,7 +167,7 @@ fn parse_options() -> anyhow::Result<Option<Options>> {
 
 fn build_host(dir: &Path) -> anyhow::Result<Host> {
     let api_keys = json!([
-        {"name": "bench-points", "sha256": key_digest(POINTS_KEY), "scopes": ["points:read", "points:write"]},
+        {"name": "bench-points", "sha256": key_digest(POINTS_KEY), "scopes": ["points:read", "points:redeem"]},
     ])
     .to_string();
     Ok(Host::new(dir)?

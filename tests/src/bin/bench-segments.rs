@@ -117,7 +117,8 @@ use std::time::{Duration, Instant};
 use time::macros::datetime;
 use time::{OffsetDateTime, Time, UtcOffset};
 
-/// `segments:read` and `segments:write`.
+/// `segments:read`, `segments:write` and `segments:export` (the members
+/// pages read the default, personal fields).
 const SEGMENTS_KEY: &str = "bench-segments-key-0123456789";
 /// The tag of the segment: the most common one.
 const TAG: &str = "newsletter";
@@ -201,7 +202,7 @@ fn parse_options() -> anyhow::Result<Option<Options>> {
 
 fn build_host(dir: &Path) -> anyhow::Result<Host> {
     let api_keys = json!([
-        {"name": "bench-segments", "sha256": key_digest(SEGMENTS_KEY), "scopes": ["segments:read", "segments:write"]},
+        {"name": "bench-segments", "sha256": key_digest(SEGMENTS_KEY), "scopes": ["segments:read", "segments:write", "segments:export"]},
     ])
     .to_string();
     Ok(Host::new(dir)?

@@ -27,12 +27,18 @@ pub const ORDERS_SECRET: &str = "whsec_dGVzdC1vcmRlcnMtd2ViaG9vay1zZWNyZXQ=";
 pub const SHOPIFY_SECRET: &str = "shpss_test_shopify_secret";
 pub const WOO_SECRET: &str = "test-woocommerce-secret";
 pub const ORDERS_KEY: &str = "test-orders-key-4444";
-/// `points:read` and `points:write`.
+/// `points:read`, `points:redeem` and `points:award`.
 pub const POINTS_KEY: &str = "test-points-key-5555";
 /// `points:read` and `points:admin`.
 pub const POINTS_ADMIN_KEY: &str = "test-points-admin-key-6666";
-/// `segments:read` and `segments:write`.
+/// `segments:read`, `segments:write` and `segments:export`.
 pub const SEGMENTS_KEY: &str = "test-segments-key-7777";
+/// A till: `points:read` and `points:redeem` only.
+pub const POINTS_REDEEM_KEY: &str = "test-points-redeem-key-8888";
+/// A campaign tool: `points:award` only.
+pub const POINTS_AWARD_KEY: &str = "test-points-award-key-9999";
+/// An analytics dashboard: `segments:read` only (ids, counts, analytics).
+pub const SEGMENTS_READ_KEY: &str = "test-segments-read-key-aaaa";
 
 pub fn api_keys_variable() -> String {
     serde_json::json!([
@@ -41,9 +47,12 @@ pub fn api_keys_variable() -> String {
         {"name": "writer", "sha256": key_digest(WRITE_KEY), "scopes": ["contacts:read", "contacts:write"]},
         {"name": "forms", "sha256": key_digest(FORMS_KEY), "scopes": ["forms:admin"]},
         {"name": "orders", "sha256": key_digest(ORDERS_KEY), "scopes": ["orders:read"]},
-        {"name": "points", "sha256": key_digest(POINTS_KEY), "scopes": ["points:read", "points:write"]},
+        {"name": "points", "sha256": key_digest(POINTS_KEY), "scopes": ["points:read", "points:redeem", "points:award"]},
         {"name": "points-admin", "sha256": key_digest(POINTS_ADMIN_KEY), "scopes": ["points:read", "points:admin"]},
-        {"name": "segments", "sha256": key_digest(SEGMENTS_KEY), "scopes": ["segments:read", "segments:write"]},
+        {"name": "segments", "sha256": key_digest(SEGMENTS_KEY), "scopes": ["segments:read", "segments:write", "segments:export"]},
+        {"name": "till", "sha256": key_digest(POINTS_REDEEM_KEY), "scopes": ["points:read", "points:redeem"]},
+        {"name": "campaigns", "sha256": key_digest(POINTS_AWARD_KEY), "scopes": ["points:award"]},
+        {"name": "dashboard", "sha256": key_digest(SEGMENTS_READ_KEY), "scopes": ["segments:read"]},
     ])
     .to_string()
 }

@@ -73,7 +73,7 @@ fn call(
     app.request(method, path, &headers, body)
 }
 
-/// `POST /v1/points/redeem` with the `points:write` key.
+/// `POST /v1/points/redeem` with the `points:redeem` key.
 fn redeem(app: &TestApp, idempotency_key: Option<&str>, body: &Json) -> TestResponse {
     call(
         app,
@@ -93,9 +93,30 @@ fn redeem_ok(app: &TestApp, idempotency_key: &str, body: &Json) -> Json {
     response.json()
 }
 
+/// A fresh `Idempotency-Key` for an award.
+fn award_key() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("award-{}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// `POST /v1/points/award` with the `points:award` key and a fresh
+/// `Idempotency-Key`.
+fn post_award(app: &TestApp, body: &Json) -> TestResponse {
+    call(
+        app,
+        "POST",
+        "/v1/points/award",
+        Some(POINTS_KEY),
+        Some("application/json"),
+        Some(&award_key()),
+        body.to_string(),
+    )
+}
+
 /// `POST /v1/points/award`, which must succeed; returns its answer.
 fn award_with(app: &TestApp, body: &Json) -> Json {
-    let response = app.send_json("POST", POINTS_KEY, "/v1/points/award", body);
+    let response = post_award(app, body);
     assert_eq!(response.status, 201, "award {body}: {}", response.text());
     response.json()
 }
@@ -306,10 +327,8 @@ fn award_then_redeem_then_refuse_beyond_the_balance() {
     // Arrange
     let app = TestApp::new();
     let id = app.create_contact(&json!({"email": "points@example.jp"}));
-    let award = app.send_json(
-        "POST",
-        POINTS_KEY,
-        "/v1/points/award",
+    let award = post_award(
+        &app,
         &json!({"contact_id": id, "points": 500, "reason": "welcome"}),
     );
     assert_eq!(award.status, 201, "{}", award.text());
@@ -457,7 +476,7 @@ fn the_program_needs_the_points_admin_scope() {
     );
 
     // Assert
-    response.assert_problem(403, "points:write key");
+    response.assert_problem(403, "points:redeem and points:award key");
     let current = program(&app);
     assert_eq!(current["version"], 1);
     assert_eq!(current["rules"]["min_redeem"], 10);
@@ -1331,6 +1350,7 @@ fn contact_with_points_over_http(app: &TestApp, url: &str, points: i64) -> Strin
             vec![
                 ("authorization".to_owned(), bearer(POINTS_KEY)),
                 ("content-type".to_owned(), "application/json".to_owned()),
+                ("idempotency-key".to_owned(), "seed".to_owned()),
             ],
             json!({"contact_id": id, "points": points, "reason": "seed"}).to_string(),
         )],
@@ -1382,7 +1402,11 @@ fn a_hundred_concurrent_redeems_of_ten_against_five_hundred_spend_exactly_the_ba
         app.count("SELECT COALESCE(SUM(points), 0) FROM points_allocations"),
         500
     );
-    assert_eq!(app.count("SELECT count(*) FROM idempotency_keys"), 50);
+    assert_eq!(
+        app.count("SELECT count(*) FROM idempotency_keys"),
+        51,
+        "50 redemptions and the seed award"
+    );
     assert_ledger_invariants(&app, "after the rush");
 }
 
@@ -1415,7 +1439,11 @@ fn the_same_redeem_twenty_times_concurrently_spends_once_and_answers_alike() {
         app.count("SELECT count(*) FROM points_entries WHERE kind = 'redeem'"),
         1
     );
-    assert_eq!(app.count("SELECT count(*) FROM idempotency_keys"), 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM idempotency_keys"),
+        2,
+        "one redemption and the seed award"
+    );
     assert_ledger_invariants(&app, "one click");
 }
 
@@ -1682,7 +1710,7 @@ fn an_adjustment_needs_a_reason_and_the_admin_scope() {
             422,
         ),
         (
-            "points:write key",
+            "points:redeem and points:award key",
             POINTS_KEY,
             json!({"contact_id": id, "points": 10, "reason": "x"}),
             403,
@@ -1750,7 +1778,12 @@ fn cancelling_an_earn_takes_back_what_is_left_and_the_spent_part_becomes_debt() 
             spent["entry_id"].as_str().unwrap().to_owned(),
             404,
         ),
-        ("points:write key", POINTS_KEY, earn_id.clone(), 403),
+        (
+            "points:redeem and points:award key",
+            POINTS_KEY,
+            earn_id.clone(),
+            403,
+        ),
     ] {
         let response = app.send_json(
             "POST",
@@ -2388,10 +2421,8 @@ fn erasure_forfeits_open_points_and_clears_reasons() {
     // Arrange: a contact with points awarded with a personal note.
     let app = TestApp::new();
     let id = app.create_contact(&json!({"email": "gone@example.jp"}));
-    let awarded = app.send_json(
-        "POST",
-        POINTS_KEY,
-        "/v1/points/award",
+    let awarded = post_award(
+        &app,
         &json!({"contact_id": id, "points": 100, "reason": "お詫び 田中花子様"}),
     );
     assert_eq!(awarded.status, 201, "{}", awarded.text());
@@ -2427,10 +2458,8 @@ fn expired_points_count_as_expired_before_any_sweep() {
     let app = TestApp::new();
     let id = app.create_contact(&json!({"email": "lapse@example.jp"}));
     let expires_at = kizuna::timestamp::format(start_time() + time::Duration::days(1));
-    let awarded = app.send_json(
-        "POST",
-        POINTS_KEY,
-        "/v1/points/award",
+    let awarded = post_award(
+        &app,
         &json!({"contact_id": id, "points": 100, "reason": "trial", "expires_at": expires_at}),
     );
     assert_eq!(awarded.status, 201, "{}", awarded.text());
@@ -2587,4 +2616,262 @@ fn the_liability_report_buckets_by_month_in_a_zone_west_of_utc_with_half_hours()
         [("2026-11".to_owned(), 20), ("2026-12".to_owned(), 7)],
         "{months:?}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Scopes that say what they allow; award idempotency; api_keys refused
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_till_key_redeems_but_cannot_award_and_a_campaign_key_awards_but_cannot_redeem() {
+    // Arrange
+    let app = TestApp::new();
+    let id = new_contact(&app, "scopes@example.jp");
+    award(&app, &id, 500);
+    let before = points_counts(&app);
+    let body = json!({"contact_id": id, "points": 100, "reason": "x"}).to_string();
+    let post = |path: &str, key: &str, idempotency_key: &str| {
+        call(
+            &app,
+            "POST",
+            path,
+            Some(key),
+            Some("application/json"),
+            Some(idempotency_key),
+            body.clone(),
+        )
+    };
+
+    // Act: each key on the routes it was not given
+    let refused = [
+        (
+            "till awards",
+            post("/v1/points/award", POINTS_REDEEM_KEY, "till-award"),
+            "points:award",
+        ),
+        (
+            "till adjusts",
+            post("/v1/points/adjust", POINTS_REDEEM_KEY, "till-adjust"),
+            "points:admin",
+        ),
+        (
+            "campaign tool redeems",
+            post("/v1/points/redeem", POINTS_AWARD_KEY, "campaign-redeem"),
+            "points:redeem",
+        ),
+        (
+            "campaign tool adjusts",
+            post("/v1/points/adjust", POINTS_AWARD_KEY, "campaign-adjust"),
+            "points:admin",
+        ),
+    ];
+
+    // Assert: 403 naming the missing scope, nothing stored
+    for (case, response, scope) in &refused {
+        let problem = response.assert_problem(403, case);
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains(&format!("`{scope}`")),
+            "case {case}: {detail}"
+        );
+    }
+    assert_eq!(points_counts(&app), before, "nothing stored");
+
+    // Act: each key on its own route
+    let redeemed = post("/v1/points/redeem", POINTS_REDEEM_KEY, "till-1");
+    let awarded = post("/v1/points/award", POINTS_AWARD_KEY, "campaign-1");
+
+    // Assert
+    assert_eq!(redeemed.status, 201, "redeem: {}", redeemed.text());
+    assert_eq!(awarded.status, 201, "award: {}", awarded.text());
+    let redeems = entries_of(&app, &id, "redeem");
+    assert_eq!(redeems.len(), 1);
+    assert_eq!(redeems[0]["created_by"], "key:till");
+    let earns = entries_of(&app, &id, "earn");
+    assert_eq!(earns.len(), 2);
+    assert_eq!(earns[0]["created_by"], "key:campaigns", "newest first");
+    assert_ledger_invariants(&app, "till and campaign tool");
+}
+
+#[test]
+fn an_award_needs_an_idempotency_key_and_a_repeat_returns_the_first_answer() {
+    // Arrange
+    let app = TestApp::new();
+    let id = new_contact(&app, "award-once@example.jp");
+    let body = json!({"contact_id": id, "points": 300, "reason": "birthday"});
+    let send = |idempotency_key: Option<&str>, body: &Json| {
+        call(
+            &app,
+            "POST",
+            "/v1/points/award",
+            Some(POINTS_KEY),
+            Some("application/json"),
+            idempotency_key,
+            body.to_string(),
+        )
+    };
+    let before = points_counts(&app);
+
+    // Act
+    let without = send(None, &body);
+    let blank = send(Some(" "), &body);
+    let after_refusals = points_counts(&app);
+    let first = send(Some("birthday-2026"), &body);
+    let stored_once = points_counts(&app);
+    let repeat = send(Some("birthday-2026"), &body);
+    let other_body = send(
+        Some("birthday-2026"),
+        &json!({"contact_id": id, "points": 3000, "reason": "birthday"}),
+    );
+
+    // Assert: without a key, 422 naming the header, nothing stored
+    for (case, response) in [("no key", &without), ("blank key", &blank)] {
+        let problem = response.assert_problem(422, case);
+        assert_eq!(
+            problem["errors"][0]["field"], "Idempotency-Key",
+            "case {case}"
+        );
+    }
+    assert_eq!(after_refusals, before, "refusals store nothing");
+    // The first answer, then the same answer again and nothing more
+    assert_eq!(first.status, 201, "{}", first.text());
+    assert_eq!(repeat.status, 201, "{}", repeat.text());
+    assert_eq!(repeat.json(), first.json(), "the repeat replays the answer");
+    assert_eq!(
+        points_counts(&app),
+        stored_once,
+        "the repeat changed nothing"
+    );
+    let problem = other_body.assert_problem(422, "same key, other body");
+    assert_eq!(problem["errors"][0]["field"], "Idempotency-Key");
+    assert_eq!(entries_of(&app, &id, "earn").len(), 1);
+    assert_eq!(balance(&app, &id)["lifetime_earned"], 300);
+}
+
+/// Rows in every table of the app's database and key-value files (none
+/// when the files were never created).
+fn stored_rows(app: &TestApp) -> i64 {
+    ["sqlite_db.db", "sqlite_key_value.db"]
+        .iter()
+        .map(|file| app.dir.path().join(file))
+        .filter(|path| path.exists())
+        .map(|path| {
+            let db = rusqlite::Connection::open(&path).expect("open");
+            let tables: Vec<String> = db
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+                .expect("tables")
+                .query_map([], |r| r.get(0))
+                .expect("tables")
+                .collect::<Result<_, _>>()
+                .expect("tables");
+            tables
+                .iter()
+                .map(|t| {
+                    db.query_row(&format!("SELECT count(*) FROM \"{t}\""), [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .expect("count")
+                })
+                .sum::<i64>()
+        })
+        .sum()
+}
+
+#[test]
+fn api_keys_naming_points_write_an_unknown_scope_or_a_name_twice_are_refused_on_every_route() {
+    let key = |name: &str, key: &str, scopes: &[&str]| json!({"name": name, "sha256": kizuna::auth::key_digest(key), "scopes": scopes});
+    let admin = key("admin", ADMIN_KEY, &["*"]);
+    let cases = [
+        (
+            "points:write, retired",
+            json!([
+                admin,
+                key("till", POINTS_KEY, &["points:read", "points:write"])
+            ]),
+        ),
+        (
+            "a scope with a typo",
+            json!([admin, key("mail", SEGMENTS_KEY, &["segments:exports"])]),
+        ),
+        (
+            "one name twice",
+            json!([admin, key("admin", POINTS_KEY, &["points:read"])]),
+        ),
+        (
+            "one digest twice",
+            json!([admin, key("till", ADMIN_KEY, &["points:redeem"])]),
+        ),
+    ];
+    for (case, api_keys) in cases {
+        // Arrange
+        let app = TestApp::with_variables(&[("api_keys", &api_keys.to_string())]);
+        let admin = bearer(ADMIN_KEY);
+        let json_type = ("content-type", "application/json");
+        // (method, path, headers, body)
+        type Call<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, String);
+        let requests: Vec<Call> = vec![
+            ("GET", "/healthz", vec![], String::new()),
+            (
+                "POST",
+                "/v1/forms/spring",
+                vec![json_type, ("accept", "application/json")],
+                json!({"email": "form@example.jp", "consent_email": true}).to_string(),
+            ),
+            (
+                "POST",
+                "/v1/contacts",
+                vec![("authorization", &admin), json_type],
+                json!({"email": "staff@example.jp"}).to_string(),
+            ),
+            (
+                "PUT",
+                "/v1/forms/spring/settings",
+                vec![("authorization", &admin), json_type],
+                json!({"tags": ["spring"]}).to_string(),
+            ),
+            (
+                "PUT",
+                "/v1/points/program",
+                vec![("authorization", &admin), json_type],
+                json!({"min_redeem": 1}).to_string(),
+            ),
+            (
+                "POST",
+                "/v1/points/award",
+                vec![
+                    ("authorization", &admin),
+                    json_type,
+                    ("idempotency-key", "a-1"),
+                ],
+                json!({"contact_id": UNKNOWN_ID, "points": 1, "reason": "x"}).to_string(),
+            ),
+            (
+                "POST",
+                "/v1/segments",
+                vec![("authorization", &admin), json_type],
+                json!({"name": "All", "definition": {"field": "has_email", "op": "eq", "value": true}})
+                    .to_string(),
+            ),
+            (
+                "GET",
+                "/v1/orders?contact_id=x",
+                vec![("authorization", &admin)],
+                String::new(),
+            ),
+        ];
+
+        for (method, path, headers, body) in requests {
+            // Act
+            let response = app.request(method, path, &headers, body);
+
+            // Assert: a 500 problem that tells the caller nothing of the keys
+            let what = format!("{case}: {method} {path}");
+            response.assert_problem(500, &what);
+            let text = response.text();
+            for secret in ["admin", "till", "mail", "points:write", "segments:exports"] {
+                assert!(!text.contains(secret), "{what} discloses {secret}: {text}");
+            }
+        }
+        assert_eq!(stored_rows(&app), 0, "case {case}: nothing stored");
+    }
 }

@@ -300,6 +300,22 @@ impl Run {
             .ok_or_else(|| TestCaseError::fail(format!("no available in {balance}")))
     }
 
+    /// `POST /v1/points/award` with its unique reason as its
+    /// `Idempotency-Key` (spaces as dashes).
+    fn award(&self, body: &Json, reason: &str) -> TestResponse {
+        let idempotency_key = reason.replace(' ', "-");
+        self.app.request(
+            "POST",
+            "/v1/points/award",
+            &[
+                ("authorization", &format!("Bearer {POINTS_KEY}")),
+                ("content-type", "application/json"),
+                ("idempotency-key", &idempotency_key),
+            ],
+            body.to_string(),
+        )
+    }
+
     /// A redemption: 201 only when enough was available (and then exactly
     /// that much less is), 409 reporting what the balance endpoint says,
     /// 422 only under the program's minimum.
@@ -480,9 +496,7 @@ impl Run {
                     let at = available_at.unwrap_or(now) + Duration::minutes(*m);
                     body["expires_at"] = json!(timestamp::format(at));
                 }
-                let response = self
-                    .app
-                    .send_json("POST", POINTS_KEY, "/v1/points/award", &body);
+                let response = self.award(&body, &reason);
                 status(&response, &[201], "award")?;
                 format!("award {}", response.status)
             }
@@ -494,11 +508,9 @@ impl Run {
                 let contact = self.contact(*contact);
                 for _ in 0..*count {
                     let reason = format!("burst {}", self.next());
-                    let response = self.app.send_json(
-                        "POST",
-                        POINTS_KEY,
-                        "/v1/points/award",
+                    let response = self.award(
                         &json!({"contact_id": self.contacts[contact], "points": points, "reason": reason}),
+                        &reason,
                     );
                     status(&response, &[201], "award in a burst")?;
                 }

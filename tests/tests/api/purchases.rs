@@ -1048,11 +1048,15 @@ fn customer_with_history(app: &TestApp) -> (String, String) {
         .as_str()
         .expect("linked contact")
         .to_owned();
-    let award = app.send_json(
+    let award = app.request(
         "POST",
-        ADMIN_KEY,
         "/v1/points/award",
-        &json!({"contact_id": contact_id, "points": 500, "reason": "佐藤様 誕生日"}),
+        &[
+            ("authorization", &format!("Bearer {ADMIN_KEY}")),
+            ("content-type", "application/json"),
+            ("idempotency-key", "award-history"),
+        ],
+        json!({"contact_id": contact_id, "points": 500, "reason": "佐藤様 誕生日"}).to_string(),
     );
     assert_eq!(award.status, 201, "award: {}", award.text());
     let redeem = app.request(

@@ -311,7 +311,18 @@ fn award(
     if let Some(at) = expires_at {
         body["expires_at"] = json!(ts(at));
     }
-    let response = app.send_json("POST", POINTS_KEY, "/v1/points/award", &body);
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let response = app.request(
+        "POST",
+        "/v1/points/award",
+        &[
+            ("authorization", &format!("Bearer {POINTS_KEY}")),
+            ("content-type", "application/json"),
+            ("idempotency-key", &format!("award-{n}")),
+        ],
+        body.to_string(),
+    );
     assert_eq!(response.status, 201, "award: {}", response.text());
 }
 
@@ -3630,6 +3641,127 @@ fn out_of_range_dates_and_day_counts_get_a_pointer_and_store_nothing() {
         stored_before,
         "the segment is unchanged"
     );
+}
+
+#[test]
+fn personal_member_fields_need_the_segments_export_scope() {
+    // Arrange
+    let app = TestApp::new();
+    let (data, segment) = export_data(&app);
+    let members = data.ids_of("comma formula plain phone");
+    let path = |query: &str| format!("/v1/segments/{segment}/contacts?{query}");
+    let definition = json!({"definition": cond("tags", "contains", json!("export"))});
+    let preview = |key: &str, query: &str| {
+        app.send_json(
+            "POST",
+            key,
+            &format!("/v1/segments/preview{query}"),
+            &definition,
+        )
+    };
+    let read_only = |path: &str, accept: Option<&str>| {
+        let auth = format!("Bearer {SEGMENTS_READ_KEY}");
+        let mut headers = vec![("authorization", auth.as_str())];
+        if let Some(accept) = accept {
+            headers.push(("accept", accept));
+        }
+        app.request("GET", path, &headers, "")
+    };
+    let personal = ["@example.jp", "+8190", "Plain", "Sato"];
+    let before = all_table_counts(&app);
+
+    // Act: a segments:read key asking for personal fields
+    let refused = [
+        ("JSON, default fields", read_only(&path(""), None)),
+        ("JSON, email", read_only(&path("fields=id,email"), None)),
+        ("JSON, phone", read_only(&path("fields=phone"), None)),
+        ("JSON, name", read_only(&path("fields=tags,name"), None)),
+        ("CSV, default fields", read_only(&path("format=csv"), None)),
+        (
+            "CSV by Accept, email",
+            read_only(&path("fields=id,email"), Some("text/csv")),
+        ),
+        ("preview, default fields", preview(SEGMENTS_READ_KEY, "")),
+        (
+            "preview, name",
+            preview(SEGMENTS_READ_KEY, "?fields=id,name"),
+        ),
+    ];
+
+    // Assert: 403 naming segments:export, no personal data, nothing stored
+    for (case, response) in &refused {
+        let problem = response.assert_problem(403, case);
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("`segments:export`"),
+            "case {case}: {detail}"
+        );
+        for text in personal {
+            assert!(!response.text().contains(text), "case {case} shows {text}");
+        }
+    }
+    assert_eq!(all_table_counts(&app), before, "nothing stored");
+
+    // Act: what segments:read still gives
+    let ids = read_only(&path("fields=id,tags,counters,points"), None);
+    let csv = read_only(&path("format=csv&fields=id,tags"), None);
+    let previewed = preview(SEGMENTS_READ_KEY, "?fields=id,counters");
+    let count = read_only(&format!("/v1/segments/{segment}/count"), None);
+    let changes = read_only(&format!("/v1/segments/{segment}/changes"), None);
+    let summary = read_only("/v1/analytics/summary", None);
+
+    // Assert
+    for (case, response) in [
+        ("ids", &ids),
+        ("CSV of ids", &csv),
+        ("preview of ids", &previewed),
+        ("count", &count),
+        ("changes", &changes),
+        ("summary", &summary),
+    ] {
+        assert_eq!(response.status, 200, "{case}: {}", response.text());
+        for text in personal {
+            assert!(!response.text().contains(text), "{case} shows {text}");
+        }
+    }
+    assert_eq!(item_ids(&ids.json()), members);
+    assert_eq!(item_ids(&previewed.json()), members);
+    assert!(csv.text().starts_with("id,tags\r\n"), "{}", csv.text());
+    assert_eq!(count.json()["count"], 4);
+    let mut joined: Vec<String> = changes.json()["joined"]
+        .as_array()
+        .expect("joined")
+        .iter()
+        .map(|id| id.as_str().expect("id").to_owned())
+        .collect();
+    joined.sort();
+    assert_eq!(joined, members);
+
+    // Act and assert: segments:export and `*` keys get personal fields
+    for key in [SEGMENTS_KEY, ADMIN_KEY] {
+        let json = app.get(key, &path(""));
+        assert_eq!(json.status, 200, "{key}: {}", json.text());
+        let json = json.json();
+        let plain = json["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|m| m["id"] == data.id("plain"))
+            .expect("plain")
+            .clone();
+        assert_eq!(plain["email"], "plain@example.jp", "{key}");
+        assert_eq!(plain["name"], "Plain", "{key}");
+        let csv = app.get(key, &path("format=csv&fields=id,phone"));
+        assert_eq!(csv.status, 200, "{key}: {}", csv.text());
+        assert!(
+            csv.text().contains("'+819055556666"),
+            "{key}: {}",
+            csv.text()
+        );
+        let previewed = preview(key, "?fields=email");
+        assert_eq!(previewed.status, 200, "{key}: {}", previewed.text());
+        assert!(previewed.text().contains("plain@example.jp"), "{key}");
+    }
 }
 
 // ---------------------------------------------------------------------------
