@@ -92,7 +92,7 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
             match *view {
                 "contacts" => api::members(ctx, id, request, may_export).await,
                 "count" => api::count_segment(ctx, id).await,
-                "changes" => api::changes(ctx, id, request).await,
+                "changes" => kizuna::segments::changes::changes(ctx, id, request).await,
                 _ => Err(ApiError::NotFound("no such route".into())),
             }
         }

@@ -521,19 +521,34 @@ async fn liability_report<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>) -> Result<Response,
     ))
 }
 
+/// Sweep batches one `expire-due` call runs at most: each batch is its
+/// own short transaction, and the call answers `"more": true` when lots
+/// remain, for the scheduler's next call.
+pub const SWEEP_BATCHES_PER_CALL: usize = 40;
+
 /// `POST /v1/points/expire-due`: writes `expire` entries for lots past
-/// their expiry. Idempotent; balances never wait for it.
+/// their expiry, [`ledger::SWEEP_BATCH`] lots per transaction, at most
+/// [`SWEEP_BATCHES_PER_CALL`] batches. Idempotent; balances never wait
+/// for it (they count lots past their expiry as expired).
 pub async fn expire_due<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
     actor: &Actor,
 ) -> Result<Response, ApiError> {
     let now = ctx.clock.now();
-    let expired = transaction(ctx.db, async || -> Result<usize, ApiError> {
-        Ok(ledger::expire_due(ctx.db, None, &actor.label(), now).await?)
-    })
-    .await?;
+    let (mut expired, mut more) = (0, false);
+    for _ in 0..SWEEP_BATCHES_PER_CALL {
+        let batch = transaction(ctx.db, async || -> Result<usize, ApiError> {
+            Ok(ledger::expire_due(ctx.db, None, &actor.label(), now).await?)
+        })
+        .await?;
+        expired += batch;
+        more = batch == ledger::SWEEP_BATCH;
+        if !more {
+            break;
+        }
+    }
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "expired_lots": expired, "as_of": timestamp::format(now) }),
+        &json!({ "expired_lots": expired, "more": more, "as_of": timestamp::format(now) }),
     ))
 }

@@ -470,9 +470,15 @@ pub async fn restore_for_order(
     Ok(points - left)
 }
 
-/// Materialises `expire` entries for lots past their expiry (one entry
-/// per lot), for one contact or all. Idempotent: an expired lot is left
-/// with nothing remaining. Returns the number of lots expired.
+/// Lots one sweep transaction closes at most, across contacts: the
+/// write lock is held for one batch, never for the whole backlog.
+pub const SWEEP_BATCH: usize = 500;
+
+/// Writes `expire` entries for a contact's lots past their expiry (all of
+/// them), or, without a contact, for at most [`SWEEP_BATCH`] lots of any
+/// contacts; returns how many it closed. One entry per lot; idempotent:
+/// an expired lot is left with nothing remaining. Inside the caller's
+/// transaction.
 pub async fn expire_due(
     db: &impl Db,
     contact_id: Option<&str>,
@@ -497,8 +503,11 @@ pub async fn expire_due(
             db.execute(
                 "SELECT id, contact_id, entry_id, remaining FROM points_lots
              WHERE remaining > 0 AND expires_at IS NOT NULL AND expires_at <= ?1
-             ORDER BY contact_id, expires_at, id",
-                &[at.as_str().into()],
+             ORDER BY contact_id, expires_at, id LIMIT ?2",
+                &[
+                    at.as_str().into(),
+                    i64::try_from(SWEEP_BATCH).unwrap_or(i64::MAX).into(),
+                ],
             )
             .await
         }

@@ -453,7 +453,7 @@ pub async fn delete<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, id: &str) -> Result<Respo
 }
 
 /// A saved segment, compiled for now.
-async fn compiled_segment<D: Db, K: Kv>(
+pub(super) async fn compiled_segment<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
     id: &str,
 ) -> Result<(Json, Compiled, Env, Option<String>), ApiError> {
@@ -657,132 +657,6 @@ fn to_csv(members: &[Json], fields: &[&str], header: bool, bom: bool) -> String 
         out.push_str("\r\n");
     }
     out
-}
-
-/// `GET /v1/segments/{id}/changes?since=<token>`: who joined and who left
-/// since the token (without one: every member joined), and a new token.
-/// Each call records the membership as a new version when it changed.
-pub async fn changes<D: Db, K: Kv>(
-    ctx: &Ctx<'_, D, K>,
-    id: &str,
-    request: &Request,
-) -> Result<Response, ApiError> {
-    let pairs = query_pairs(request);
-    let (segment, compiled, env, _) = compiled_segment(ctx, id).await?;
-    let segment_id = segment["id"].as_str().unwrap_or_default().to_owned();
-    let since: i64 = match query_param(&pairs, "since") {
-        None => 0,
-        Some(token) => {
-            let parts = decode_cursor(token, 2)
-                .map_err(|_| ApiError::invalid("since", "not a token this API returned"))?;
-            match (parts[0] == segment_id, parts[1].parse::<i64>()) {
-                (true, Ok(version)) if version >= 0 => version,
-                _ => {
-                    return Err(ApiError::invalid(
-                        "since",
-                        "not a token this API returned for this segment",
-                    ));
-                }
-            }
-        }
-    };
-    let at = timestamp::format(env.now);
-    let (version, joined, left) = transaction(ctx.db, async || -> Result<(i64, Vec<String>, Vec<String>), ApiError> {
-        let db = ctx.db;
-        let current = db
-            .execute("SELECT version FROM segment_versions WHERE segment_id = ?1", &[segment_id.as_str().into()])
-            .await
-            .context("failed to read the segment version")?;
-        let current = current.first().map(|r| r.i64("version")).transpose()?.unwrap_or(0);
-        if since > current {
-            return Err(ApiError::invalid("since", "a token from the future"));
-        }
-        let next = current + 1;
-        let n = compiled.params.len();
-        let mut params = compiled.params.clone();
-        params.push(segment_id.as_str().into());
-        params.push(next.into());
-        let joined_now = db
-            .execute(
-                &format!(
-                    "INSERT INTO segment_members (segment_id, contact_id, joined_version)
-                     SELECT ?{seg}, c.id, ?{ver} FROM contacts c WHERE {where_sql}
-                       AND c.id NOT IN (SELECT contact_id FROM segment_members WHERE segment_id = ?{seg} AND left_version IS NULL)
-                     RETURNING contact_id",
-                    where_sql = compiled.sql,
-                    seg = n + 1,
-                    ver = n + 2,
-                ),
-                &params,
-            )
-            .await
-            .context("failed to record joins")?;
-        let left_now = db
-            .execute(
-                &format!(
-                    "UPDATE segment_members SET left_version = ?{ver}
-                     WHERE segment_id = ?{seg} AND left_version IS NULL
-                       AND contact_id NOT IN (SELECT c.id FROM contacts c WHERE {where_sql})
-                     RETURNING contact_id",
-                    where_sql = compiled.sql,
-                    seg = n + 1,
-                    ver = n + 2,
-                ),
-                &params,
-            )
-            .await
-            .context("failed to record leaves")?;
-        let version = if joined_now.is_empty() && left_now.is_empty() && current > 0 { current } else { next };
-        db.execute(
-            "INSERT INTO segment_versions (segment_id, version, synced_at) VALUES (?1, ?2, ?3)
-             ON CONFLICT (segment_id) DO UPDATE SET version = excluded.version, synced_at = excluded.synced_at",
-            &[segment_id.as_str().into(), version.into(), at.as_str().into()],
-        )
-        .await
-        .context("failed to store the segment version")?;
-        // Net change between the two versions: members now who were not
-        // members at `since`, and members at `since` who are not now.
-        let member_at = "EXISTS (SELECT 1 FROM segment_members p WHERE p.segment_id = ?1 AND p.contact_id = m.contact_id
-                          AND p.joined_version <= ?2 AND (p.left_version IS NULL OR p.left_version > ?2))";
-        let joined = db
-            .execute(
-                &format!(
-                    "SELECT DISTINCT m.contact_id FROM segment_members m
-                     WHERE m.segment_id = ?1 AND m.left_version IS NULL AND NOT {member_at} ORDER BY m.contact_id"
-                ),
-                &[segment_id.as_str().into(), since.into()],
-            )
-            .await
-            .context("failed to list joins")?;
-        let left = db
-            .execute(
-                &format!(
-                    "SELECT DISTINCT m.contact_id FROM segment_members m
-                     WHERE m.segment_id = ?1 AND {member_at}
-                       AND NOT EXISTS (SELECT 1 FROM segment_members q WHERE q.segment_id = ?1
-                                       AND q.contact_id = m.contact_id AND q.left_version IS NULL)
-                     ORDER BY m.contact_id"
-                ),
-                &[segment_id.as_str().into(), since.into()],
-            )
-            .await
-            .context("failed to list leaves")?;
-        let ids = |rows: &crate::ports::Rows| -> anyhow::Result<Vec<String>> {
-            rows.iter().map(|r| r.str("contact_id").map(str::to_owned)).collect()
-        };
-        Ok((version, ids(&joined)?, ids(&left)?))
-    })
-    .await?;
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({
-            "segment_id": segment_id,
-            "joined": joined,
-            "left": left,
-            "token": encode_cursor(&[&segment_id, &version.to_string()]),
-            "as_of": at,
-        }),
-    ))
 }
 
 #[cfg(test)]

@@ -7,10 +7,12 @@
 //!   parameters.
 //! - `analytics`: RFM scores, churn risk and the VIP threshold (cached in
 //!   SQLite with their computation time), summary, RFM grid, cross-sell.
-//! - `api`: preview, saved segments, members (JSON and CSV), counts and
-//!   delta sync.
+//! - `api`: preview, saved segments, members (JSON and CSV), counts.
+//! - `changes`: delta sync (who joined and left since a token), evaluated
+//!   outside the write lock and recorded in short batches.
 
 pub mod analytics;
 pub mod api;
+pub mod changes;
 pub mod compile;
 pub mod definition;

@@ -2875,3 +2875,47 @@ fn api_keys_naming_points_write_an_unknown_scope_or_a_name_twice_are_refused_on_
         assert_eq!(stored_rows(&app), 0, "case {case}: nothing stored");
     }
 }
+
+#[test]
+fn the_sweep_closes_a_backlog_larger_than_one_batch_in_short_transactions() {
+    if skip_under_spin("needs the manual clock") {
+        return;
+    }
+    // Arrange: one lot more than a sweep batch, all past their expiry.
+    let app = TestApp::new();
+    let contacts: Vec<String> = (0..3)
+        .map(|n| new_contact(&app, &format!("backlog{n}@example.jp")))
+        .collect();
+    let lots = kizuna::points::ledger::SWEEP_BATCH + 1;
+    let expires_at = timestamp::format(app.now() + Duration::days(1));
+    for n in 0..lots {
+        award_with(
+            &app,
+            &json!({"contact_id": contacts[n % 3], "points": 1, "reason": "backlog",
+                    "expires_at": expires_at}),
+        );
+    }
+    app.clock.advance(Duration::days(2));
+
+    // Act
+    let sweep = app.send_json(
+        "POST",
+        POINTS_ADMIN_KEY,
+        "/v1/points/expire-due",
+        &json!({}),
+    );
+
+    // Assert
+    assert_eq!(sweep.status, 200, "{}", sweep.text());
+    assert_eq!(sweep.json()["expired_lots"], lots);
+    assert_eq!(sweep.json()["more"], false);
+    assert_eq!(
+        app.count("SELECT count(*) FROM points_lots WHERE remaining > 0"),
+        0
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM points_entries WHERE kind = 'expire'"),
+        i64::try_from(lots).unwrap()
+    );
+    assert_ledger_invariants(&app, "after a sweep over several batches");
+}

@@ -3849,3 +3849,89 @@ fn built_in_segments_count_towards_the_hundred_condition_cap() {
     // Assert
     assert_eq!(response.status, 200, "{}", response.text());
 }
+
+#[test]
+fn changes_are_listed_a_page_at_a_time_without_evaluating_again() {
+    // Arrange: five members.
+    let app = TestApp::new();
+    for n in 0..5 {
+        app.create_contact(&json!({"email": format!("page{n}@example.jp"), "tags": ["paged"]}));
+    }
+    let segment = segment_id(&create_segment(
+        &app,
+        "Paged",
+        &cond("tags", "contains", json!("paged")),
+        None,
+    ));
+
+    // Act: the first sync, two ids a page; a member added meanwhile.
+    let first = app.get(
+        SEGMENTS_KEY,
+        &format!("/v1/segments/{segment}/changes?limit=2"),
+    );
+    assert_eq!(first.status, 200, "{}", first.text());
+    let first = first.json();
+    let token = first["token"].as_str().expect("token").to_owned();
+    let mut joined: Vec<String> = first["joined"]
+        .as_array()
+        .expect("joined")
+        .iter()
+        .map(|v| v.as_str().expect("id").to_owned())
+        .collect();
+    app.create_contact(&json!({"email": "late@example.jp", "tags": ["paged"]}));
+    let mut cursor = first["next_cursor"].as_str().map(str::to_owned);
+    let mut pages = 1;
+    while let Some(c) = cursor {
+        let page = app.get(
+            SEGMENTS_KEY,
+            &format!("/v1/segments/{segment}/changes?limit=2&cursor={c}"),
+        );
+        assert_eq!(page.status, 200, "{}", page.text());
+        let page = page.json();
+        assert_eq!(
+            page["token"],
+            token.as_str(),
+            "every page names the same version"
+        );
+        joined.extend(
+            page["joined"]
+                .as_array()
+                .expect("joined")
+                .iter()
+                .map(|v| v.as_str().expect("id").to_owned()),
+        );
+        cursor = page["next_cursor"].as_str().map(str::to_owned);
+        pages += 1;
+    }
+
+    // Assert: the five of the sync, in three pages; the late one is the
+    // next sync's.
+    assert_eq!(pages, 3);
+    joined.sort();
+    let mut five = app
+        .db()
+        .prepare("SELECT id FROM contacts WHERE email LIKE 'page%' ORDER BY id")
+        .expect("query")
+        .query_map([], |r| r.get::<_, String>(0))
+        .expect("rows")
+        .collect::<Result<Vec<_>, _>>()
+        .expect("ids");
+    five.sort();
+    assert_eq!(joined, five);
+    let (later, left, _) = delta(&app, &segment, Some(&token));
+    assert_eq!(later.len(), 1);
+    assert!(left.is_empty());
+    for (case, query) in [
+        ("limit zero", "?limit=0".to_owned()),
+        ("limit too large", "?limit=10001".to_owned()),
+        ("unknown parameter", "?after=x".to_owned()),
+        ("since and cursor", format!("?since={token}&cursor={token}")),
+        ("a token as cursor", format!("?cursor={token}")),
+    ] {
+        app.get(
+            SEGMENTS_KEY,
+            &format!("/v1/segments/{segment}/changes{query}"),
+        )
+        .assert_problem(422, case);
+    }
+}
