@@ -157,9 +157,7 @@ where
     D: Db,
     E: From<anyhow::Error>,
 {
-    db.execute("BEGIN IMMEDIATE", &[])
-        .await
-        .context("failed to begin a transaction")?;
+    begin_immediate(db).await?;
     match work().await {
         Ok(value) => {
             if let Err(e) = db.execute("COMMIT", &[]).await {
@@ -171,6 +169,35 @@ where
         Err(e) => {
             rollback(db).await;
             Err(e)
+        }
+    }
+}
+
+/// How long a writer keeps asking for the write lock before giving up.
+/// A busy database is not the caller's fault: waiting (each attempt up to
+/// `busy_timeout`) is better than a 500, and 30 s is within what
+/// webhooks and browsers wait.
+pub const BEGIN_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `BEGIN IMMEDIATE`, retried while the database stays busy. SQLite's
+/// lock has no queue and its busy handler polls with growing sleeps, so
+/// under a steady stream of writers one of them can lose every poll for
+/// the whole `busy_timeout`; a fresh attempt after a short, jittered
+/// pause outside SQLite (`Db::yield_to_writers`, which lets the rest of
+/// a Spin instance run) starts polling quickly again.
+async fn begin_immediate(db: &impl Db) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        match db.execute("BEGIN IMMEDIATE", &[]).await {
+            Ok(_) => return Ok(()),
+            Err(DbError::Busy(_)) if started.elapsed() < BEGIN_RETRY_FOR => {
+                let jitter = u64::from(started.elapsed().subsec_nanos() % 20);
+                db.yield_to_writers(std::time::Duration::from_millis(5 + jitter))
+                    .await;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::from(e).context("failed to begin a transaction"));
+            }
         }
     }
 }

@@ -148,6 +148,16 @@ impl DbError {
 #[allow(async_fn_in_trait)] // components are single-threaded; the native host blocks per thread
 pub trait Db {
     async fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError>;
+
+    /// Waits `pause` outside any transaction, so that other connections
+    /// can take the write lock. SQLite has no queue for it: a waiting
+    /// writer's busy handler polls with back-off (sleeps up to 100 ms), so
+    /// a loop of back-to-back transactions (a sweep, a sync) would win
+    /// nearly every race and starve the shop's writers. Maintenance loops
+    /// call this between batches. Without an implementation: no pause.
+    async fn yield_to_writers(&self, pause: std::time::Duration) {
+        let _ = pause;
+    }
 }
 
 /// The key-value store: read often, written rarely, safe to rebuild.

@@ -41,6 +41,13 @@ fn from_spin(value: sqlite::Value) -> Value {
 }
 
 impl Db for SpinDb {
+    /// An async wait (WASIp3 `wait-for`): the instance's other requests
+    /// go on meanwhile, unlike a blocking sleep.
+    async fn yield_to_writers(&self, pause: std::time::Duration) {
+        let nanos = u64::try_from(pause.as_nanos()).unwrap_or(u64::MAX);
+        spin_sdk::wasip3::clocks::monotonic_clock::wait_for(nanos).await;
+    }
+
     async fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
         let result = self
             .0

@@ -104,6 +104,11 @@ impl SpinApp {
         for (name, value) in variables {
             command.arg("--variable").arg(format!("{name}={value}"));
         }
+        // Extra `spin up` flags for experiments, e.g.
+        // `KIZUNA_SPIN_ARGS="--max-instance-concurrent-reuse-count 1"`.
+        if let Ok(extra) = std::env::var("KIZUNA_SPIN_ARGS") {
+            command.args(extra.split_whitespace());
+        }
         let child = command
             .spawn()
             .with_context(|| format!("failed to start {}", spin_binary().display()))?;

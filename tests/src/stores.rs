@@ -33,6 +33,11 @@ fn db_error(e: rusqlite::Error) -> DbError {
 }
 
 impl Db for RusqliteDb {
+    /// The native host runs each request on its own thread.
+    async fn yield_to_writers(&self, pause: std::time::Duration) {
+        std::thread::sleep(pause);
+    }
+
     async fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
         let mut statement = self.0.prepare(sql).map_err(db_error)?;
         let columns: Vec<String> = statement

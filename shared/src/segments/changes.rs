@@ -11,8 +11,9 @@
 //! 1. [`evaluate`]: in one read snapshot, the members now and the open
 //!    membership rows; their difference is the joins and leaves.
 //! 2. [`record`]: those joins and leaves under the next version, in short
-//!    write transactions of at most [`WRITE_BATCH`] rows; the version row
-//!    moves last. Rows of a version not yet published change nothing for
+//!    write transactions of at most [`WRITE_BATCH`] rows, each followed
+//!    by as long a pause outside the lock (`Db::yield_to_writers`); the
+//!    version row moves last. Rows of a version not yet published change nothing for
 //!    readers (membership at an earlier version ignores them), and a sync
 //!    cut short is completed by the next one.
 //! 3. [`list_page`]: the net change between the caller's version and the
@@ -248,6 +249,7 @@ async fn record(
 ) -> anyhow::Result<()> {
     for batch in joins.chunks(WRITE_BATCH) {
         let ids = serde_json::to_string(batch).context("ids")?;
+        let started = std::time::Instant::now();
         transaction(db, async || -> anyhow::Result<()> {
             db.execute(
                 "INSERT INTO segment_members (segment_id, contact_id, joined_version)
@@ -262,9 +264,11 @@ async fn record(
             Ok(())
         })
         .await?;
+        db.yield_to_writers(started.elapsed()).await;
     }
     for batch in leaves.chunks(WRITE_BATCH) {
         let ids = serde_json::to_string(batch).context("ids")?;
+        let started = std::time::Instant::now();
         transaction(db, async || -> anyhow::Result<()> {
             db.execute(
                 "UPDATE segment_members SET left_version = ?2
@@ -277,6 +281,7 @@ async fn record(
             Ok(())
         })
         .await?;
+        db.yield_to_writers(started.elapsed()).await;
     }
     transaction(db, async || -> anyhow::Result<()> {
         db.execute(

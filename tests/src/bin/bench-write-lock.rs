@@ -275,6 +275,7 @@ fn writers_phase(
                         Ok(s) if s < 300 => latencies.lock().expect("latencies").push(ms),
                         Ok(s) if s >= 500 => {
                             server_errors.fetch_add(1, Ordering::SeqCst);
+                            eprintln!("writer {writer}: {s} after {ms:.0} ms");
                         }
                         _ => {
                             other_failures.fetch_add(1, Ordering::SeqCst);
