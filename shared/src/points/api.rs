@@ -535,17 +535,21 @@ pub async fn expire_due<D: Db, K: Kv>(
     actor: &Actor,
 ) -> Result<Response, ApiError> {
     let now = ctx.clock.now();
-    let started = std::time::Instant::now();
+    let held = std::cell::Cell::new(std::time::Duration::ZERO);
     let expired = transaction(ctx.db, async || -> Result<usize, ApiError> {
-        Ok(ledger::expire_due(ctx.db, None, &actor.label(), now).await?)
+        let locked = std::time::Instant::now();
+        let expired = ledger::expire_due(ctx.db, None, &actor.label(), now).await?;
+        held.set(locked.elapsed());
+        Ok(expired)
     })
     .await?;
     let more = expired == ledger::SWEEP_BATCH;
     if more {
-        // As long outside the lock as inside it before answering, so a
-        // scheduler calling again at once still leaves the shop's writers
-        // (forms, orders, redeems) at least half the time.
-        ctx.db.yield_to_writers(started.elapsed()).await;
+        // As long outside the lock as it held the lock (its wait for the
+        // lock not counted), so a scheduler calling again at once still
+        // leaves the shop's writers (forms, orders, redeems) at least half
+        // the time.
+        ctx.db.yield_to_writers(held.get()).await;
     }
     Ok(json_response(
         StatusCode::OK,

@@ -12,8 +12,8 @@
 //!    membership rows; their difference is the joins and leaves.
 //! 2. [`record`]: those joins and leaves under the next version, in short
 //!    write transactions of at most [`WRITE_BATCH`] rows, each followed
-//!    by as long a pause outside the lock (`Db::yield_to_writers`); the
-//!    version row moves last. Rows of a version not yet published change nothing for
+//!    by a pause outside the lock as long as it held the lock (not counting
+//!    its wait for it; `Db::yield_to_writers`); the version row moves last. Rows of a version not yet published change nothing for
 //!    readers (membership at an earlier version ignores them), and a sync
 //!    cut short is completed by the next one.
 //! 3. [`list_page`]: the net change between the caller's version and the
@@ -249,8 +249,9 @@ async fn record(
 ) -> anyhow::Result<()> {
     for batch in joins.chunks(WRITE_BATCH) {
         let ids = serde_json::to_string(batch).context("ids")?;
-        let started = std::time::Instant::now();
+        let held = std::cell::Cell::new(std::time::Duration::ZERO);
         transaction(db, async || -> anyhow::Result<()> {
+            let locked = std::time::Instant::now();
             db.execute(
                 "INSERT INTO segment_members (segment_id, contact_id, joined_version)
                  SELECT ?1, j.value, ?2 FROM json_each(?3) j
@@ -261,15 +262,17 @@ async fn record(
             )
             .await
             .context("failed to record joins")?;
+            held.set(locked.elapsed());
             Ok(())
         })
         .await?;
-        db.yield_to_writers(started.elapsed()).await;
+        db.yield_to_writers(held.get()).await;
     }
     for batch in leaves.chunks(WRITE_BATCH) {
         let ids = serde_json::to_string(batch).context("ids")?;
-        let started = std::time::Instant::now();
+        let held = std::cell::Cell::new(std::time::Duration::ZERO);
         transaction(db, async || -> anyhow::Result<()> {
+            let locked = std::time::Instant::now();
             db.execute(
                 "UPDATE segment_members SET left_version = ?2
                  WHERE segment_id = ?1 AND left_version IS NULL
@@ -278,10 +281,11 @@ async fn record(
             )
             .await
             .context("failed to record leaves")?;
+            held.set(locked.elapsed());
             Ok(())
         })
         .await?;
-        db.yield_to_writers(started.elapsed()).await;
+        db.yield_to_writers(held.get()).await;
     }
     transaction(db, async || -> anyhow::Result<()> {
         db.execute(
