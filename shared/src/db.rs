@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0003_points.sql"),
     include_str!("migrations/0004_segments.sql"),
     include_str!("migrations/0005_suppressions.sql"),
+    include_str!("migrations/0006_points_related_index.sql"),
 ];
 
 /// The schema version this build expects.
