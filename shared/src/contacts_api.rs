@@ -676,23 +676,8 @@ pub async fn export<D: Db, K: Kv>(
 ) -> Result<Response, ApiError> {
     use crate::privacy::{EXPORT_PAGE_MAX, Section};
     let pairs = crate::http::query_pairs(request);
-    if let Some((name, _)) = pairs
-        .iter()
-        .find(|(k, _)| !matches!(k.as_str(), "limit" | "section" | "cursor"))
-    {
-        return Err(ApiError::invalid(
-            name.clone(),
-            "not a parameter of this route",
-        ));
-    }
-    let limit = match query_param(&pairs, "limit") {
-        None => EXPORT_PAGE_MAX,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=EXPORT_PAGE_MAX).contains(n))
-            .ok_or_else(|| ApiError::invalid("limit", "a whole number from 1 to 500"))?,
-    };
+    crate::http::only_params(&pairs, &["limit", "section", "cursor"])?;
+    let limit = crate::http::limit_between(&pairs, EXPORT_PAGE_MAX, EXPORT_PAGE_MAX)?;
     let section = query_param(&pairs, "section")
         .map(Section::parse)
         .transpose()?;

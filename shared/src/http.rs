@@ -210,15 +210,36 @@ fn percent_decode(segment: &str) -> Option<String> {
 
 /// Page size from `limit`: default 50, at most 200.
 pub fn page_limit(pairs: &[(String, String)]) -> Result<usize, ApiError> {
+    limit_between(pairs, 50, 200)
+}
+
+/// Page size from `limit`: `default` when absent, 1 to `max` when given.
+pub fn limit_between(
+    pairs: &[(String, String)],
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
     match query_param(pairs, "limit") {
-        None => Ok(50),
+        None => Ok(default),
         Some(text) => match text.parse::<usize>() {
-            Ok(n) if (1..=200).contains(&n) => Ok(n),
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
             _ => Err(ApiError::invalid(
                 "limit",
-                "must be a whole number from 1 to 200",
+                format!("must be a whole number from 1 to {max}"),
             )),
         },
+    }
+}
+
+/// Refuses a query parameter the route does not take (422), so that a
+/// misspelt one is not silently ignored.
+pub fn only_params(pairs: &[(String, String)], known: &[&str]) -> Result<(), ApiError> {
+    match pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        Some((name, _)) => Err(ApiError::invalid(
+            name.clone(),
+            "not a parameter of this route",
+        )),
+        None => Ok(()),
     }
 }
 

@@ -50,23 +50,8 @@ pub async fn changes<D: Db, K: Kv>(
     request: &Request,
 ) -> Result<Response, ApiError> {
     let pairs = query_pairs(request);
-    if let Some((name, _)) = pairs
-        .iter()
-        .find(|(k, _)| !matches!(k.as_str(), "since" | "cursor" | "limit"))
-    {
-        return Err(ApiError::invalid(
-            name.clone(),
-            "not a parameter of this route",
-        ));
-    }
-    let limit = match query_param(&pairs, "limit") {
-        None => PAGE_DEFAULT,
-        Some(text) => text
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=PAGE_MAX).contains(n))
-            .ok_or_else(|| ApiError::invalid("limit", "a whole number from 1 to 10000"))?,
-    };
+    crate::http::only_params(&pairs, &["since", "cursor", "limit"])?;
+    let limit = crate::http::limit_between(&pairs, PAGE_DEFAULT, PAGE_MAX)?;
     let (segment, compiled, env, _) = super::api::compiled_segment(ctx, id).await?;
     let segment_id = segment["id"].as_str().unwrap_or_default().to_owned();
     let (since, version, after) = match query_param(&pairs, "cursor") {
