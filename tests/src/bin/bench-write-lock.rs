@@ -296,6 +296,14 @@ fn writers_phase(
     })
 }
 
+/// Sends a writer's request; its status (the body is read and dropped).
+fn send(agent: &ureq::Agent, request: http::Request<String>) -> anyhow::Result<u16> {
+    let mut response = agent.run(request)?;
+    let status = response.status().as_u16();
+    drop(response.body_mut().read_to_vec());
+    Ok(status)
+}
+
 fn post_form(
     agent: &ureq::Agent,
     base: &str,
@@ -317,10 +325,7 @@ fn post_form(
             format!("10.{phase}.{}.{}", writer, n % 250),
         )
         .body(body.to_string())?;
-    let mut response = agent.run(request)?;
-    let status = response.status().as_u16();
-    drop(response.body_mut().read_to_vec());
-    Ok(status)
+    send(agent, request)
 }
 
 fn post_order(
@@ -358,10 +363,7 @@ fn post_order(
         .header("webhook-timestamp", ts.to_string())
         .header("webhook-signature", signature)
         .body(body)?;
-    let mut response = agent.run(request)?;
-    let status = response.status().as_u16();
-    drop(response.body_mut().read_to_vec());
-    Ok(status)
+    send(agent, request)
 }
 
 /// The segment's first delta sync, followed to its last page.
