@@ -1,5 +1,5 @@
 //! Settings read from Spin variables (natively: `SPIN_VARIABLE_*`), parsed
-//! once per request. A missing secret fails loudly; everything else has a
+//! once per instance and re-read every `pool::SETTINGS_REFRESH`. A missing secret fails loudly; everything else has a
 //! documented default.
 
 use crate::auth::ApiKeys;

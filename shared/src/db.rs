@@ -26,13 +26,17 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build expects.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// How long a statement waits for a lock before answering busy: a writer
+/// waits up to 5 s instead of failing at once; transactions are short, so
+/// a wait beyond that means something is wrong.
+const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 5000";
+
 /// Prepares a freshly opened connection: pragmas first, then migrations if
-/// the file is behind. Call once per request, before any other statement.
+/// the file is behind. Call once per connection, before any other
+/// statement (`pool::Pool::lease` does).
 pub async fn prepare(db: &impl Db) -> anyhow::Result<()> {
-    // A writer waits up to 5 s for the lock instead of failing at once;
-    // transactions are short, so a wait beyond that means something is wrong.
     for pragma in [
-        "PRAGMA busy_timeout = 5000",
+        BUSY_TIMEOUT,
         "PRAGMA foreign_keys = ON",
         "PRAGMA synchronous = FULL",
         "PRAGMA secure_delete = ON",
@@ -231,8 +235,9 @@ where
 
 async fn rollback(db: &impl Db) {
     // The work's own error is what the caller needs; a failed rollback
-    // (e.g. SQLite already rolled back) is only worth a log line, and the
-    // connection is dropped at the end of the request either way.
+    // (e.g. SQLite already rolled back) is only worth a log line: a
+    // connection whose transaction failed is closed, never reused
+    // (`pool::Lease`).
     if let Err(e) = db.execute("ROLLBACK", &[]).await {
         eprintln!("rollback failed: {e}");
     }
@@ -246,9 +251,10 @@ pub async fn checkpoint_truncate(db: &impl Db) -> Result<(), DbError> {
     // Waiting the full busy timeout for readers to finish would stall the
     // erasure answer by seconds; a short wait, then the next checkpoint.
     db.execute("PRAGMA busy_timeout = 250", &[]).await?;
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)", &[])
-        .await
-        .map(|_| ())
+    let checkpoint = db.execute("PRAGMA wal_checkpoint(TRUNCATE)", &[]).await;
+    // The connection goes back to its pool: restore the usual wait.
+    db.execute(BUSY_TIMEOUT, &[]).await?;
+    checkpoint.map(|_| ())
 }
 
 #[cfg(test)]

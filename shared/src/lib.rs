@@ -4,7 +4,9 @@
 //! Layout:
 //! - `ports`, `spin_ports`: the storage ports (`Db`, `Kv`, `Clock`) and
 //!   their Spin implementations (feature `spin`).
-//! - `db`: per-connection pragmas, migrations, the write transaction.
+//! - `db`: per-connection pragmas, migrations, the write transaction;
+//!   `pool`: what an instance keeps between requests (connections,
+//!   settings) and why that is safe.
 //! - `http`, `error`, `auth`, `config`, `client_addr`: request plumbing,
 //!   problem documents, API keys with scopes, settings from variables,
 //!   the client's address (Spin's peer, or behind trusted proxies).
@@ -35,6 +37,7 @@ pub mod ids;
 pub mod money;
 pub mod phone;
 pub mod points;
+pub mod pool;
 pub mod ports;
 pub mod privacy;
 pub mod profile;

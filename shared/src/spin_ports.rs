@@ -1,14 +1,20 @@
-//! The ports over Spin's SQLite and key-value host interfaces. Compiled only
-//! with the `spin` feature, so native builds and tests never link spin-sdk
+//! The ports over Spin's SQLite and key-value host interfaces, and the
+//! per-instance state a component keeps between requests (see
+//! `crate::pool` for why each piece is safe to keep). Compiled only with
+//! the `spin` feature, so native builds and tests never link spin-sdk
 //! (whose host calls abort outside a Wasm host).
 
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::http::{MAX_BODY_BYTES, error_response};
+use crate::pool::{Lease, Pool, Refreshing};
 use crate::ports::{Db, DbError, Kv, Rows, Value};
-use anyhow::Context as _;
 use spin_sdk::{key_value, sqlite};
+use std::cell::RefCell;
+use std::rc::Rc;
 
-/// Spin's `default` database: one connection per request.
+/// Spin's `default` database: one connection, lent to one request at a
+/// time from the instance's pool.
 pub struct SpinDb(sqlite::Connection);
 
 impl SpinDb {
@@ -69,39 +75,60 @@ impl Db for SpinDb {
     }
 }
 
-/// Spin's `default` key-value store.
-pub struct SpinKv(key_value::Store);
+thread_local! {
+    /// The instance's idle connections (a component instance is one
+    /// thread; `thread_local` keeps Spin's handles off any `Sync` bound).
+    static POOL: Rc<Pool<SpinDb>> = Rc::new(Pool::new());
+    /// The instance's settings, re-read every `pool::SETTINGS_REFRESH`.
+    static SETTINGS: Rc<Refreshing<Rc<Config>>> = Rc::new(Refreshing::new());
+    /// The instance's handle on the default store, opened by the first
+    /// request that uses it.
+    static STORE: RefCell<Option<Rc<key_value::Store>>> = const { RefCell::new(None) };
+}
+
+/// Spin's `default` key-value store, opened on first use: most requests
+/// never touch it, and opening it is a slow host call.
+pub struct SpinKv;
 
 impl SpinKv {
-    pub async fn open_default() -> anyhow::Result<Self> {
-        let store = key_value::Store::open_default()
-            .await
-            .map_err(|e| anyhow::anyhow!("failed to open the default key-value store: {e}"))?;
-        Ok(SpinKv(store))
+    async fn store(&self) -> anyhow::Result<Rc<key_value::Store>> {
+        if let Some(store) = STORE.with_borrow(Clone::clone) {
+            return Ok(store);
+        }
+        let store = Rc::new(
+            key_value::Store::open_default()
+                .await
+                .map_err(|e| anyhow::anyhow!("failed to open the default key-value store: {e}"))?,
+        );
+        STORE.set(Some(Rc::clone(&store)));
+        Ok(store)
+    }
+
+    /// After a failed call the handle is not trusted again: the next use
+    /// reopens the store.
+    fn checked<T>(result: Result<T, key_value::Error>, what: &'static str) -> anyhow::Result<T> {
+        result.map_err(|e| {
+            STORE.set(None);
+            anyhow::anyhow!("{e}").context(what)
+        })
     }
 }
 
 impl Kv for SpinKv {
     async fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
-        self.0
-            .get(key)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .context("key-value get failed")
+        Self::checked(self.store().await?.get(key).await, "key-value get failed")
     }
     async fn set(&self, key: &str, value: &[u8]) -> anyhow::Result<()> {
-        self.0
-            .set(key, value)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .context("key-value set failed")
+        Self::checked(
+            self.store().await?.set(key, value).await,
+            "key-value set failed",
+        )
     }
     async fn delete(&self, key: &str) -> anyhow::Result<()> {
-        self.0
-            .delete(key)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .context("key-value delete failed")
+        Self::checked(
+            self.store().await?.delete(key).await,
+            "key-value delete failed",
+        )
     }
 }
 
@@ -119,15 +146,19 @@ pub async fn read_variables(names: &[&str]) -> std::collections::BTreeMap<String
 
 /// A component's whole Spin entry point: read the body (at most one byte
 /// past [`MAX_BODY_BYTES`], so an oversized upload is refused without
-/// being held), read the component's variables, open the stores, prepare
-/// the database, call `handler`, and return its response.
+/// being held), take the instance's settings and a prepared connection
+/// from its pool, call `handler`, give the connection back, and return
+/// the response.
 pub async fn serve<F>(
     request: spin_sdk::http::Request,
     variable_names: &[&str],
     handler: F,
 ) -> http::Response<spin_sdk::http::FullBody<bytes::Bytes>>
 where
-    F: AsyncFnOnce(crate::http::Request, &crate::Ctx<'_, SpinDb, SpinKv>) -> crate::http::Response,
+    F: AsyncFnOnce(
+        crate::http::Request,
+        &crate::Ctx<'_, Lease<SpinDb>, SpinKv>,
+    ) -> crate::http::Response,
 {
     use futures::StreamExt as _;
     use spin_sdk::http::body::IncomingBodyExt as _;
@@ -150,18 +181,24 @@ where
     }
     let request = http::Request::from_parts(parts, bytes::Bytes::from(buffer));
     let response = async {
-        let variables = read_variables(variable_names).await;
-        let config = crate::config::Config::from_variables(&variables)?;
-        let db = SpinDb::open_default().await?;
-        crate::db::prepare(&db).await?;
-        let kv = SpinKv::open_default().await?;
+        let settings = SETTINGS.with(Rc::clone);
+        let config = settings
+            .get(async || {
+                let variables = read_variables(variable_names).await;
+                Config::from_variables(&variables).map(Rc::new)
+            })
+            .await?;
+        let pool = POOL.with(Rc::clone);
+        let db = pool.lease(SpinDb::open_default).await?;
         let ctx = crate::Ctx {
             db: &db,
-            kv: &kv,
+            kv: &SpinKv,
             clock: &crate::ports::SystemClock,
             config: &config,
         };
-        anyhow::Ok(handler(request, &ctx).await)
+        let response = handler(request, &ctx).await;
+        pool.give_back(db);
+        anyhow::Ok(response)
     }
     .await
     .unwrap_or_else(|cause| error_response(&ApiError::Unexpected(cause)));

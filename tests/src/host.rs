@@ -1,14 +1,17 @@
 //! Routing a request to a component's `handle`, as Spin would: pick the
-//! component from `spin.toml`, open its stores fresh for this request,
-//! resolve its variables, call it. `Server` does the same over HTTP.
+//! component from `spin.toml`, take an instance of it (its pool of
+//! prepared connections and its settings, kept for up to
+//! [`REQUESTS_PER_INSTANCE`] requests, as Spin 4 keeps a Wasm instance),
+//! call it. `Server` does the same over HTTP.
 
 use crate::manifest::{Component, Manifest, env_lookup};
-use crate::stores::{RusqliteDb, SqliteKv};
+use crate::stores::{LazySqliteKv, RusqliteDb};
 use anyhow::Context as _;
 use bytes::Bytes;
 use kizuna::config::Config;
 use kizuna::error::ApiError;
 use kizuna::http::{MAX_BODY_BYTES, Request, Response, error_response};
+use kizuna::pool::{Lease, Pool, Refreshing};
 use kizuna::ports::{Clock, SystemClock};
 use std::collections::BTreeMap;
 use std::io::Read as _;
@@ -43,7 +46,7 @@ impl Clock for ManualClock {
 async fn call_component(
     component: &str,
     request: Request,
-    ctx: &kizuna::Ctx<'_, RusqliteDb, SqliteKv>,
+    ctx: &kizuna::Ctx<'_, Lease<RusqliteDb>, LazySqliteKv>,
 ) -> Option<Response> {
     match component {
         "contacts" => Some(kizuna_contacts::handle(request, ctx).await),
@@ -54,11 +57,25 @@ async fn call_component(
     }
 }
 
+/// How many requests Spin 4 serves with one component instance before it
+/// starts a fresh one.
+pub const REQUESTS_PER_INSTANCE: usize = 128;
+
+/// What one component instance keeps between its requests, as the Spin
+/// adapter keeps it in the instance's statics.
+#[derive(Default)]
+struct Instance {
+    pool: Pool<RusqliteDb>,
+    settings: Refreshing<Arc<Config>>,
+    served: std::sync::atomic::AtomicUsize,
+}
+
 pub struct Host {
     manifest: Manifest,
     data_dir: PathBuf,
     overrides: BTreeMap<String, String>,
     clock: Arc<dyn Clock + Send + Sync>,
+    instances: Mutex<BTreeMap<String, Arc<Instance>>>,
 }
 
 impl Host {
@@ -71,6 +88,7 @@ impl Host {
             data_dir: data_dir.to_owned(),
             overrides: BTreeMap::new(),
             clock: Arc::new(SystemClock),
+            instances: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -116,32 +134,54 @@ impl Host {
         }
     }
 
+    /// The instance of `component` that serves the next request: the
+    /// current one, until it has served [`REQUESTS_PER_INSTANCE`].
+    fn instance(&self, component: &str) -> Arc<Instance> {
+        use std::sync::atomic::Ordering;
+        let mut instances = self.instances.lock().unwrap_or_else(|p| p.into_inner());
+        let instance = Arc::clone(instances.entry(component.to_owned()).or_default());
+        if instance.served.fetch_add(1, Ordering::Relaxed) + 1 >= REQUESTS_PER_INSTANCE {
+            instances.remove(component);
+        }
+        instance
+    }
+
     async fn run(&self, component: &Component, request: Request) -> anyhow::Result<Response> {
-        let lookup = |name: &str| {
-            self.overrides
-                .get(name)
-                .cloned()
-                .or_else(|| env_lookup(name))
-        };
-        let variables = self.manifest.resolve_variables(component, &lookup)?;
-        let config = Config::from_variables(&variables)?;
         anyhow::ensure!(
             component.sqlite_databases == ["default"] && component.key_value_stores == ["default"],
             "component {} must be granted the default database and store",
             component.id
         );
-        let db = RusqliteDb::open(&self.database_path())?;
-        kizuna::db::prepare(&db).await?;
-        let kv = SqliteKv::open(&self.kv_path())?;
+        let instance = self.instance(&component.id);
+        let config = instance
+            .settings
+            .get(async || {
+                let lookup = |name: &str| {
+                    self.overrides
+                        .get(name)
+                        .cloned()
+                        .or_else(|| env_lookup(name))
+                };
+                let variables = self.manifest.resolve_variables(component, &lookup)?;
+                Config::from_variables(&variables).map(Arc::new)
+            })
+            .await?;
+        let db = instance
+            .pool
+            .lease(async || RusqliteDb::open(&self.database_path()))
+            .await?;
+        let kv = LazySqliteKv::new(self.kv_path());
         let ctx = kizuna::Ctx {
             db: &db,
             kv: &kv,
             clock: self.clock.as_ref(),
             config: &config,
         };
-        call_component(&component.id, request, &ctx)
+        let response = call_component(&component.id, request, &ctx)
             .await
-            .with_context(|| format!("no handler registered for component {}", component.id))
+            .with_context(|| format!("no handler registered for component {}", component.id));
+        instance.pool.give_back(db);
+        response
     }
 }
 

@@ -1,6 +1,6 @@
-//! The `Db` and `Kv` ports over rusqlite. Like Spin, the host opens a new
-//! connection per request and sets no pragmas of its own: the domain's
-//! `db::prepare` does that, so native runs see what Spin would.
+//! The `Db` and `Kv` ports over rusqlite. Like Spin, the host sets no
+//! pragmas of its own: the domain's `db::prepare` does that (through its
+//! `pool`), so native runs see what Spin would.
 
 use kizuna::ports::{Db, DbError, Kv, Rows, Value};
 use rusqlite::types::{ToSqlOutput, Value as SqlValue, ValueRef};
@@ -112,5 +112,41 @@ impl Kv for SqliteKv {
             [key],
         )?;
         Ok(())
+    }
+}
+
+/// The key-value store opened by the first call that uses it, as the Spin
+/// adapter does: most requests never touch it.
+pub struct LazySqliteKv {
+    path: std::path::PathBuf,
+    store: std::cell::OnceCell<SqliteKv>,
+}
+
+impl LazySqliteKv {
+    pub fn new(path: std::path::PathBuf) -> LazySqliteKv {
+        LazySqliteKv {
+            path,
+            store: std::cell::OnceCell::new(),
+        }
+    }
+
+    fn store(&self) -> anyhow::Result<&SqliteKv> {
+        if let Some(store) = self.store.get() {
+            return Ok(store);
+        }
+        let store = SqliteKv::open(&self.path)?;
+        Ok(self.store.get_or_init(|| store))
+    }
+}
+
+impl Kv for LazySqliteKv {
+    async fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        self.store()?.get(key).await
+    }
+    async fn set(&self, key: &str, value: &[u8]) -> anyhow::Result<()> {
+        self.store()?.set(key, value).await
+    }
+    async fn delete(&self, key: &str) -> anyhow::Result<()> {
+        self.store()?.delete(key).await
     }
 }

@@ -1,0 +1,374 @@
+//! What a component instance keeps between the requests it serves, so
+//! that a request spends its time on the customer and not on setup:
+//! prepared database connections ([`Pool`], lent out as a [`Lease`]) and
+//! settings read from variables ([`Refreshing`]).
+//!
+//! Spin 4 reuses an instance for up to 128 requests, up to 16 of them at
+//! a time, and its statics live as long as the instance; the native host
+//! models the same (see `kizuna-tests`' `host`). Why each cache is safe:
+//! - **A connection serves one request at a time.** A request leases its
+//!   own, so concurrent requests of an instance never share a
+//!   transaction. It goes back to the pool only if every transaction it
+//!   began ended with a successful `COMMIT` or `ROLLBACK`, and no
+//!   statement failed inside one. A connection that saw an error inside
+//!   a transaction is closed, never reused: on libSQL a server that
+//!   stole the stream's lock would run the next statements outside any
+//!   transaction, and on SQLite closing is the surest rollback.
+//! - **A request that traps** takes the whole instance down with its
+//!   statics; Spin closes the instance's connections and SQLite rolls
+//!   back whatever was open. A request that is dropped mid-way (the
+//!   client left) drops its lease, which closes the connection.
+//! - **Idle connections expire** after [`IDLE_FOR`]: a libSQL stream
+//!   times out after about 10 s without use, and a reopened connection
+//!   sees every pragma afresh.
+//! - **Pragmas and the schema check run once per connection**
+//!   (`db::prepare`). Migrations only add, so a connection prepared
+//!   before another instance migrated the file keeps working (SQLite
+//!   re-prepares statements when the schema changes); a newer build
+//!   runs in new instances, which migrate before they serve.
+//! - **Settings** are re-read after [`SETTINGS_REFRESH`], and an instance
+//!   lives at most 128 requests: a rotated secret or a revoked API key
+//!   takes effect within seconds, never later than that.
+
+use crate::ports::{Db, DbError, Rows, Value};
+use std::cell::Cell;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a connection may sit idle in the pool before it is closed.
+pub const IDLE_FOR: Duration = Duration::from_secs(9);
+
+/// How many idle connections an instance keeps: Spin runs at most 16 of
+/// an instance's requests at a time.
+pub const MAX_IDLE: usize = 16;
+
+/// How long settings read from variables are trusted before re-reading.
+pub const SETTINGS_REFRESH: Duration = Duration::from_secs(10);
+
+/// The idle, prepared connections of one instance.
+pub struct Pool<C> {
+    idle: Mutex<Vec<(C, Instant)>>,
+}
+
+impl<C: Db> Default for Pool<C> {
+    fn default() -> Self {
+        Pool::new()
+    }
+}
+
+impl<C: Db> Pool<C> {
+    pub const fn new() -> Pool<C> {
+        Pool {
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A connection for one request: the most recently returned idle one,
+    /// else a new one from `open`, prepared (`db::prepare`) before use.
+    pub async fn lease(
+        &self,
+        open: impl AsyncFnOnce() -> anyhow::Result<C>,
+    ) -> anyhow::Result<Lease<C>> {
+        if let Some(connection) = self.take_idle() {
+            return Ok(Lease::new(connection));
+        }
+        let connection = open().await?;
+        crate::db::prepare(&connection).await?;
+        Ok(Lease::new(connection))
+    }
+
+    fn take_idle(&self) -> Option<C> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // The newest first: the oldest are the likeliest to have expired,
+        // and they are dropped here.
+        while let Some((connection, since)) = idle.pop() {
+            if since.elapsed() < IDLE_FOR {
+                return Some(connection);
+            }
+            idle.clear();
+            drop(connection);
+        }
+        None
+    }
+
+    /// Ends a request's lease: the connection goes back to the pool if
+    /// it is clean (see [`Lease::into_reusable`]), else it is closed.
+    pub fn give_back(&self, lease: Lease<C>) {
+        let Some(connection) = lease.into_reusable() else {
+            return;
+        };
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push((connection, Instant::now()));
+        }
+    }
+
+    /// How many connections wait in the pool (for tests).
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// A connection lent to one request. It watches the transactions the
+/// request runs, so that only a clean connection goes back to the pool.
+pub struct Lease<C> {
+    connection: C,
+    in_transaction: Cell<bool>,
+    spoiled: Cell<bool>,
+    statements: Cell<u64>,
+}
+
+impl<C: Db> Lease<C> {
+    fn new(connection: C) -> Lease<C> {
+        Lease {
+            connection,
+            in_transaction: Cell::new(false),
+            spoiled: Cell::new(false),
+            statements: Cell::new(0),
+        }
+    }
+
+    /// How many statements the request ran on this lease.
+    pub fn statements(&self) -> u64 {
+        self.statements.get()
+    }
+
+    /// The connection, if the request left it outside any transaction and
+    /// no statement failed inside one.
+    pub fn into_reusable(self) -> Option<C> {
+        (!self.in_transaction.get() && !self.spoiled.get()).then_some(self.connection)
+    }
+}
+
+/// What a statement does to the connection's transaction state.
+#[derive(Debug, PartialEq)]
+enum Effect {
+    Begins,
+    Ends,
+    Other,
+}
+
+fn effect(sql: &str) -> Effect {
+    let verb = sql.split_whitespace().next().unwrap_or("");
+    if verb.eq_ignore_ascii_case("BEGIN") {
+        Effect::Begins
+    } else if verb.eq_ignore_ascii_case("COMMIT")
+        || verb.eq_ignore_ascii_case("END")
+        || verb.eq_ignore_ascii_case("ROLLBACK")
+    {
+        Effect::Ends
+    } else {
+        Effect::Other
+    }
+}
+
+impl<C: Db> Db for Lease<C> {
+    async fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
+        self.statements.set(self.statements.get() + 1);
+        let result = self.connection.execute(sql, params).await;
+        match (&result, effect(sql)) {
+            (Ok(_), Effect::Begins) => self.in_transaction.set(true),
+            (Ok(_), Effect::Ends) => self.in_transaction.set(false),
+            // A failed COMMIT or ROLLBACK leaves the state unknown.
+            (Err(_), Effect::Ends) => self.spoiled.set(true),
+            (Err(_), _) if self.in_transaction.get() => self.spoiled.set(true),
+            _ => {}
+        }
+        result
+    }
+
+    async fn yield_to_writers(&self, pause: Duration) {
+        self.connection.yield_to_writers(pause).await;
+    }
+}
+
+/// A value re-read after [`SETTINGS_REFRESH`].
+pub struct Refreshing<T> {
+    current: Mutex<Option<(T, Instant)>>,
+}
+
+impl<T: Clone> Default for Refreshing<T> {
+    fn default() -> Self {
+        Refreshing::new()
+    }
+}
+
+impl<T: Clone> Refreshing<T> {
+    pub const fn new() -> Refreshing<T> {
+        Refreshing {
+            current: Mutex::new(None),
+        }
+    }
+
+    /// The value, read with `read` if there is none yet or it is older
+    /// than [`SETTINGS_REFRESH`]. A failed read is not kept, so the next
+    /// request tries again.
+    pub async fn get<E>(&self, read: impl AsyncFnOnce() -> Result<T, E>) -> Result<T, E> {
+        if let Some((value, at)) = &*self.current.lock().unwrap_or_else(|p| p.into_inner())
+            && at.elapsed() < SETTINGS_REFRESH
+        {
+            return Ok(value.clone());
+        }
+        let value = read().await?;
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((value.clone(), Instant::now()));
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    /// A connection that fails the statements it is told to, and records
+    /// what it ran; `user_version` answers the current schema.
+    #[derive(Default)]
+    struct Fake {
+        fail: RefCell<Vec<&'static str>>,
+        ran: Rc<RefCell<Vec<String>>>,
+    }
+
+    impl Db for Fake {
+        async fn execute(&self, sql: &str, _params: &[Value]) -> Result<Rows, DbError> {
+            self.ran.borrow_mut().push(sql.to_owned());
+            if self.fail.borrow().contains(&sql) {
+                return Err(DbError::Other(format!("failed: {sql}")));
+            }
+            if sql == "PRAGMA user_version" {
+                return Ok(Rows {
+                    columns: vec!["user_version".into()],
+                    rows: vec![vec![Value::Integer(crate::db::SCHEMA_VERSION)]],
+                });
+            }
+            Ok(Rows::default())
+        }
+    }
+
+    fn lease(pool: &Pool<Fake>, ran: &Rc<RefCell<Vec<String>>>) -> Lease<Fake> {
+        let ran = Rc::clone(ran);
+        block_on(pool.lease(async || {
+            Ok(Fake {
+                ran,
+                ..Fake::default()
+            })
+        }))
+        .expect("a lease")
+    }
+
+    fn run(lease: &Lease<Fake>, sql: &str) -> Result<Rows, DbError> {
+        block_on(lease.execute(sql, &[]))
+    }
+
+    #[test]
+    fn a_connection_is_prepared_once_and_reused_after_a_clean_request() {
+        let pool = Pool::new();
+        let ran = Rc::new(RefCell::new(Vec::new()));
+        let first = lease(&pool, &ran);
+        let prepared = ran.borrow().len();
+        assert!(
+            ran.borrow()
+                .iter()
+                .any(|s| s.starts_with("PRAGMA busy_timeout"))
+        );
+        run(&first, "BEGIN IMMEDIATE").expect("begin");
+        run(&first, "INSERT").expect("insert");
+        run(&first, "COMMIT").expect("commit");
+        assert_eq!(first.statements(), 3);
+        pool.give_back(first);
+        assert_eq!(pool.idle_count(), 1);
+
+        let second = lease(&pool, &ran);
+        assert_eq!(pool.idle_count(), 0);
+        run(&second, "SELECT").expect("select");
+        assert_eq!(
+            ran.borrow().len(),
+            prepared + 4,
+            "no pragma or schema check again"
+        );
+    }
+
+    #[test]
+    fn an_error_inside_a_transaction_closes_the_connection() {
+        let pool = Pool::new();
+        let ran = Rc::new(RefCell::new(Vec::new()));
+        let lease = lease(&pool, &ran);
+        lease.connection.fail.borrow_mut().push("INSERT");
+        run(&lease, "BEGIN IMMEDIATE").expect("begin");
+        assert!(run(&lease, "INSERT").is_err());
+        run(&lease, "ROLLBACK").expect("rollback");
+        pool.give_back(lease);
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[test]
+    fn an_error_outside_a_transaction_keeps_the_connection() {
+        let pool = Pool::new();
+        let ran = Rc::new(RefCell::new(Vec::new()));
+        let lease = lease(&pool, &ran);
+        lease.connection.fail.borrow_mut().push("INSERT");
+        assert!(run(&lease, "INSERT").is_err());
+        pool.give_back(lease);
+        assert_eq!(pool.idle_count(), 1);
+    }
+
+    #[test]
+    fn a_transaction_left_open_or_a_failed_commit_closes_the_connection() {
+        let pool = Pool::new();
+        let ran = Rc::new(RefCell::new(Vec::new()));
+        let open = lease(&pool, &ran);
+        run(&open, "BEGIN").expect("begin");
+        run(&open, "SELECT").expect("select");
+        pool.give_back(open);
+        assert_eq!(pool.idle_count(), 0);
+
+        let failed = lease(&pool, &ran);
+        failed.connection.fail.borrow_mut().push("COMMIT");
+        run(&failed, "BEGIN IMMEDIATE").expect("begin");
+        assert!(run(&failed, "COMMIT").is_err());
+        pool.give_back(failed);
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[test]
+    fn a_connection_that_fails_to_prepare_is_not_lent() {
+        let pool: Pool<Fake> = Pool::new();
+        let result = block_on(pool.lease(async || {
+            let fake = Fake::default();
+            fake.fail.borrow_mut().push("PRAGMA foreign_keys = ON");
+            Ok(fake)
+        }));
+        assert!(result.is_err());
+        assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[test]
+    fn the_pool_keeps_at_most_max_idle_connections() {
+        let pool = Pool::new();
+        let ran = Rc::new(RefCell::new(Vec::new()));
+        let leases: Vec<_> = (0..MAX_IDLE + 3).map(|_| lease(&pool, &ran)).collect();
+        for lease in leases {
+            pool.give_back(lease);
+        }
+        assert_eq!(pool.idle_count(), MAX_IDLE);
+    }
+
+    #[test]
+    fn settings_are_read_once_until_they_are_stale() {
+        let settings: Refreshing<u32> = Refreshing::new();
+        let reads = Cell::new(0);
+        for _ in 0..3 {
+            let value = block_on(settings.get(async || {
+                reads.set(reads.get() + 1);
+                Ok::<_, ()>(7)
+            }));
+            assert_eq!(value, Ok(7));
+        }
+        assert_eq!(reads.get(), 1);
+        let failing: Refreshing<u32> = Refreshing::new();
+        assert_eq!(block_on(failing.get(async || Err("unset"))), Err("unset"));
+        assert_eq!(block_on(failing.get(async || Ok::<_, &str>(3))), Ok(3));
+    }
+}
