@@ -28,6 +28,16 @@ pub fn parse_args(
     usage: &str,
     numbers: &mut [(&str, &mut u64)],
 ) -> anyhow::Result<Option<BenchDir>> {
+    parse_args_with_text(usage, numbers, &mut [])
+}
+
+/// Like [`parse_args`], with text options too (`texts`: each flag and
+/// where its value goes; `None` until given).
+pub fn parse_args_with_text(
+    usage: &str,
+    numbers: &mut [(&str, &mut u64)],
+    texts: &mut [(&str, &mut Option<String>)],
+) -> anyhow::Result<Option<BenchDir>> {
     let mut bench_dir = BenchDir {
         dir: None,
         keep: false,
@@ -45,14 +55,18 @@ pub fn parse_args(
                 println!("{usage}");
                 return Ok(None);
             }
-            other => match numbers.iter_mut().find(|(flag, _)| *flag == other) {
-                Some((flag, target)) => {
+            other => {
+                if let Some((flag, target)) = numbers.iter_mut().find(|(flag, _)| *flag == other) {
                     **target = value()?
                         .parse()
                         .with_context(|| format!("{flag} takes a number"))?;
+                } else if let Some((_, target)) = texts.iter_mut().find(|(flag, _)| *flag == other)
+                {
+                    **target = Some(value()?);
+                } else {
+                    bail!("unknown argument {other}\n{usage}");
                 }
-                None => bail!("unknown argument {other}\n{usage}"),
-            },
+            }
         }
     }
     Ok(Some(bench_dir))

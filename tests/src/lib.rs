@@ -8,10 +8,13 @@
 //! - `host`: routes a request to the component's own `handle`, and serves
 //!   over HTTP on loopback for end-to-end and load tests.
 //! - `spin`: real `spin up` of the same manifest, for the suite and benches.
+//! - `load`: HTTP load with `wrk` for the benches under Spin (a request
+//!   file written in Rust, replayed by a Lua script, its figures parsed).
 
 pub mod bench;
 pub mod datagen;
 pub mod host;
+pub mod load;
 pub mod manifest;
 pub mod spin;
 pub mod stores;
