@@ -158,7 +158,12 @@ pub async fn insert(
         placeholders.join(", ")
     );
     db.execute(&sql, &params).await.map_err(identity_conflict)?;
-    refresh_search_terms(db, id).await?;
+    // A new contact has no terms yet, and its fields are those just written.
+    let terms = search_terms(|field| match field {
+        "email" => profile.email.as_ref().map_or("", |e| e.as_str()),
+        other => profile.text(other).unwrap_or(""),
+    });
+    insert_search_terms(db, id, terms).await?;
     Ok(())
 }
 
@@ -310,8 +315,7 @@ const SEARCHED_FIELDS: &[&str] = &[
     "given_name_kana",
 ];
 
-/// Rebuilds the contact's prefix-search terms from its stored values:
-/// each name field, family+given joined both ways, kana likewise, email.
+/// Rebuilds a contact's search terms from its stored fields.
 pub async fn refresh_search_terms(db: &impl Db, id: &str) -> anyhow::Result<()> {
     let rows = db
         .execute(
@@ -322,8 +326,20 @@ pub async fn refresh_search_terms(db: &impl Db, id: &str) -> anyhow::Result<()> 
         .await
         .context("failed to read search fields")?;
     let row = rows.first().context("contact missing for search terms")?;
+    let terms = search_terms(|f| row.opt_str(f).ok().flatten().unwrap_or(""));
+    db.execute(
+        "DELETE FROM contact_search WHERE contact_id = ?1",
+        &[id.into()],
+    )
+    .await
+    .context("failed to clear search terms")?;
+    insert_search_terms(db, id, terms).await
+}
+
+/// The folded terms a contact is found by: each searched field, and the
+/// full name in both orders, in kanji and in kana.
+fn search_terms<'a>(get: impl Fn(&str) -> &'a str) -> std::collections::BTreeSet<String> {
     let mut terms = std::collections::BTreeSet::new();
-    let get = |f: &str| row.opt_str(f).ok().flatten().unwrap_or("");
     for field in SEARCHED_FIELDS {
         terms.insert(search_fold(get(field)));
     }
@@ -343,21 +359,33 @@ pub async fn refresh_search_terms(db: &impl Db, id: &str) -> anyhow::Result<()> 
         get("given_name_kana")
     )));
     terms.remove("");
+    terms
+}
+
+/// One statement for all of a contact's terms.
+async fn insert_search_terms(
+    db: &impl Db,
+    id: &str,
+    terms: std::collections::BTreeSet<String>,
+) -> anyhow::Result<()> {
+    if terms.is_empty() {
+        return Ok(());
+    }
+    let mut params: Vec<Value> = vec![id.into()];
+    let mut rows = Vec::with_capacity(terms.len());
+    for term in terms {
+        params.push(term.chars().take(100).collect::<String>().into());
+        rows.push(format!("(?{}, ?1)", params.len()));
+    }
     db.execute(
-        "DELETE FROM contact_search WHERE contact_id = ?1",
-        &[id.into()],
+        &format!(
+            "INSERT OR IGNORE INTO contact_search (term, contact_id) VALUES {}",
+            rows.join(", ")
+        ),
+        &params,
     )
     .await
-    .context("failed to clear search terms")?;
-    for term in terms {
-        let term: String = term.chars().take(100).collect();
-        db.execute(
-            "INSERT OR IGNORE INTO contact_search (term, contact_id) VALUES (?1, ?2)",
-            &[term.into(), id.into()],
-        )
-        .await
-        .context("failed to add a search term")?;
-    }
+    .context("failed to add search terms")?;
     Ok(())
 }
 

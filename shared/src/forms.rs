@@ -14,7 +14,7 @@ use crate::db::transaction;
 use crate::error::{ApiError, FieldError};
 use crate::http::{Request, Response, body_text, check_size, header_str, media_type};
 use crate::ids::new_id;
-use crate::ports::{Db, Kv};
+use crate::ports::{Db, Kv, Value};
 use crate::profile::{self, MAX_ATTRIBUTES_PER_SUBMISSION, Profile};
 use crate::tags::{self, Tag};
 use crate::timeline::{self, Entry, Kind};
@@ -550,9 +550,11 @@ pub async fn submit<D: Db, K: Kv>(
         return Err(refused);
     }
     transaction(ctx.db, async || -> Result<(), ApiError> {
-        let form_ok = take_rate_limit_slot(ctx.db, &form_bucket, window, limit).await?;
-        let all_ok = take_rate_limit_slot(ctx.db, &all_bucket, window, all_limit).await?;
-        if !(form_ok && all_ok) {
+        let buckets = [
+            (form_bucket.as_str(), limit),
+            (all_bucket.as_str(), all_limit),
+        ];
+        if !take_rate_limit_slots(ctx.db, &buckets, window).await? {
             // Lost a race for the last slot: rolled back, nothing kept.
             return Err(ApiError::RateLimited {
                 retry_after_seconds,
@@ -770,23 +772,33 @@ async fn count_unrecorded_submission(db: &impl Db, contact_id: &str) -> anyhow::
     Ok(())
 }
 
-/// Whether any `(bucket, limit)` has used its limit in `window`: a plain
-/// read, no write lock.
+/// Whether any `(bucket, limit)` has used its limit in `window`: one
+/// plain read, no write lock.
 async fn rate_limit_reached(
     db: &impl Db,
     buckets: &[(&str, u32)],
     window: i64,
 ) -> anyhow::Result<bool> {
-    for (bucket, limit) in buckets {
-        let rows = db
-            .execute(
-                "SELECT hits FROM rate_limits WHERE bucket = ?1 AND window_start = ?2",
-                &[(*bucket).into(), window.into()],
-            )
-            .await
-            .context("failed to read a rate limit")?;
-        if let Some(row) = rows.first()
-            && row.i64("hits")? >= i64::from(*limit)
+    let placeholders: Vec<String> = (2..buckets.len() + 2).map(|i| format!("?{i}")).collect();
+    let mut params: Vec<Value> = vec![window.into()];
+    params.extend(buckets.iter().map(|(bucket, _)| Value::from(*bucket)));
+    let rows = db
+        .execute(
+            &format!(
+                "SELECT bucket, hits FROM rate_limits
+                 WHERE window_start = ?1 AND bucket IN ({})",
+                placeholders.join(", ")
+            ),
+            &params,
+        )
+        .await
+        .context("failed to read the rate limits")?;
+    for row in rows.iter() {
+        let bucket = row.str("bucket")?;
+        let hits = row.i64("hits")?;
+        if buckets
+            .iter()
+            .any(|(b, limit)| *b == bucket && hits >= i64::from(*limit))
         {
             return Ok(true);
         }
@@ -794,28 +806,49 @@ async fn rate_limit_reached(
     Ok(false)
 }
 
-async fn take_rate_limit_slot(
+/// Counts this post in every `(bucket, limit)` with one upsert; true if
+/// each stays within its limit. The first post of a new window also
+/// sweeps windows long past.
+async fn take_rate_limit_slots(
     db: &impl Db,
-    bucket: &str,
+    buckets: &[(&str, u32)],
     window: i64,
-    limit: u32,
 ) -> anyhow::Result<bool> {
-    let rows = db
+    let rows: Vec<String> = (2..buckets.len() + 2)
+        .map(|i| format!("(?{i}, ?1, 1)"))
+        .collect();
+    let mut params: Vec<Value> = vec![window.into()];
+    params.extend(buckets.iter().map(|(bucket, _)| Value::from(*bucket)));
+    let counted = db
         .execute(
-            "INSERT INTO rate_limits (bucket, window_start, hits) VALUES (?1, ?2, 1)
-             ON CONFLICT (bucket) DO UPDATE SET
-                 hits = CASE WHEN window_start = excluded.window_start THEN hits + 1 ELSE 1 END,
-                 window_start = excluded.window_start
-             RETURNING hits",
-            &[bucket.into(), window.into()],
+            &format!(
+                "INSERT INTO rate_limits (bucket, window_start, hits) VALUES {}
+                 ON CONFLICT (bucket) DO UPDATE SET
+                     hits = CASE WHEN window_start = excluded.window_start THEN hits + 1 ELSE 1 END,
+                     window_start = excluded.window_start
+                 RETURNING bucket, hits",
+                rows.join(", ")
+            ),
+            &params,
         )
         .await
         .context("failed to count a form submission")?;
-    let hits = rows
-        .first()
-        .context("rate limit upsert returned nothing")?
-        .i64("hits")?;
-    if hits == 1 {
+    let mut within = true;
+    let mut new_window = false;
+    for row in counted.iter() {
+        let bucket = row.str("bucket")?;
+        let hits = row.i64("hits")?;
+        new_window |= hits == 1;
+        within &= buckets
+            .iter()
+            .any(|(b, limit)| *b == bucket && hits <= i64::from(*limit));
+    }
+    anyhow::ensure!(
+        counted.len() == buckets.len(),
+        "rate limit upsert returned {} rows",
+        counted.len()
+    );
+    if new_window {
         db.execute(
             "DELETE FROM rate_limits WHERE window_start < ?1",
             &[(window - 10).into()],
@@ -823,7 +856,7 @@ async fn take_rate_limit_slot(
         .await
         .context("failed to sweep rate-limit windows")?;
     }
-    Ok(hits <= i64::from(limit))
+    Ok(within)
 }
 
 fn answer_response(answer: &Answer) -> Response {

@@ -76,6 +76,7 @@ pub struct Host {
     overrides: BTreeMap<String, String>,
     clock: Arc<dyn Clock + Send + Sync>,
     instances: Mutex<BTreeMap<String, Arc<Instance>>>,
+    last_statements: std::sync::atomic::AtomicU64,
 }
 
 impl Host {
@@ -89,6 +90,7 @@ impl Host {
             overrides: BTreeMap::new(),
             clock: Arc::new(SystemClock),
             instances: Mutex::new(BTreeMap::new()),
+            last_statements: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -180,8 +182,17 @@ impl Host {
         let response = call_component(&component.id, request, &ctx)
             .await
             .with_context(|| format!("no handler registered for component {}", component.id));
+        self.last_statements
+            .store(db.statements(), std::sync::atomic::Ordering::Relaxed);
         instance.pool.give_back(db);
         response
+    }
+
+    /// How many SQL statements the last request ran (each one a host call
+    /// under Spin), preparing a new connection not included.
+    pub fn statements_of_last_request(&self) -> u64 {
+        self.last_statements
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

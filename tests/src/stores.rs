@@ -28,6 +28,13 @@ impl rusqlite::ToSql for Param<'_> {
     }
 }
 
+/// `KIZUNA_TRACE_SQL=1` prints every statement the native host runs, to
+/// see what a request costs.
+fn trace_sql() -> bool {
+    static TRACE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var("KIZUNA_TRACE_SQL").is_ok_and(|v| v == "1"))
+}
+
 fn db_error(e: rusqlite::Error) -> DbError {
     DbError::from_message(e.to_string())
 }
@@ -39,6 +46,12 @@ impl Db for RusqliteDb {
     }
 
     async fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
+        if trace_sql() {
+            eprintln!(
+                "sql: {}",
+                sql.split_whitespace().collect::<Vec<_>>().join(" ")
+            );
+        }
         let mut statement = self.0.prepare(sql).map_err(db_error)?;
         let columns: Vec<String> = statement
             .column_names()

@@ -76,14 +76,10 @@ impl<'a> NewEntry<'a> {
     }
 }
 
-async fn ensure_account(db: &impl Db, contact_id: &str) -> anyhow::Result<()> {
-    db.execute(
-        "INSERT INTO points_accounts (contact_id) VALUES (?1) ON CONFLICT DO NOTHING",
-        &[contact_id.into()],
-    )
-    .await
-    .context("failed to open a points account")?;
-    Ok(())
+/// An appended entry, and the account's debt after it.
+struct Appended {
+    id: String,
+    debt: i64,
 }
 
 /// Appends `entry`, keeping the account's running sum and totals.
@@ -93,16 +89,18 @@ async fn append(
     entry: &NewEntry<'_>,
     actor: &str,
     now: OffsetDateTime,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Appended> {
     let kind = entry.kind.context("an entry needs a kind")?;
-    ensure_account(db, contact_id).await?;
     let (column, amount) = kind.total_column(entry.points);
-    // `column` comes from the closed set above, never from input.
+    // `column` comes from the closed set above, never from input. The
+    // first entry opens the account.
     let rows = db
         .execute(
             &format!(
-                "UPDATE points_accounts SET balance = balance + ?2, {column} = {column} + ?3, entries = entries + 1
-                 WHERE contact_id = ?1 RETURNING balance, entries"
+                "INSERT INTO points_accounts (contact_id, balance, {column}, entries) VALUES (?1, ?2, ?3, 1)
+                 ON CONFLICT (contact_id) DO UPDATE SET balance = balance + ?2,
+                     {column} = {column} + ?3, entries = entries + 1
+                 RETURNING balance, entries, debt"
             ),
             &[contact_id.into(), entry.points.into(), amount.into()],
         )
@@ -110,6 +108,7 @@ async fn append(
         .context("failed to update a points account")?;
     let account = rows.first().context("points account")?;
     let (balance_after, seq) = (account.i64("balance")?, account.i64("entries")?);
+    let debt = account.i64("debt")?;
     let id = new_id(now);
     db.execute(
         "INSERT INTO points_entries (id, contact_id, kind, points, balance_after, reason, order_id, order_ref,
@@ -134,7 +133,7 @@ async fn append(
     )
     .await
     .context("failed to append a points entry")?;
-    Ok(id)
+    Ok(Appended { id, debt })
 }
 
 /// Credits `entry.points` (> 0) into a new lot. Debt is paid first.
@@ -149,7 +148,7 @@ pub async fn credit(
 ) -> anyhow::Result<String> {
     anyhow::ensure!(entry.points > 0, "a credit must be positive");
     expire_due(db, Some(contact_id), actor, now).await?;
-    let entry_id = append(db, contact_id, entry, actor, now).await?;
+    let Appended { id: entry_id, debt } = append(db, contact_id, entry, actor, now).await?;
     db.execute(
         "INSERT INTO points_lots (id, contact_id, entry_id, original, remaining, available_at, expires_at, created_at)
          VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6, ?7)",
@@ -165,7 +164,7 @@ pub async fn credit(
     )
     .await
     .context("failed to open a points lot")?;
-    settle_debt(db, contact_id, now).await?;
+    pay_debt(db, contact_id, debt, now).await?;
     Ok(entry_id)
 }
 
@@ -221,7 +220,17 @@ async fn take_from_lot(db: &impl Db, lot_id: &str, points: i64) -> anyhow::Resul
 
 /// Pays debt from unexpired lots, soonest-expiring first.
 async fn settle_debt(db: &impl Db, contact_id: &str, now: OffsetDateTime) -> anyhow::Result<()> {
-    let mut debt = debt(db, contact_id).await?;
+    let debt = debt(db, contact_id).await?;
+    pay_debt(db, contact_id, debt, now).await
+}
+
+/// Pays `debt` (the account's, as just read) from the open lots.
+async fn pay_debt(
+    db: &impl Db,
+    contact_id: &str,
+    mut debt: i64,
+    now: OffsetDateTime,
+) -> anyhow::Result<()> {
     if debt == 0 {
         return Ok(());
     }
@@ -270,7 +279,7 @@ pub async fn debit(
 ) -> anyhow::Result<String> {
     anyhow::ensure!(entry.points < 0, "a debit must be negative");
     expire_due(db, Some(contact_id), actor, now).await?;
-    let entry_id = append(db, contact_id, entry, actor, now).await?;
+    let entry_id = append(db, contact_id, entry, actor, now).await?.id;
     let mut missing = -entry.points;
     let mut lots = open_lots(db, contact_id, now, true).await?;
     if let Some(first) = first_lot
@@ -321,7 +330,7 @@ pub async fn redeem(
         order_ref,
         ..NewEntry::new(Kind::Redeem, -points)
     };
-    let entry_id = append(db, contact_id, &entry, actor, now).await?;
+    let entry_id = append(db, contact_id, &entry, actor, now).await?.id;
     let mut missing = points;
     for lot in lots {
         if missing == 0 {
@@ -590,9 +599,12 @@ pub async fn balance(
 ) -> anyhow::Result<Balance> {
     let at = timestamp::format(now);
     let horizon = timestamp::format(now + Duration::days(30));
+    // One statement: the lots' sums, and the account row beside them
+    // (absent before the first entry).
     let rows = db
         .execute(
-            "SELECT
+            "SELECT l.*, a.balance, a.debt, a.earned, a.redeemed, a.expired, a.reversed, a.adjusted
+             FROM (SELECT
                COALESCE(SUM(CASE WHEN live AND available_at <= ?2 THEN remaining END), 0) AS available,
                COALESCE(SUM(CASE WHEN live AND available_at > ?2 THEN remaining END), 0) AS pending,
                MIN(CASE WHEN live AND available_at > ?2 THEN available_at END) AS next_available_at,
@@ -600,7 +612,8 @@ pub async fn balance(
                MIN(CASE WHEN live AND expires_at <= ?3 THEN expires_at END) AS expiring_earliest_at,
                COALESCE(SUM(CASE WHEN NOT live THEN remaining END), 0) AS unswept
              FROM (SELECT *, (expires_at IS NULL OR expires_at > ?2) AS live FROM points_lots
-                   WHERE contact_id = ?1 AND remaining > 0)",
+                   WHERE contact_id = ?1 AND remaining > 0)) AS l
+             LEFT JOIN points_accounts a ON a.contact_id = ?1",
             &[
                 contact_id.into(),
                 at.as_str().into(),
@@ -608,22 +621,9 @@ pub async fn balance(
             ],
         )
         .await
-        .context("failed to read points lots")?;
+        .context("failed to read a points balance")?;
     let lots = rows.first().context("balance row")?;
-    let account = db
-        .execute(
-            "SELECT balance, debt, earned, redeemed, expired, reversed, adjusted FROM points_accounts WHERE contact_id = ?1",
-            &[contact_id.into()],
-        )
-        .await
-        .context("failed to read a points account")?;
-    let get = |column: &str| -> anyhow::Result<i64> {
-        Ok(account
-            .first()
-            .map(|r| r.i64(column))
-            .transpose()?
-            .unwrap_or(0))
-    };
+    let get = |column: &str| -> anyhow::Result<i64> { Ok(lots.opt_i64(column)?.unwrap_or(0)) };
     Ok(Balance {
         available: lots.i64("available")?,
         pending: lots.i64("pending")?,

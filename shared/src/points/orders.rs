@@ -111,7 +111,7 @@ pub async fn on_order(
             };
             let available_at = program.rules.available_at(now);
             let expires_at = program.rules.expires_at(now, shop);
-            ledger::credit(
+            let earn_id = ledger::credit(
                 db,
                 &contact_id,
                 &entry,
@@ -121,7 +121,7 @@ pub async fn on_order(
                 now,
             )
             .await?;
-            earn = earn_of(db, order_id).await?;
+            earn = Some((earn_id, points));
         }
     }
 
@@ -136,25 +136,20 @@ pub async fn on_order(
             *earned
         };
         let target = earned - keep;
-        let already = taken_back(db, earn_id).await?;
-        // Points of this earn that expired are gone already: taking them
-        // back again would charge the customer twice.
-        ledger::expire_due(db, Some(&contact_id), &actor, now).await?;
-        let takeable = earned - already - expired_from(db, earn_id).await?;
-        let reverse = (target - already).min(takeable);
-        if reverse > 0 {
-            let entry = NewEntry {
-                reason: Some(if cancelled {
-                    "order cancelled"
-                } else {
-                    "order refunded"
-                }),
-                order_id: Some(order_id),
-                related_entry_id: Some(earn_id),
-                ..NewEntry::new(Kind::Reverse, -reverse)
-            };
-            let lot = lot_of(db, earn_id).await?;
-            ledger::debit(db, &contact_id, &entry, lot.as_deref(), &actor, now).await?;
+        // Nothing to take back (the usual paid order): no reads for it.
+        if target > 0 {
+            reverse_earn(
+                db,
+                &contact_id,
+                order_id,
+                earn_id,
+                *earned,
+                target,
+                cancelled,
+                &actor,
+                now,
+            )
+            .await?;
         }
     }
 
@@ -181,6 +176,43 @@ pub async fn on_order(
                 .await?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Takes back up to `target` of an order's earn (`earned` points, entry
+/// `earn_id`), less what was taken back already and what expired.
+#[allow(clippy::too_many_arguments)]
+async fn reverse_earn(
+    db: &impl Db,
+    contact_id: &str,
+    order_id: &str,
+    earn_id: &str,
+    earned: i64,
+    target: i64,
+    cancelled: bool,
+    actor: &str,
+    now: OffsetDateTime,
+) -> anyhow::Result<()> {
+    let already = taken_back(db, earn_id).await?;
+    // Points of this earn that expired are gone already: taking them
+    // back again would charge the customer twice.
+    ledger::expire_due(db, Some(contact_id), actor, now).await?;
+    let takeable = earned - already - expired_from(db, earn_id).await?;
+    let reverse = (target - already).min(takeable);
+    if reverse > 0 {
+        let entry = NewEntry {
+            reason: Some(if cancelled {
+                "order cancelled"
+            } else {
+                "order refunded"
+            }),
+            order_id: Some(order_id),
+            related_entry_id: Some(earn_id),
+            ..NewEntry::new(Kind::Reverse, -reverse)
+        };
+        let lot = lot_of(db, earn_id).await?;
+        ledger::debit(db, contact_id, &entry, lot.as_deref(), actor, now).await?;
     }
     Ok(())
 }

@@ -285,7 +285,7 @@ async fn apply_order(
         }
     };
     if details_fresh {
-        replace_lines(db, &order_id, order).await?;
+        replace_lines(db, &order_id, order, existing.is_none()).await?;
     }
     let mut applied = Applied {
         order_id: Some(order_id.clone()),
@@ -364,21 +364,41 @@ async fn apply_order(
     Ok(applied)
 }
 
-async fn replace_lines(db: &impl Db, order_id: &str, order: &Order) -> anyhow::Result<()> {
-    db.execute(
-        "DELETE FROM order_lines WHERE order_id = ?1",
-        &[order_id.into()],
-    )
-    .await
-    .context("failed to clear order lines")?;
-    for (index, line) in order.lines.iter().enumerate() {
+/// How many lines one `INSERT` carries: 11 parameters each stays under
+/// SQLite's oldest default limit of 999 per statement.
+const LINES_PER_INSERT: usize = 80;
+
+/// Stores the order's lines, replacing an existing order's; one
+/// statement per [`LINES_PER_INSERT`] lines.
+async fn replace_lines(
+    db: &impl Db,
+    order_id: &str,
+    order: &Order,
+    new_order: bool,
+) -> anyhow::Result<()> {
+    if !new_order {
         db.execute(
-            "INSERT INTO order_lines (order_id, line_no, external_id, sku, product_name, category, quantity,
-                 unit_price_minor, line_total_minor, discount_minor, tax_minor)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            &[
-                order_id.into(),
-                i64::try_from(index + 1).unwrap_or(i64::MAX).into(),
+            "DELETE FROM order_lines WHERE order_id = ?1",
+            &[order_id.into()],
+        )
+        .await
+        .context("failed to clear order lines")?;
+    }
+    for (chunk_index, chunk) in order.lines.chunks(LINES_PER_INSERT).enumerate() {
+        let mut params: Vec<Value> = vec![order_id.into()];
+        let mut rows = Vec::with_capacity(chunk.len());
+        for (offset, line) in chunk.iter().enumerate() {
+            let line_no = chunk_index * LINES_PER_INSERT + offset + 1;
+            let first = params.len() + 1;
+            rows.push(format!(
+                "(?1, {})",
+                (first..first + 10)
+                    .map(|i| format!("?{i}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            params.extend([
+                i64::try_from(line_no).unwrap_or(i64::MAX).into(),
                 line.external_id.as_deref().into(),
                 line.sku.as_deref().into(),
                 line.name.as_deref().into(),
@@ -388,10 +408,19 @@ async fn replace_lines(db: &impl Db, order_id: &str, order: &Order) -> anyhow::R
                 line.total.into(),
                 line.discount.into(),
                 line.tax.into(),
-            ],
+            ]);
+        }
+        db.execute(
+            &format!(
+                "INSERT INTO order_lines (order_id, line_no, external_id, sku, product_name, category,
+                     quantity, unit_price_minor, line_total_minor, discount_minor, tax_minor)
+                 VALUES {}",
+                rows.join(", ")
+            ),
+            &params,
         )
         .await
-        .context("failed to insert an order line")?;
+        .context("failed to store order lines")?;
     }
     Ok(())
 }

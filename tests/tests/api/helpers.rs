@@ -202,6 +202,15 @@ impl TestApp {
         }
     }
 
+    /// The statements the last request ran, counted by the native host;
+    /// `None` under Spin.
+    pub fn statements_of_last_request(&self) -> Option<u64> {
+        match &self.target {
+            Target::Native(host) => Some(host.statements_of_last_request()),
+            Target::Spin(..) => None,
+        }
+    }
+
     pub fn database_path(&self) -> std::path::PathBuf {
         self.dir.path().join("sqlite_db.db")
     }

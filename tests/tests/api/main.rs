@@ -9,4 +9,5 @@ mod points_properties;
 mod purchases;
 mod segments;
 mod segments_properties;
+mod statements;
 mod storage;

@@ -3689,3 +3689,46 @@ fn standard_webhooks_timestamps_at_the_edges_of_i64_and_beyond_are_401_and_store
         assert_eq!(stored(&app), before, "case {case}: nothing stored");
     }
 }
+
+#[test]
+fn an_order_of_the_most_lines_keeps_every_line_in_order_and_an_update_replaces_them() {
+    // Arrange: 500 lines (the most an order may have), stored in batches
+    let app = TestApp::new();
+    let line = |i: usize| {
+        json!({"id": format!("L{i}"), "sku": format!("SKU-{i}"), "name": "煎茶", "category": "tea",
+               "quantity": 1, "unit_price": "100", "total": "100", "discount": "0", "tax": "8"})
+    };
+    let order = |lines: usize, updated_at: &str| {
+        json!({"type": "order.paid", "timestamp": "2026-11-22T02:59:30Z", "data": {
+            "id": "POS-MANY", "currency": "JPY", "placed_at": "2026-11-22T02:59:00Z",
+            "updated_at": updated_at, "customer": {"email": "many@example.jp"},
+            "subtotal": (lines * 100).to_string(), "total": (lines * 100).to_string(),
+            "lines": (1..=lines).map(line).collect::<Vec<_>>()}})
+    };
+
+    // Act 1
+    let response = post_kizuna(&app, "msg_many", &order(500, "2026-11-22T02:59:10Z"));
+
+    // Assert 1: every line, numbered in the payload's order
+    assert_eq!(response.status, 200, "{}", response.text());
+    let lines: Vec<(i64, String)> = app
+        .db()
+        .prepare("SELECT line_no, external_id FROM order_lines ORDER BY line_no")
+        .expect("query")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("lines");
+    assert_eq!(lines.len(), 500);
+    for (index, (line_no, external_id)) in lines.iter().enumerate() {
+        assert_eq!(*line_no, index as i64 + 1);
+        assert_eq!(external_id, &format!("L{}", index + 1));
+    }
+
+    // Act 2: a newer version of the order with three lines
+    let response = post_kizuna(&app, "msg_fewer", &order(3, "2026-11-22T03:10:00Z"));
+
+    // Assert 2: the lines are replaced, not added to
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(app.count("SELECT count(*) FROM order_lines"), 3);
+}
