@@ -392,6 +392,15 @@ impl Row {
     fn sum(&self, f: impl Fn(&LoadResult) -> u64) -> u64 {
         self.runs.iter().map(f).sum()
     }
+    /// Requests/s, or a note when no request finished within a run
+    /// (a route slower than the run: raise `--seconds`).
+    fn per_second_text(&self) -> String {
+        if self.sum(|r| r.requests) == 0 {
+            "none finished".to_owned()
+        } else {
+            format!("{:.1}", self.per_second())
+        }
+    }
     fn mode(&self) -> &'static str {
         if self.close { "close" } else { "keep-alive" }
     }
@@ -402,11 +411,11 @@ const RULE: &str = "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 
 fn row_line(row: &Row) -> String {
     format!(
-        "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {}{} |",
+        "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {}{} |",
         row.label,
         row.connections,
         row.mode(),
-        row.per_second(),
+        row.per_second_text(),
         row.p50(),
         row.p99(),
         row.sum(|r| r.requests),
@@ -1148,11 +1157,11 @@ fn report(bench: &Bench<'_>, mixed: Option<&Mixed>) {
             (row.per_second() / b.per_second(), row.p99() / b.p99())
         });
         println!(
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {} | {} | {} |",
             row.label,
             row.connections,
             row.mode(),
-            row.per_second(),
+            row.per_second_text(),
             row.p50(),
             row.p99(),
             row.sum(|r| r.requests - r.class(2)),
