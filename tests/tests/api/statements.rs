@@ -108,3 +108,27 @@ fn the_frequent_writes_stay_within_their_statement_budgets() {
     assert!(order_statements <= 24, "order webhook: {order_statements}");
     assert!(redeem_statements <= 13, "redeem: {redeem_statements}");
 }
+
+#[test]
+fn the_frequent_reads_stay_within_their_statement_budgets() {
+    if skip_under_spin("counts statements in the native host") {
+        return;
+    }
+    let app = TestApp::new();
+    let id = app.create_contact(
+        &json!({"email": "reader@example.jp", "phone": "090-1234-5678",
+                                         "name": "山田 花子"}),
+    );
+    let read = |key: &str, path: &str| {
+        let (status, statements) = counted(&app, || app.get(key, path));
+        assert_eq!(status, 200, "{path}");
+        statements
+    };
+    let by_id = read(READ_KEY, &format!("/v1/contacts/{id}"));
+    let by_phone = read(READ_KEY, "/v1/contacts?phone=09012345678");
+    let balance = read(POINTS_KEY, &format!("/v1/points/{id}"));
+    println!("statements: contact by id {by_id}, by phone {by_phone}, points balance {balance}");
+    assert!(by_id <= 6, "contact by id: {by_id}");
+    assert!(by_phone <= 1, "contact by phone: {by_phone}");
+    assert!(balance <= 4, "points balance: {balance}");
+}
