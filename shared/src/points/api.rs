@@ -145,12 +145,11 @@ pub async fn balance<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
     contact: &str,
 ) -> Result<Response, ApiError> {
-    let (contact, balance) = crate::db::read_snapshot(ctx.db, async || -> Result<_, ApiError> {
-        let contact = live_contact(ctx.db, contact).await?;
-        let balance = ledger::balance(ctx.db, &contact, ctx.clock.now()).await?;
-        Ok((contact, balance))
-    })
-    .await?;
+    let contact = ContactId::parse(contact).ok_or_else(not_found)?;
+    let balance = ledger::balance_of_live_contact(ctx.db, contact.as_str(), ctx.clock.now())
+        .await?
+        .ok_or_else(not_found)?;
+    let contact = contact.as_str();
     let mut body = serde_json::to_value(&balance).context("balance")?;
     body["contact_id"] = contact.into();
     body["as_of"] = timestamp::format(ctx.clock.now()).into();

@@ -597,13 +597,34 @@ pub async fn balance(
     contact_id: &str,
     now: OffsetDateTime,
 ) -> anyhow::Result<Balance> {
+    Ok(read_balance(db, contact_id, now).await?.0)
+}
+
+/// The balance of a contact that exists and is not erased, else `None`:
+/// one statement, so it needs no snapshot around it.
+pub async fn balance_of_live_contact(
+    db: &impl Db,
+    contact_id: &str,
+    now: OffsetDateTime,
+) -> anyhow::Result<Option<Balance>> {
+    let (balance, live) = read_balance(db, contact_id, now).await?;
+    Ok(live.then_some(balance))
+}
+
+/// The balance, and whether the contact is live.
+async fn read_balance(
+    db: &impl Db,
+    contact_id: &str,
+    now: OffsetDateTime,
+) -> anyhow::Result<(Balance, bool)> {
     let at = timestamp::format(now);
     let horizon = timestamp::format(now + Duration::days(30));
     // One statement: the lots' sums, and the account row beside them
     // (absent before the first entry).
     let rows = db
         .execute(
-            "SELECT l.*, a.balance, a.debt, a.earned, a.redeemed, a.expired, a.reversed, a.adjusted
+            "SELECT l.*, a.balance, a.debt, a.earned, a.redeemed, a.expired, a.reversed, a.adjusted,
+                    EXISTS (SELECT 1 FROM contacts WHERE id = ?1 AND erased_at IS NULL) AS live_contact
              FROM (SELECT
                COALESCE(SUM(CASE WHEN live AND available_at <= ?2 THEN remaining END), 0) AS available,
                COALESCE(SUM(CASE WHEN live AND available_at > ?2 THEN remaining END), 0) AS pending,
@@ -624,7 +645,7 @@ pub async fn balance(
         .context("failed to read a points balance")?;
     let lots = rows.first().context("balance row")?;
     let get = |column: &str| -> anyhow::Result<i64> { Ok(lots.opt_i64(column)?.unwrap_or(0)) };
-    Ok(Balance {
+    let balance = Balance {
         available: lots.i64("available")?,
         pending: lots.i64("pending")?,
         next_available_at: lots.opt_str("next_available_at")?.map(str::to_owned),
@@ -638,5 +659,6 @@ pub async fn balance(
         adjusted: get("adjusted")?,
         debt: get("debt")?,
         ledger_balance: get("balance")?,
-    })
+    };
+    Ok((balance, lots.i64("live_contact")? != 0))
 }
