@@ -15,11 +15,18 @@ pub const CONTACTS_VARIABLES: &[&str] = &[
     "api_keys",
     "unsubscribe_secret",
     "default_phone_region",
+    "public_base_url",
+];
+
+/// The variables the `forms` component reads.
+pub const FORMS_VARIABLES: &[&str] = &[
+    "api_keys",
+    "unsubscribe_secret",
+    "default_phone_region",
     "allowed_origins",
     "default_thank_you_url",
     "form_rate_limit_per_minute",
     "trusted_proxies",
-    "public_base_url",
 ];
 
 /// The variables the `purchases` component reads.

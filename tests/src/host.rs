@@ -50,6 +50,7 @@ async fn call_component(
 ) -> Option<Response> {
     match component {
         "contacts" => Some(kizuna_contacts::handle(request, ctx).await),
+        "forms" => Some(kizuna_forms::handle(request, ctx).await),
         "purchases" => Some(kizuna_purchases::handle(request, ctx).await),
         "points" => Some(kizuna_points::handle(request, ctx).await),
         "segments" => Some(kizuna_segments::handle(request, ctx).await),

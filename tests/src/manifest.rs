@@ -224,11 +224,16 @@ mod tests {
     #[test]
     fn routes_like_spin_and_grants_least_privilege() {
         let manifest = Manifest::workspace().unwrap();
+        for path in ["/v1/forms/lp1", "/v1/forms/unsubscribe"] {
+            assert_eq!(
+                manifest.route(path).map(|c| c.id.as_str()),
+                Some("forms"),
+                "case {path}"
+            );
+        }
         for path in [
             "/v1/contacts",
             "/v1/contacts/abc/timeline",
-            "/v1/forms/lp1",
-            "/v1/forms/unsubscribe",
             // The catch-all: /healthz and unknown paths.
             "/",
             "/healthz",
@@ -258,6 +263,7 @@ mod tests {
         }
         for (component, names) in [
             ("contacts", kizuna::config::CONTACTS_VARIABLES),
+            ("forms", kizuna::config::FORMS_VARIABLES),
             ("purchases", kizuna::config::PURCHASES_VARIABLES),
             ("points", kizuna::config::POINTS_VARIABLES),
             ("segments", kizuna::config::SEGMENTS_VARIABLES),

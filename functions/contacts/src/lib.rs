@@ -1,5 +1,7 @@
-//! Component `contacts`: lead capture from landing-page forms, the staff
-//! contact API, timeline, consent, export and erasure.
+//! Component `contacts`: the staff contact API (create-or-update, look-ups,
+//! tags, interactions, timeline, consent, export and erasure), `/healthz`,
+//! and the problem-document 404 for paths no component claims. Public
+//! form posts are the `forms` component.
 //!
 //! `handle` is the whole component as a plain async function over
 //! `http::Request<Bytes>` and the domain crate's ports: the native test
@@ -11,38 +13,17 @@ use kizuna::Ctx;
 use kizuna::auth::{Actor, Scope};
 use kizuna::contacts_api;
 use kizuna::error::ApiError;
-use kizuna::forms;
 use kizuna::http::{Request, Response, error_response, path_segments};
 use kizuna::ids::ContactId;
 use kizuna::ports::{Db, Kv};
 
-/// Routes a request under `/v1/contacts` or `/v1/forms`, `/healthz`, and
-/// any path no other component claims (a problem document, not Spin's
-/// empty 404).
+/// Routes a request under `/v1/contacts`, `/healthz`, and any path no
+/// other component claims (a problem document, not Spin's empty 404).
 pub async fn handle<D: Db, K: Kv>(request: Request, ctx: &Ctx<'_, D, K>) -> Response {
     match route(&request, ctx).await {
         Ok(response) => response,
-        Err(error) => {
-            let mut response = error_response(&error);
-            // A browser script on an allowed origin must be able to read
-            // why its form post was refused.
-            if let Some(form_id) = form_post_id(&request) {
-                let origins = forms::cors_origins(ctx, &form_id).await;
-                let origin = kizuna::http::header_str(request.headers(), "origin");
-                forms::apply_cors(&mut response, origin, &origins);
-            }
-            response
-        }
+        Err(error) => error_response(&error),
     }
-}
-
-/// The form id of a `POST /v1/forms/{form_id}`, if this is one.
-fn form_post_id(request: &Request) -> Option<String> {
-    if request.method() != Method::POST {
-        return None;
-    }
-    let form_id = request.uri().path().strip_prefix("/v1/forms/")?;
-    forms::parse_form_id(form_id.trim_end_matches('/')).ok()
 }
 
 async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<Response, ApiError> {
@@ -67,28 +48,6 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
             )),
             _ => Err(ApiError::MethodNotAllowed("GET")),
         },
-        ["v1", "forms", "unsubscribe"] => match *method {
-            Method::POST => kizuna::privacy::unsubscribe_request(ctx, request).await,
-            Method::GET => kizuna::privacy::unsubscribe_page(ctx, request),
-            _ => Err(ApiError::MethodNotAllowed("GET, POST")),
-        },
-        ["v1", "forms", form_id] => {
-            let form_id = forms::parse_form_id(form_id)?;
-            match *method {
-                Method::POST => forms::submit(ctx, &form_id, request).await,
-                Method::OPTIONS => forms::preflight(ctx, &form_id, request).await,
-                _ => Err(ApiError::MethodNotAllowed("POST, OPTIONS")),
-            }
-        }
-        ["v1", "forms", form_id, "settings"] => {
-            let form_id = forms::parse_form_id(form_id)?;
-            let actor = authorize(Scope::FormsAdmin)?;
-            match *method {
-                Method::GET => forms::get_settings(ctx, &form_id).await,
-                Method::PUT => forms::put_settings(ctx, &actor, &form_id, request).await,
-                _ => Err(ApiError::MethodNotAllowed("GET, PUT")),
-            }
-        }
         ["v1", "contacts"] => match *method {
             Method::GET => {
                 authorize(Scope::ContactsRead)?;
