@@ -26,13 +26,20 @@
 //!   before another instance migrated the file keeps working (SQLite
 //!   re-prepares statements when the schema changes); a newer build
 //!   runs in new instances, which migrate before they serve.
+//! - **Writers queue in the instance** before `BEGIN IMMEDIATE` (an async
+//!   FIFO lock, held until the transaction ends): SQLite's lock has no
+//!   queue, and its busy handler sleeps up to 100 ms between polls, so
+//!   writers of one instance racing for it left the lock idle while they
+//!   slept. Across instances SQLite's busy handler still decides. A
+//!   request that traps or is dropped releases its place with its lease.
 //! - **Settings** are re-read after [`SETTINGS_REFRESH`], and an instance
 //!   lives at most 128 requests: a rotated secret or a revoked API key
 //!   takes effect within seconds, never later than that.
 
 use crate::ports::{Db, DbError, Rows, Value};
-use std::cell::Cell;
-use std::sync::Mutex;
+use futures::lock::{Mutex as AsyncMutex, OwnedMutexGuard};
+use std::cell::{Cell, RefCell};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a connection may sit idle in the pool before it is closed.
@@ -48,6 +55,7 @@ pub const SETTINGS_REFRESH: Duration = Duration::from_secs(10);
 /// The idle, prepared connections of one instance.
 pub struct Pool<C> {
     idle: Mutex<Vec<(C, Instant)>>,
+    writers: std::sync::OnceLock<Arc<AsyncMutex<()>>>,
 }
 
 impl<C: Db> Default for Pool<C> {
@@ -60,6 +68,7 @@ impl<C: Db> Pool<C> {
     pub const fn new() -> Pool<C> {
         Pool {
             idle: Mutex::new(Vec::new()),
+            writers: std::sync::OnceLock::new(),
         }
     }
 
@@ -69,12 +78,13 @@ impl<C: Db> Pool<C> {
         &self,
         open: impl AsyncFnOnce() -> anyhow::Result<C>,
     ) -> anyhow::Result<Lease<C>> {
+        let writers = Arc::clone(self.writers.get_or_init(|| Arc::new(AsyncMutex::new(()))));
         if let Some(connection) = self.take_idle() {
-            return Ok(Lease::new(connection));
+            return Ok(Lease::new(connection, false, writers));
         }
         let connection = open().await?;
         crate::db::prepare(&connection).await?;
-        Ok(Lease::new(connection))
+        Ok(Lease::new(connection, true, writers))
     }
 
     fn take_idle(&self) -> Option<C> {
@@ -116,21 +126,43 @@ pub struct Lease<C> {
     in_transaction: Cell<bool>,
     spoiled: Cell<bool>,
     statements: Cell<u64>,
+    waited: Cell<Duration>,
+    opened: bool,
+    writers: Arc<AsyncMutex<()>>,
+    /// This request's turn at writing, from its first `BEGIN IMMEDIATE`
+    /// until its transaction ends.
+    writing: RefCell<Option<OwnedMutexGuard<()>>>,
 }
 
 impl<C: Db> Lease<C> {
-    fn new(connection: C) -> Lease<C> {
+    fn new(connection: C, opened: bool, writers: Arc<AsyncMutex<()>>) -> Lease<C> {
         Lease {
             connection,
             in_transaction: Cell::new(false),
             spoiled: Cell::new(false),
             statements: Cell::new(0),
+            waited: Cell::new(Duration::ZERO),
+            opened,
+            writers,
+            writing: RefCell::new(None),
         }
     }
 
     /// How many statements the request ran on this lease.
     pub fn statements(&self) -> u64 {
         self.statements.get()
+    }
+
+    /// How long the request waited for its statements (lock waits and
+    /// pauses included).
+    pub fn statement_time(&self) -> Duration {
+        self.waited.get()
+    }
+
+    /// Whether the connection was opened (and prepared) for this request
+    /// rather than taken from the pool.
+    pub fn opened(&self) -> bool {
+        self.opened
     }
 
     /// The connection, if the request left it outside any transaction and
@@ -141,16 +173,24 @@ impl<C: Db> Lease<C> {
 }
 
 /// What a statement does to the connection's transaction state.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Effect {
+    BeginsWriting,
     Begins,
     Ends,
     Other,
 }
 
 fn effect(sql: &str) -> Effect {
-    let verb = sql.split_whitespace().next().unwrap_or("");
-    if verb.eq_ignore_ascii_case("BEGIN") {
+    let mut words = sql.split_whitespace();
+    let verb = words.next().unwrap_or("");
+    if verb.eq_ignore_ascii_case("BEGIN")
+        && words.next().is_some_and(|w| {
+            w.eq_ignore_ascii_case("IMMEDIATE") || w.eq_ignore_ascii_case("EXCLUSIVE")
+        })
+    {
+        Effect::BeginsWriting
+    } else if verb.eq_ignore_ascii_case("BEGIN") {
         Effect::Begins
     } else if verb.eq_ignore_ascii_case("COMMIT")
         || verb.eq_ignore_ascii_case("END")
@@ -165,14 +205,29 @@ fn effect(sql: &str) -> Effect {
 impl<C: Db> Db for Lease<C> {
     async fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
         self.statements.set(self.statements.get() + 1);
+        let started = Instant::now();
+        let effect = effect(sql);
+        if effect == Effect::BeginsWriting && self.writing.borrow().is_none() {
+            let turn = Arc::clone(&self.writers).lock_owned().await;
+            *self.writing.borrow_mut() = Some(turn);
+        }
         let result = self.connection.execute(sql, params).await;
-        match (&result, effect(sql)) {
-            (Ok(_), Effect::Begins) => self.in_transaction.set(true),
+        self.waited.set(self.waited.get() + started.elapsed());
+        match (&result, effect) {
+            (Ok(_), Effect::Begins | Effect::BeginsWriting) => self.in_transaction.set(true),
             (Ok(_), Effect::Ends) => self.in_transaction.set(false),
             // A failed COMMIT or ROLLBACK leaves the state unknown.
             (Err(_), Effect::Ends) => self.spoiled.set(true),
+            // Busy: `db::transaction` asks again, keeping its turn.
+            (Err(DbError::Busy(_)), Effect::BeginsWriting) => {}
+            (Err(_), Effect::BeginsWriting) => {
+                self.writing.borrow_mut().take();
+            }
             (Err(_), _) if self.in_transaction.get() => self.spoiled.set(true),
             _ => {}
+        }
+        if !self.in_transaction.get() && effect != Effect::BeginsWriting {
+            self.writing.borrow_mut().take();
         }
         result
     }
@@ -353,6 +408,37 @@ mod tests {
             pool.give_back(lease);
         }
         assert_eq!(pool.idle_count(), MAX_IDLE);
+    }
+
+    #[test]
+    fn writers_of_one_instance_take_turns_and_readers_do_not_wait() {
+        use futures::FutureExt as _;
+        let pool = Pool::new();
+        let ran = Rc::new(RefCell::new(Vec::new()));
+        let first = lease(&pool, &ran);
+        let second = lease(&pool, &ran);
+        run(&first, "BEGIN IMMEDIATE").expect("begin");
+
+        // The second writer waits for the first to end its transaction.
+        let mut waiting = Box::pin(second.execute("BEGIN IMMEDIATE", &[]));
+        assert!((&mut waiting).now_or_never().is_none());
+        // A read snapshot does not queue.
+        run(&second, "SELECT").expect("a read while the first writes");
+        run(&first, "COMMIT").expect("commit");
+        assert!(block_on(waiting).is_ok());
+        run(&second, "ROLLBACK").expect("rollback");
+
+        // A lease dropped mid-transaction gives up its turn.
+        let third = lease(&pool, &ran);
+        run(&third, "BEGIN IMMEDIATE").expect("begin");
+        drop(third);
+        let fourth = lease(&pool, &ran);
+        assert!(
+            fourth
+                .execute("BEGIN IMMEDIATE", &[])
+                .now_or_never()
+                .is_some()
+        );
     }
 
     #[test]
