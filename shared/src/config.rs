@@ -16,6 +16,7 @@ pub const CONTACTS_VARIABLES: &[&str] = &[
     "unsubscribe_secret",
     "default_phone_region",
     "public_base_url",
+    "server_timing",
 ];
 
 /// The variables the `forms` component reads.
@@ -27,6 +28,7 @@ pub const FORMS_VARIABLES: &[&str] = &[
     "default_thank_you_url",
     "form_rate_limit_per_minute",
     "trusted_proxies",
+    "server_timing",
 ];
 
 /// The variables the `purchases` component reads.
@@ -38,10 +40,16 @@ pub const PURCHASES_VARIABLES: &[&str] = &[
     "orders_webhook_secrets",
     "shopify_webhook_secrets",
     "woocommerce_webhook_secrets",
+    "server_timing",
 ];
 
 /// The variables the `points` component reads.
-pub const POINTS_VARIABLES: &[&str] = &["api_keys", "shop_currency", "shop_timezone"];
+pub const POINTS_VARIABLES: &[&str] = &[
+    "api_keys",
+    "shop_currency",
+    "shop_timezone",
+    "server_timing",
+];
 
 /// The variables the `segments` component reads.
 pub const SEGMENTS_VARIABLES: &[&str] = &[
@@ -49,6 +57,7 @@ pub const SEGMENTS_VARIABLES: &[&str] = &[
     "shop_currency",
     "shop_timezone",
     "vip_threshold_minor",
+    "server_timing",
 ];
 
 /// Settings for one request. A component reads only its own variables
@@ -82,6 +91,10 @@ pub struct Config {
     /// ("within the last 7 days"), points month ends, the liability
     /// report's months.
     pub shop_offset: time::UtcOffset,
+    /// Whether answers carry a `Server-Timing` header with the stages of
+    /// the request (for benchmarks and diagnosis; off by default, since
+    /// timings can help an attacker tell cases apart).
+    pub server_timing: bool,
 }
 
 impl Config {
@@ -118,7 +131,13 @@ impl Config {
             .to_owned();
         let shop_currency = Currency::parse(get("shop_currency").unwrap_or("JPY"))
             .map_err(|e| anyhow::anyhow!("variable `shop_currency`: {e}"))?;
+        let server_timing = match get("server_timing").unwrap_or("false") {
+            "true" => true,
+            "false" | "" => false,
+            _ => anyhow::bail!("variable `server_timing` must be true or false"),
+        };
         Ok(Config {
+            server_timing,
             api_keys,
             unsubscribe_secret,
             default_phone_region,

@@ -163,6 +163,7 @@ where
     use futures::StreamExt as _;
     use spin_sdk::http::body::IncomingBodyExt as _;
 
+    let started = std::time::Instant::now();
     let (parts, body) = request.into_parts();
     let mut stream = body.stream();
     let mut buffer = Vec::new();
@@ -180,6 +181,7 @@ where
         }
     }
     let request = http::Request::from_parts(parts, bytes::Bytes::from(buffer));
+    let read = started.elapsed();
     let response = async {
         let settings = SETTINGS.with(Rc::clone);
         let config = settings
@@ -188,15 +190,34 @@ where
                 Config::from_variables(&variables).map(Rc::new)
             })
             .await?;
+        let settings_read = started.elapsed();
         let pool = POOL.with(Rc::clone);
         let db = pool.lease(SpinDb::open_default).await?;
+        let leased = started.elapsed();
         let ctx = crate::Ctx {
             db: &db,
             kv: &SpinKv,
             clock: &crate::ports::SystemClock,
             config: &config,
         };
-        let response = handler(request, &ctx).await;
+        let mut response = handler(request, &ctx).await;
+        if config.server_timing {
+            let handled = started.elapsed() - leased;
+            let sql = db.statement_time();
+            let value = crate::http::server_timing(&[
+                ("read", read, None),
+                ("settings", settings_read - read, None),
+                (
+                    "connection",
+                    leased - settings_read,
+                    Some((if db.opened() { "opened" } else { "pooled" }).to_owned()),
+                ),
+                ("sql", sql, Some(format!("{} statements", db.statements()))),
+                ("app", handled.saturating_sub(sql), None),
+                ("total", started.elapsed(), None),
+            ]);
+            response.headers_mut().insert("server-timing", value);
+        }
         pool.give_back(db);
         anyhow::Ok(response)
     }

@@ -29,10 +29,13 @@
 //!    phone`, `points balance`, `segment count`, `segment csv` (a page of
 //!    10,000 members), `form post`, `order webhook` (Standard Webhooks, 5
 //!    lines, earning points), `redeem` (1 point, `Idempotency-Key`).
-//! 5. `mixed`: `--mixed-seconds` (default 60) at 64 connections, 70 %
+//! 5. Where the time goes: per Kizuna scenario, 300 requests one at a
+//!    time, and the median of each stage their `Server-Timing` header
+//!    reports (Kizuna runs with `server_timing=true`).
+//! 6. `mixed`: `--mixed-seconds` (default 60) at 64 connections, 70 %
 //!    reads (by id, by phone, points balance), 20 % form posts, 10 %
 //!    webhooks.
-//! 6. With `--million PATH` (a database of a million contacts made by the
+//! 7. With `--million PATH` (a database of a million contacts made by the
 //!    data generator, e.g. kept by another bench with `--keep`): copies it
 //!    to a fresh state folder and measures segment count and CSV page on
 //!    it too.
@@ -606,6 +609,8 @@ fn variables() -> Vec<(String, String)> {
         // The form posts play many clients behind one proxy (the bench),
         // each from its own address: none is rate limited.
         ("trusted_proxies", "127.0.0.0/8".into()),
+        // Every answer says where its time went (see `timing_phase`).
+        ("server_timing", "true".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -962,6 +967,9 @@ fn run(options: &Options, dir: &Path) -> anyhow::Result<()> {
         }
     }
 
+    // Where one request's time goes, stage by stage.
+    timing_phase(&mut bench, &kizuna_target, &kinds)?;
+
     // The mixed phase.
     let mixed = if selected(options, "mixed") {
         Some(mixed_phase(&mut bench, &kizuna_target)?)
@@ -1053,6 +1061,89 @@ fn run(options: &Options, dir: &Path) -> anyhow::Result<()> {
         + mixed.as_ref().map_or(0, |m| m.lost_forms + m.lost_orders);
     if kizuna_5xx > 0 || lost > 0 {
         bail!("Kizuna answered {kizuna_5xx} 5xx and lost {lost} writes");
+    }
+    Ok(())
+}
+
+/// Requests sent one at a time per scenario to read their stages.
+const TIMING_SAMPLES: usize = 300;
+
+/// One request at a time (no queueing), per Kizuna scenario: the median
+/// of each stage its `Server-Timing` answer reports (body read, settings,
+/// connection from the pool or opened, SQL statements, the rest of the
+/// handler, the whole component), beside the client's round trip.
+fn timing_phase(bench: &mut Bench<'_>, target: &Target<'_>, kinds: &[Kind]) -> anyhow::Result<()> {
+    println!();
+    println!(
+        "## Where one request's time goes (median of {TIMING_SAMPLES} sequential requests, keep-alive, ms)"
+    );
+    println!(
+        "| scenario | read | settings | connection | sql | statements | app | component total | round trip | opened |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let agent = agent();
+    for kind in kinds.iter().filter(|k| k.family() != Family::Baseline) {
+        let samples = if matches!(kind, Kind::SegmentCount | Kind::SegmentCsv) {
+            TIMING_SAMPLES / 10
+        } else {
+            TIMING_SAMPLES
+        };
+        let mut stages: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
+        let mut statements = Vec::new();
+        let mut round_trips = Vec::new();
+        let mut opened = 0;
+        for _ in 0..samples {
+            let request = bench.generator.request(*kind, target.fixtures);
+            let mut builder = http::Request::builder()
+                .method(request.method)
+                .uri(format!("http://{}{}", target.addr, request.path));
+            for (name, value) in &request.headers {
+                builder = builder.header(name.as_str(), value.as_str());
+            }
+            let started = Instant::now();
+            let mut response = agent.run(builder.body(request.body)?)?;
+            response.body_mut().read_to_vec()?;
+            round_trips.push(started.elapsed().as_secs_f64() * 1000.0);
+            let timing = response
+                .headers()
+                .get("server-timing")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            for stage in timing.split(", ") {
+                let mut fields = stage.split(';');
+                let name = fields.next().unwrap_or("").to_owned();
+                for field in fields {
+                    if let Some(ms) = field.strip_prefix("dur=") {
+                        stages
+                            .entry(name.clone())
+                            .or_default()
+                            .push(ms.parse().unwrap_or(0.0));
+                    } else if let Some(text) = field.strip_prefix("desc=") {
+                        let text = text.trim_matches('"');
+                        if let Some(n) = text.strip_suffix(" statements") {
+                            statements.push(n.parse::<f64>().unwrap_or(0.0));
+                        }
+                        if text == "opened" {
+                            opened += 1;
+                        }
+                    }
+                }
+            }
+        }
+        let stage = |name: &str| stages.get(name).map_or(f64::NAN, |v| median(v.clone()));
+        println!(
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {:.3} | {opened}/{samples} |",
+            kind.name(),
+            stage("read"),
+            stage("settings"),
+            stage("connection"),
+            stage("sql"),
+            median(statements),
+            stage("app"),
+            stage("total"),
+            median(round_trips),
+        );
     }
     Ok(())
 }
