@@ -269,6 +269,23 @@ pub fn set_header(response: &mut Response, name: http::HeaderName, value: &str) 
     }
 }
 
+/// A `Server-Timing` value (W3C Server Timing) for the stages of one
+/// request: each `(name, duration, description)`, durations in ms.
+pub fn server_timing(stages: &[(&str, std::time::Duration, Option<String>)]) -> http::HeaderValue {
+    let value = stages
+        .iter()
+        .map(|(name, duration, description)| {
+            let ms = duration.as_secs_f64() * 1000.0;
+            match description {
+                Some(text) => format!("{name};dur={ms:.3};desc=\"{text}\""),
+                None => format!("{name};dur={ms:.3}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    http::HeaderValue::from_str(&value).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,21 +308,4 @@ mod tests {
         assert_eq!(percent_decode("%FF"), None);
         assert_eq!(percent_decode("100%").as_deref(), Some("100%"));
     }
-}
-
-/// A `Server-Timing` value (W3C Server Timing) for the stages of one
-/// request: each `(name, duration, description)`, durations in ms.
-pub fn server_timing(stages: &[(&str, std::time::Duration, Option<String>)]) -> http::HeaderValue {
-    let value = stages
-        .iter()
-        .map(|(name, duration, description)| {
-            let ms = duration.as_secs_f64() * 1000.0;
-            match description {
-                Some(text) => format!("{name};dur={ms:.3};desc=\"{text}\""),
-                None => format!("{name};dur={ms:.3}"),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    http::HeaderValue::from_str(&value).unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }

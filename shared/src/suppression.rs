@@ -211,19 +211,27 @@ impl OptIn {
 
 /// A fresh explicit opt-in by the person (`by`: e.g. `form:spring`)
 /// lifts the suppression of the address `channel` reaches if it was
-/// suppressed before `now`, and records who lifted it.
+/// suppressed before `now`, and records who lifted it. `stored_address`
+/// is the contact's address for `channel` when the caller knows it (it
+/// just wrote it); otherwise it is read.
+#[allow(clippy::too_many_arguments)]
 pub async fn opt_in(
     db: &impl Db,
     secret: &[u8],
     contact_id: &str,
     channel: Channel,
+    stored_address: Option<&str>,
     by: &str,
     now: OffsetDateTime,
 ) -> anyhow::Result<OptIn> {
     let Some(kind) = Kind::of_channel(channel) else {
         return Ok(OptIn::NotSuppressed);
     };
-    let Some(value) = address_of(db, contact_id, kind).await? else {
+    let value = match stored_address {
+        Some(value) => Some(value.to_owned()),
+        None => address_of(db, contact_id, kind).await?,
+    };
+    let Some(value) = value else {
         return Ok(OptIn::NotSuppressed);
     };
     if suppressed_at(db, secret, kind, &value).await?.is_none() {
