@@ -182,31 +182,31 @@ pub async fn record(
 pub async fn current(db: &impl Db, contact_id: &str) -> anyhow::Result<Json> {
     let rows = db
         .execute(
-            "SELECT channel, status, reason, form_id, page_url, text_version, recorded_at
-             FROM consents c
-             WHERE contact_id = ?1 AND id = (
-                 SELECT id FROM consents WHERE contact_id = c.contact_id AND channel = c.channel
-                 ORDER BY recorded_at DESC, id DESC LIMIT 1)
-             ORDER BY channel",
+            &format!("SELECT {CURRENT_JSON_SQL} AS consents FROM (SELECT ?1 AS id) AS c"),
             &[contact_id.into()],
         )
         .await
         .context("failed to read consents")?;
-    let mut out = Map::new();
-    for row in rows.iter() {
-        out.insert(
-            row.str("channel")?.to_owned(),
-            json!({
-                "status": row.str("status")?,
-                "reason": row.str("reason")?,
-                "form_id": row.opt_str("form_id")?,
-                "page": row.opt_str("page_url")?,
-                "text_version": row.opt_str("text_version")?,
-                "recorded_at": row.str("recorded_at")?,
-            }),
-        );
+    current_from_json(rows.first().context("consents row")?.opt_str("consents")?)
+}
+
+/// A SQL expression over a contact `c`: a JSON object with its latest
+/// consent per channel, as [`current`] answers it. Embedded in reads that
+/// answer the whole contact in one statement.
+pub const CURRENT_JSON_SQL: &str = "(SELECT json_group_object(channel, json_object(
+        'status', status, 'reason', reason, 'form_id', form_id, 'page', page_url,
+        'text_version', text_version, 'recorded_at', recorded_at))
+     FROM consents x
+     WHERE x.contact_id = c.id AND x.id = (
+         SELECT id FROM consents WHERE contact_id = x.contact_id AND channel = x.channel
+         ORDER BY recorded_at DESC, id DESC LIMIT 1))";
+
+/// The value of [`CURRENT_JSON_SQL`] as JSON (`{}` when there is none).
+pub fn current_from_json(text: Option<&str>) -> anyhow::Result<Json> {
+    match text {
+        Some(text) => serde_json::from_str(text).context("stored consents"),
+        None => Ok(Json::Object(Map::new())),
     }
-    Ok(Json::Object(out))
 }
 
 /// Whether the latest email consent is a grant.

@@ -474,30 +474,37 @@ pub async fn load(
     id: &str,
     now: time::OffsetDateTime,
 ) -> anyhow::Result<Option<ContactView>> {
+    use crate::points::ledger;
+    // One statement, so the parts agree without a snapshot around them.
+    let [at, horizon] = ledger::balance_params(now);
     let rows = db
-        .execute("SELECT * FROM contacts WHERE id = ?1", &[id.into()])
+        .execute(
+            &format!(
+                "WITH b AS ({balance})
+                 SELECT c.*, b.*,
+                     (SELECT json_group_array(tag) FROM
+                         (SELECT tag FROM contact_tags WHERE contact_id = c.id ORDER BY tag)) AS tags_json,
+                     {consents} AS consents_json
+                 FROM contacts c CROSS JOIN b WHERE c.id = ?1",
+                balance = ledger::BALANCE_SQL,
+                consents = crate::consent::CURRENT_JSON_SQL,
+            ),
+            &[id.into(), at, horizon],
+        )
         .await
         .context("failed to read a contact")?;
     let Some(row) = rows.first() else {
         return Ok(None);
     };
     let mut view = ContactView::from_row(row)?;
-    let tags = db
-        .execute(
-            "SELECT tag FROM contact_tags WHERE contact_id = ?1 ORDER BY tag",
-            &[id.into()],
-        )
-        .await
-        .context("failed to read tags")?;
-    view.tags = tags
-        .iter()
-        .map(|r| r.str("tag").map(str::to_owned))
-        .collect::<Result<_, _>>()?;
-    view.consents = crate::consent::current(db, id).await?;
+    view.tags = serde_json::from_str(row.str("tags_json")?).context("stored tags")?;
+    // SQLite aggregates in the subquery's order in practice, not by promise.
+    view.tags.sort();
+    view.consents = crate::consent::current_from_json(row.opt_str("consents_json")?)?;
     let points = if view.erased {
-        crate::points::ledger::Balance::default()
+        ledger::Balance::default()
     } else {
-        crate::points::ledger::balance(db, id, now).await?
+        ledger::balance_from_row(row)?
     };
     view.counters["points_balance"] = points.available.into();
     view.counters["points_pending"] = points.pending.into();

@@ -218,11 +218,9 @@ pub async fn create_or_update<D: Db, K: Kv>(
 /// The whole customer on one screen: profile, consents, tags, order
 /// counters and points (derived from the ledger at `now`).
 pub async fn get<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, id: &str) -> Result<Response, ApiError> {
-    let view = crate::db::read_snapshot(ctx.db, async || -> Result<_, ApiError> {
-        Ok(contact::load(ctx.db, id, ctx.clock.now()).await?)
-    })
-    .await?
-    .ok_or_else(not_found)?;
+    let view = contact::load(ctx.db, id, ctx.clock.now())
+        .await?
+        .ok_or_else(not_found)?;
     Ok(json_response(StatusCode::OK, &view))
 }
 

@@ -612,53 +612,64 @@ pub async fn balance_of_live_contact(
 }
 
 /// The balance, and whether the contact is live.
+/// A contact's balance as one row: the lots' sums, the account row
+/// beside them (absent before the first entry), and whether the contact
+/// is live. Parameters: `?1` the contact id, then [`balance_params`].
+/// Other reads embed it (`WITH b AS (…)`) to answer in one statement.
+pub const BALANCE_SQL: &str = "
+    SELECT l.*, a.balance, a.debt, a.earned, a.redeemed, a.expired, a.reversed, a.adjusted,
+           EXISTS (SELECT 1 FROM contacts WHERE id = ?1 AND erased_at IS NULL) AS live_contact
+    FROM (SELECT
+      COALESCE(SUM(CASE WHEN live AND available_at <= ?2 THEN remaining END), 0) AS available,
+      COALESCE(SUM(CASE WHEN live AND available_at > ?2 THEN remaining END), 0) AS pending,
+      MIN(CASE WHEN live AND available_at > ?2 THEN available_at END) AS next_available_at,
+      COALESCE(SUM(CASE WHEN live AND expires_at <= ?3 THEN remaining END), 0) AS expiring,
+      MIN(CASE WHEN live AND expires_at <= ?3 THEN expires_at END) AS expiring_earliest_at,
+      COALESCE(SUM(CASE WHEN NOT live THEN remaining END), 0) AS unswept
+    FROM (SELECT *, (expires_at IS NULL OR expires_at > ?2) AS live FROM points_lots
+          WHERE contact_id = ?1 AND remaining > 0)) AS l
+    LEFT JOIN points_accounts a ON a.contact_id = ?1";
+
+/// `?2` and `?3` of [`BALANCE_SQL`]: now, and the end of the 30 days
+/// whose expiries are "expiring".
+pub fn balance_params(now: OffsetDateTime) -> [Value; 2] {
+    [
+        timestamp::format(now).into(),
+        timestamp::format(now + Duration::days(30)).into(),
+    ]
+}
+
+/// The balance in a row holding [`BALANCE_SQL`]'s columns.
+pub fn balance_from_row(row: crate::ports::Row<'_>) -> anyhow::Result<Balance> {
+    let get = |column: &str| -> anyhow::Result<i64> { Ok(row.opt_i64(column)?.unwrap_or(0)) };
+    Ok(Balance {
+        available: row.i64("available")?,
+        pending: row.i64("pending")?,
+        next_available_at: row.opt_str("next_available_at")?.map(str::to_owned),
+        expiring_within_30_days: row.i64("expiring")?,
+        expiring_earliest_at: row.opt_str("expiring_earliest_at")?.map(str::to_owned),
+        lifetime_earned: get("earned")?,
+        redeemed: get("redeemed")?,
+        // Expired but not yet written as `expire` entries: expired all the same.
+        expired: get("expired")? + row.i64("unswept")?,
+        reversed: get("reversed")?,
+        adjusted: get("adjusted")?,
+        debt: get("debt")?,
+        ledger_balance: get("balance")?,
+    })
+}
+
+/// The balance, and whether the contact is live.
 async fn read_balance(
     db: &impl Db,
     contact_id: &str,
     now: OffsetDateTime,
 ) -> anyhow::Result<(Balance, bool)> {
-    let at = timestamp::format(now);
-    let horizon = timestamp::format(now + Duration::days(30));
-    // One statement: the lots' sums, and the account row beside them
-    // (absent before the first entry).
+    let [at, horizon] = balance_params(now);
     let rows = db
-        .execute(
-            "SELECT l.*, a.balance, a.debt, a.earned, a.redeemed, a.expired, a.reversed, a.adjusted,
-                    EXISTS (SELECT 1 FROM contacts WHERE id = ?1 AND erased_at IS NULL) AS live_contact
-             FROM (SELECT
-               COALESCE(SUM(CASE WHEN live AND available_at <= ?2 THEN remaining END), 0) AS available,
-               COALESCE(SUM(CASE WHEN live AND available_at > ?2 THEN remaining END), 0) AS pending,
-               MIN(CASE WHEN live AND available_at > ?2 THEN available_at END) AS next_available_at,
-               COALESCE(SUM(CASE WHEN live AND expires_at <= ?3 THEN remaining END), 0) AS expiring,
-               MIN(CASE WHEN live AND expires_at <= ?3 THEN expires_at END) AS expiring_earliest_at,
-               COALESCE(SUM(CASE WHEN NOT live THEN remaining END), 0) AS unswept
-             FROM (SELECT *, (expires_at IS NULL OR expires_at > ?2) AS live FROM points_lots
-                   WHERE contact_id = ?1 AND remaining > 0)) AS l
-             LEFT JOIN points_accounts a ON a.contact_id = ?1",
-            &[
-                contact_id.into(),
-                at.as_str().into(),
-                horizon.as_str().into(),
-            ],
-        )
+        .execute(BALANCE_SQL, &[contact_id.into(), at, horizon])
         .await
         .context("failed to read a points balance")?;
-    let lots = rows.first().context("balance row")?;
-    let get = |column: &str| -> anyhow::Result<i64> { Ok(lots.opt_i64(column)?.unwrap_or(0)) };
-    let balance = Balance {
-        available: lots.i64("available")?,
-        pending: lots.i64("pending")?,
-        next_available_at: lots.opt_str("next_available_at")?.map(str::to_owned),
-        expiring_within_30_days: lots.i64("expiring")?,
-        expiring_earliest_at: lots.opt_str("expiring_earliest_at")?.map(str::to_owned),
-        lifetime_earned: get("earned")?,
-        redeemed: get("redeemed")?,
-        // Expired but not yet written as `expire` entries: expired all the same.
-        expired: get("expired")? + lots.i64("unswept")?,
-        reversed: get("reversed")?,
-        adjusted: get("adjusted")?,
-        debt: get("debt")?,
-        ledger_balance: get("balance")?,
-    };
-    Ok((balance, lots.i64("live_contact")? != 0))
+    let row = rows.first().context("balance row")?;
+    Ok((balance_from_row(row)?, row.i64("live_contact")? != 0))
 }
