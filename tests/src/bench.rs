@@ -381,3 +381,41 @@ fn clean_up(dir: &Path, created_dir: bool) {
         eprintln!("failed to clean up {}: {e}", dir.display());
     }
 }
+
+/// The HTTP client of the Spin benches: statuses are answers, not errors.
+pub fn http_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(600)))
+        .build()
+        .into()
+}
+
+/// One JSON request with `key` as the bearer; the answer's body, which
+/// must be a 2xx.
+pub fn call_json(
+    agent: &ureq::Agent,
+    key: &str,
+    method: &str,
+    url: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<serde_json::Value> {
+    use anyhow::Context as _;
+    let request = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("authorization", format!("Bearer {key}"))
+        .header("content-type", "application/json")
+        .body(body.map(|b| b.to_string()).unwrap_or_default())?;
+    let mut response = agent
+        .run(request)
+        .with_context(|| format!("{method} {url}"))?;
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_string()?;
+    anyhow::ensure!(status < 300, "{method} {url}: {status} {text}");
+    Ok(serde_json::from_str(&text)?)
+}

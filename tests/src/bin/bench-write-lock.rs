@@ -217,32 +217,12 @@ struct Phase {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(600)))
-        .build()
-        .into()
+    kizuna_tests::bench::http_agent()
 }
 
 /// One JSON request with the bench key; the answer's body.
 fn call(agent: &ureq::Agent, method: &str, url: &str, body: Option<Json>) -> anyhow::Result<Json> {
-    let request = http::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("authorization", format!("Bearer {KEY}"))
-        .header("content-type", "application/json")
-        .body(body.map(|b| b.to_string()).unwrap_or_default())?;
-    let mut response = agent
-        .run(request)
-        .with_context(|| format!("{method} {url}"))?;
-    let status = response.status().as_u16();
-    let text = response
-        .body_mut()
-        .with_config()
-        .limit(u64::MAX)
-        .read_to_string()?;
-    ensure!(status < 300, "{method} {url}: {status} {text}");
-    Ok(serde_json::from_str(&text)?)
+    kizuna_tests::bench::call_json(agent, KEY, method, url, body)
 }
 
 /// Runs the writers until `during` returns and sets the stop flag.
