@@ -26,10 +26,16 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build expects.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// How long a statement waits for a lock before answering busy: a writer
-/// waits up to 5 s instead of failing at once; transactions are short, so
-/// a wait beyond that means something is wrong.
-const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 5000";
+/// How long SQLite's own busy handler waits for a lock before answering
+/// busy. It sleeps between polls (1, 2, 5, 10, 15, 20 ms, later up to
+/// 100 ms), so a writer in one instance missed the lock for up to a
+/// second while writers of another instance took it back to back (Spin
+/// overlaps an instance it retires with the next one). 50 ms keeps its
+/// sleeps short; `begin_immediate` then polls every 1–3 ms without
+/// blocking the instance, for up to `BEGIN_RETRY_FOR`. Readers never
+/// wait for writers in WAL; 50 ms covers their rare waits (a connection
+/// recovering the WAL index, a checkpoint resetting the log).
+const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 50";
 
 /// Prepares a freshly opened connection: pragmas first, then migrations if
 /// the file is behind. Call once per connection, before any other
@@ -196,8 +202,8 @@ async fn begin_immediate(db: &impl Db) -> anyhow::Result<()> {
         match db.execute("BEGIN IMMEDIATE", &[]).await {
             Ok(_) => return Ok(()),
             Err(DbError::Busy(_)) if started.elapsed() < BEGIN_RETRY_FOR => {
-                let jitter = u64::from(started.elapsed().subsec_nanos() % 20);
-                db.yield_to_writers(std::time::Duration::from_millis(5 + jitter))
+                let jitter = u64::from(started.elapsed().subsec_nanos() % 3);
+                db.yield_to_writers(std::time::Duration::from_millis(1 + jitter))
                     .await;
             }
             Err(e) => {
