@@ -33,8 +33,9 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// overlaps an instance it retires with the next one). 50 ms keeps its
 /// sleeps short; `begin_immediate` then polls every 1–3 ms without
 /// blocking the instance, for up to `BEGIN_RETRY_FOR`. Readers never
-/// wait for writers in WAL; 50 ms covers their rare waits (a connection
-/// recovering the WAL index, a checkpoint resetting the log).
+/// wait for writers in WAL; their rare waits (a connection recovering
+/// the WAL index, a checkpoint resetting the log) are asked again by
+/// `pool::Lease` for up to `pool::BUSY_RETRY_FOR`.
 const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 50";
 
 /// Prepares a freshly opened connection: pragmas first, then migrations if

@@ -49,6 +49,13 @@ pub const IDLE_FOR: Duration = Duration::from_secs(9);
 /// an instance's requests at a time.
 pub const MAX_IDLE: usize = 16;
 
+/// How long a statement answered "busy" is asked again (every
+/// [`BUSY_RETRY_PAUSE`]) before the error stands. SQLite's own wait is
+/// short (`db::BUSY_TIMEOUT`); `BEGIN IMMEDIATE` has its own, longer
+/// retry (`db::BEGIN_RETRY_FOR`).
+pub const BUSY_RETRY_FOR: Duration = Duration::from_secs(5);
+const BUSY_RETRY_PAUSE: Duration = Duration::from_millis(2);
+
 /// How long settings read from variables are trusted before re-reading.
 pub const SETTINGS_REFRESH: Duration = Duration::from_secs(10);
 
@@ -211,7 +218,16 @@ impl<C: Db> Db for Lease<C> {
             let turn = Arc::clone(&self.writers).lock_owned().await;
             *self.writing.borrow_mut() = Some(turn);
         }
-        let result = self.connection.execute(sql, params).await;
+        let mut result = self.connection.execute(sql, params).await;
+        // A busy answer means the statement did nothing: a reader that
+        // met a WAL-index recovery or a checkpoint's reset asks again.
+        while matches!(result, Err(DbError::Busy(_)))
+            && effect != Effect::BeginsWriting
+            && started.elapsed() < BUSY_RETRY_FOR
+        {
+            self.connection.yield_to_writers(BUSY_RETRY_PAUSE).await;
+            result = self.connection.execute(sql, params).await;
+        }
         self.waited.set(self.waited.get() + started.elapsed());
         match (&result, effect) {
             (Ok(_), Effect::Begins | Effect::BeginsWriting) => self.in_transaction.set(true),
@@ -278,17 +294,23 @@ mod tests {
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    /// A connection that fails the statements it is told to, and records
-    /// what it ran; `user_version` answers the current schema.
+    /// A connection that fails the statements it is told to, answers
+    /// "busy" to the next `busy` statements, and records what it ran;
+    /// `user_version` answers the current schema.
     #[derive(Default)]
     struct Fake {
         fail: RefCell<Vec<&'static str>>,
+        busy: Cell<u32>,
         ran: Rc<RefCell<Vec<String>>>,
     }
 
     impl Db for Fake {
         async fn execute(&self, sql: &str, _params: &[Value]) -> Result<Rows, DbError> {
             self.ran.borrow_mut().push(sql.to_owned());
+            if self.busy.get() > 0 {
+                self.busy.set(self.busy.get() - 1);
+                return Err(DbError::Busy("database is locked".into()));
+            }
             if self.fail.borrow().contains(&sql) {
                 return Err(DbError::Other(format!("failed: {sql}")));
             }
@@ -439,6 +461,24 @@ mod tests {
                 .now_or_never()
                 .is_some()
         );
+    }
+
+    #[test]
+    fn a_busy_statement_is_asked_again_but_begin_immediate_is_left_to_its_caller() {
+        let pool = Pool::new();
+        let ran = Rc::new(RefCell::new(Vec::new()));
+        let lease = lease(&pool, &ran);
+        lease.connection.busy.set(2);
+        assert!(run(&lease, "SELECT").is_ok());
+        assert_eq!(lease.statements(), 1);
+        assert_eq!(ran.borrow().iter().filter(|s| *s == "SELECT").count(), 3);
+
+        lease.connection.busy.set(1);
+        assert!(matches!(
+            run(&lease, "BEGIN IMMEDIATE"),
+            Err(DbError::Busy(_))
+        ));
+        assert!(run(&lease, "BEGIN IMMEDIATE").is_ok());
     }
 
     #[test]
