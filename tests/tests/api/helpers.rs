@@ -301,6 +301,24 @@ impl TestApp {
         )
     }
 
+    /// A Kizuna-format order event (Standard Webhooks), signed now on the
+    /// app's clock with the configured secret.
+    pub fn post_kizuna_event(&self, msg_id: &str, body: Vec<u8>) -> TestResponse {
+        let ts = self.now().unix_timestamp();
+        let signature = kizuna::signatures::sign_standard(ORDERS_SECRET, msg_id, ts, &body);
+        self.request(
+            "POST",
+            "/v1/webhooks/orders",
+            &[
+                ("content-type", "application/json"),
+                ("webhook-id", msg_id),
+                ("webhook-timestamp", &ts.to_string()),
+                ("webhook-signature", &signature),
+            ],
+            body,
+        )
+    }
+
     /// A script's JSON form post from `ip` (through the trusted proxy).
     pub fn post_form_json(&self, form_id: &str, body: &Json, ip: &str) -> TestResponse {
         self.request(

@@ -972,20 +972,7 @@ fn an_order_cancelled_after_its_points_expired_creates_no_debt() {
 
 /// A Kizuna-format event (Standard Webhooks), signed now on the app clock.
 fn post_kizuna(app: &TestApp, msg_id: &str, event: &Json) -> TestResponse {
-    let body = event.to_string().into_bytes();
-    let ts = app.now().unix_timestamp();
-    let signature = kizuna::signatures::sign_standard(ORDERS_SECRET, msg_id, ts, &body);
-    app.request(
-        "POST",
-        "/v1/webhooks/orders",
-        &[
-            ("content-type", "application/json"),
-            ("webhook-id", msg_id),
-            ("webhook-timestamp", &ts.to_string()),
-            ("webhook-signature", &signature),
-        ],
-        body,
-    )
+    app.post_kizuna_event(msg_id, event.to_string().into_bytes())
 }
 
 #[test]

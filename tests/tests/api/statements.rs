@@ -27,21 +27,7 @@ fn five_line_order(app: &TestApp, n: u32, email: &str) -> TestResponse {
             "total": "5400", "points_used": 0, "lines": lines, "refunds": []
         }
     });
-    let body = event.to_string().into_bytes();
-    let ts = app.now().unix_timestamp();
-    let msg_id = format!("msg_{n}");
-    let signature = kizuna::signatures::sign_standard(ORDERS_SECRET, &msg_id, ts, &body);
-    app.request(
-        "POST",
-        "/v1/webhooks/orders",
-        &[
-            ("content-type", "application/json"),
-            ("webhook-id", &msg_id),
-            ("webhook-timestamp", &ts.to_string()),
-            ("webhook-signature", &signature),
-        ],
-        body,
-    )
+    app.post_kizuna_event(&format!("msg_{n}"), event.to_string().into_bytes())
 }
 
 /// Runs `request` and returns (status, statements).
