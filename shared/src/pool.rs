@@ -179,6 +179,38 @@ impl<C: Db> Lease<C> {
     }
 }
 
+/// How long a request spent before its handler ran, and in all.
+#[derive(Debug, Clone, Copy)]
+pub struct Stages {
+    pub read: Duration,
+    pub settings: Duration,
+    pub connection: Duration,
+    pub total: Duration,
+}
+
+impl<C: Db> Lease<C> {
+    /// The `Server-Timing` value of the request this lease served: the
+    /// stages before the handler, its statements, and the rest (`app`).
+    pub fn server_timing(&self, stages: &Stages) -> http::HeaderValue {
+        let sql = self.statement_time();
+        let before = stages.read + stages.settings + stages.connection;
+        let app = stages.total.saturating_sub(before).saturating_sub(sql);
+        let how = if self.opened { "opened" } else { "pooled" };
+        crate::http::server_timing(&[
+            ("read", stages.read, None),
+            ("settings", stages.settings, None),
+            ("connection", stages.connection, Some(how.to_owned())),
+            (
+                "sql",
+                sql,
+                Some(format!("{} statements", self.statements())),
+            ),
+            ("app", app, None),
+            ("total", stages.total, None),
+        ])
+    }
+}
+
 /// What a statement does to the connection's transaction state.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Effect {

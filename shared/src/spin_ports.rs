@@ -202,21 +202,15 @@ where
         };
         let mut response = handler(request, &ctx).await;
         if config.server_timing {
-            let handled = started.elapsed() - leased;
-            let sql = db.statement_time();
-            let value = crate::http::server_timing(&[
-                ("read", read, None),
-                ("settings", settings_read - read, None),
-                (
-                    "connection",
-                    leased - settings_read,
-                    Some((if db.opened() { "opened" } else { "pooled" }).to_owned()),
-                ),
-                ("sql", sql, Some(format!("{} statements", db.statements()))),
-                ("app", handled.saturating_sub(sql), None),
-                ("total", started.elapsed(), None),
-            ]);
-            response.headers_mut().insert("server-timing", value);
+            let stages = crate::pool::Stages {
+                read,
+                settings: settings_read - read,
+                connection: leased - settings_read,
+                total: started.elapsed(),
+            };
+            response
+                .headers_mut()
+                .insert("server-timing", db.server_timing(&stages));
         }
         pool.give_back(db);
         anyhow::Ok(response)

@@ -155,6 +155,7 @@ impl Host {
             "component {} must be granted the default database and store",
             component.id
         );
+        let started = std::time::Instant::now();
         let instance = self.instance(&component.id);
         let config = instance
             .settings
@@ -169,10 +170,12 @@ impl Host {
                 Config::from_variables(&variables).map(Arc::new)
             })
             .await?;
+        let settings_read = started.elapsed();
         let db = instance
             .pool
             .lease(async || RusqliteDb::open(&self.database_path()))
             .await?;
+        let leased = started.elapsed();
         let kv = LazySqliteKv::new(self.kv_path());
         let ctx = kizuna::Ctx {
             db: &db,
@@ -180,9 +183,23 @@ impl Host {
             clock: self.clock.as_ref(),
             config: &config,
         };
-        let response = call_component(&component.id, request, &ctx)
+        let mut response = call_component(&component.id, request, &ctx)
             .await
             .with_context(|| format!("no handler registered for component {}", component.id));
+        if let Ok(response) = &mut response
+            && config.server_timing
+        {
+            // The body came in whole: nothing to read.
+            let stages = kizuna::pool::Stages {
+                read: std::time::Duration::ZERO,
+                settings: settings_read,
+                connection: leased - settings_read,
+                total: started.elapsed(),
+            };
+            response
+                .headers_mut()
+                .insert("server-timing", db.server_timing(&stages));
+        }
         self.last_statements
             .store(db.statements(), std::sync::atomic::Ordering::Relaxed);
         instance.pool.give_back(db);

@@ -118,3 +118,40 @@ fn the_frequent_reads_stay_within_their_statement_budgets() {
     assert!(by_phone <= 1, "contact by phone: {by_phone}");
     assert!(balance <= 1, "points balance: {balance}");
 }
+
+#[test]
+fn server_timing_reports_each_stage_only_when_asked() {
+    // Arrange
+    let quiet = TestApp::new();
+    let timed = TestApp::with_variables(&[("server_timing", "true")]);
+    let id = timed.create_contact(&json!({"email": "timed@example.jp"}));
+
+    // Act
+    let plain = quiet.get(READ_KEY, "/healthz");
+    let answer = timed.get(READ_KEY, &format!("/v1/contacts/{id}"));
+
+    // Assert
+    assert_eq!(plain.status, 200);
+    assert_eq!(plain.header("server-timing"), None);
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let timing = answer
+        .header("server-timing")
+        .expect("a Server-Timing header");
+    let names: Vec<&str> = timing
+        .split(", ")
+        .map(|stage| stage.split(';').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        names,
+        ["read", "settings", "connection", "sql", "app", "total"],
+        "{timing}"
+    );
+    assert!(timing.contains("desc=\"1 statements\""), "{timing}");
+}
+
+#[test]
+fn a_server_timing_setting_other_than_true_or_false_is_refused() {
+    let app = TestApp::with_variables(&[("server_timing", "yes")]);
+    let response = app.get(READ_KEY, "/healthz");
+    assert_eq!(response.status, 500);
+}
