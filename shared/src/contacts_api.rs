@@ -698,8 +698,9 @@ pub async fn export<D: Db, K: Kv>(
     ))
 }
 
-/// `DELETE /v1/contacts/{id}`: erasure, then a WAL checkpoint so old page
-/// images with the erased values leave the `-wal` file too.
+/// `DELETE /v1/contacts/{id}`: erasure, then (on a SQLite file) a WAL
+/// checkpoint so old page images with the erased values leave the `-wal`
+/// file too; the answer says what the storage may still hold.
 pub async fn erase<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
     actor: &Actor,
@@ -712,11 +713,15 @@ pub async fn erase<D: Db, K: Kv>(
     })
     .await?
     .ok_or_else(not_found)?;
-    if let Err(e) = crate::db::checkpoint_truncate(ctx.db).await {
-        eprintln!("checkpoint after erasure did not complete: {e}");
-    }
+    let checkpointed = crate::db::checkpoint_truncate(ctx.db)
+        .await
+        .unwrap_or_else(|e| {
+            eprintln!("checkpoint after erasure did not complete: {e}");
+            false
+        });
+    let residue = crate::privacy::storage_residue(ctx.db.backend(), checkpointed);
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "contact_id": id, "erased": true, "erased_at": erased_at }),
+        &json!({ "contact_id": id, "erased": true, "erased_at": erased_at, "storage": residue }),
     ))
 }

@@ -9,7 +9,7 @@
 //! of one fsync per commit. `secure_delete` overwrites deleted content so
 //! that an erased person's data does not linger in free pages.
 
-use crate::ports::{Db, DbError, Value};
+use crate::ports::{Backend, Db, DbError, Value};
 use anyhow::Context as _;
 
 /// The migrations, in order. Migration `n` (1-based) brings the schema to
@@ -21,6 +21,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0004_segments.sql"),
     include_str!("migrations/0005_suppressions.sql"),
     include_str!("migrations/0006_points_related_index.sql"),
+    include_str!("migrations/0007_form_settings.sql"),
+    include_str!("migrations/0008_rfm_computations.sql"),
 ];
 
 /// The schema version this build expects.
@@ -38,22 +40,57 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 /// `pool::Lease` for up to `pool::BUSY_RETRY_FOR`.
 const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 50";
 
-/// Prepares a freshly opened connection: pragmas first, then migrations if
-/// the file is behind. Call once per connection, before any other
-/// statement (`pool::Pool::lease` does).
-pub async fn prepare(db: &impl Db) -> anyhow::Result<()> {
-    for pragma in [
-        BUSY_TIMEOUT,
-        "PRAGMA foreign_keys = ON",
-        "PRAGMA synchronous = FULL",
-        "PRAGMA secure_delete = ON",
-    ] {
-        db.execute(pragma, &[])
-            .await
-            .with_context(|| format!("failed to set `{pragma}`"))?;
+/// Prepares a freshly opened connection and tells which engine serves
+/// it: pragmas first, then migrations if the database is behind. Call
+/// once per connection, before any other statement
+/// (`pool::Pool::lease` does).
+///
+/// Spin's libSQL client refuses, before sending, every pragma that sets
+/// a value except `foreign_keys` and `user_version`: the refusal of
+/// `busy_timeout` is how a libSQL server is recognised, with no setting
+/// to keep in step with the runtime config. On libSQL the server owns
+/// durability (`sqld` syncs its WAL on commit), lock waits (it queues
+/// writers and takes the lock back from a transaction older than 5 s),
+/// WAL and checkpoints; `secure_delete` cannot be asked for (see
+/// `privacy` for what erasure guarantees there).
+pub async fn prepare(db: &impl Db) -> anyhow::Result<Backend> {
+    const FOREIGN_KEYS: &str = "PRAGMA foreign_keys = ON";
+    db.execute(FOREIGN_KEYS, &[])
+        .await
+        .with_context(|| format!("failed to set `{FOREIGN_KEYS}`"))?;
+    let backend = match db.execute(BUSY_TIMEOUT, &[]).await {
+        Ok(_) => Backend::SqliteFile,
+        Err(e) if e.is_refused_by_libsql_client() => Backend::Libsql,
+        Err(e) => {
+            return Err(anyhow::Error::from(e).context(format!("failed to set `{BUSY_TIMEOUT}`")));
+        }
+    };
+    if backend == Backend::SqliteFile {
+        for pragma in ["PRAGMA synchronous = FULL", "PRAGMA secure_delete = ON"] {
+            db.execute(pragma, &[])
+                .await
+                .with_context(|| format!("failed to set `{pragma}`"))?;
+        }
     }
-    migrate(db).await
+    // Racing first requests queue for the migration's lock; on libSQL a
+    // migration that waited or ran past the server's 5 s is interrupted
+    // and rolled back whole, and the version check makes another attempt
+    // safe.
+    let mut attempts = 0;
+    loop {
+        match migrate_with(db, MIGRATIONS, backend).await {
+            Ok(()) => return Ok(backend),
+            Err(e) if attempts < MIGRATION_ATTEMPTS && DbError::is_transient_cause(&e) => {
+                attempts += 1;
+                eprintln!("migration attempt {attempts} did not complete, trying again: {e:#}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
+
+/// How many times a migration interrupted by the database is tried again.
+const MIGRATION_ATTEMPTS: u32 = 5;
 
 async fn user_version(db: &impl Db) -> anyhow::Result<i64> {
     let rows = db
@@ -70,11 +107,11 @@ async fn user_version(db: &impl Db) -> anyhow::Result<i64> {
 /// fresh file: the version is re-read inside `BEGIN IMMEDIATE`, which only
 /// one connection holds at a time, so each migration runs exactly once.
 pub async fn migrate(db: &impl Db) -> anyhow::Result<()> {
-    migrate_with(db, MIGRATIONS).await
+    migrate_with(db, MIGRATIONS, db.backend()).await
 }
 
 /// [`migrate`] over a given list of migrations (tests run it on copies).
-async fn migrate_with(db: &impl Db, migrations: &[&str]) -> anyhow::Result<()> {
+async fn migrate_with(db: &impl Db, migrations: &[&str], backend: Backend) -> anyhow::Result<()> {
     let target = migrations.len() as i64;
     if user_version(db).await? >= target {
         return Ok(());
@@ -98,7 +135,10 @@ async fn migrate_with(db: &impl Db, migrations: &[&str]) -> anyhow::Result<()> {
         Ok(())
     })
     .await?;
-    switch_to_wal(db).await
+    match backend {
+        Backend::SqliteFile => switch_to_wal(db).await,
+        Backend::Libsql => Ok(()),
+    }
 }
 
 /// WAL is a property of the file and cannot change inside a transaction.
@@ -253,15 +293,20 @@ async fn rollback(db: &impl Db) {
 /// After erasing personal data: copy the WAL into the main file and
 /// truncate the log, so no old page image with the erased values stays in
 /// `-wal`. Best effort: with readers active the checkpoint may stop early;
-/// the next checkpoint then finishes the job.
-pub async fn checkpoint_truncate(db: &impl Db) -> Result<(), DbError> {
+/// the next checkpoint then finishes the job. Answers whether it ran: on
+/// libSQL the client may not checkpoint, and the server's own
+/// checkpoints (`sqld --checkpoint-interval-s`) do it.
+pub async fn checkpoint_truncate(db: &impl Db) -> Result<bool, DbError> {
+    if db.backend() == Backend::Libsql {
+        return Ok(false);
+    }
     // Waiting the full busy timeout for readers to finish would stall the
     // erasure answer by seconds; a short wait, then the next checkpoint.
     db.execute("PRAGMA busy_timeout = 250", &[]).await?;
     let checkpoint = db.execute("PRAGMA wal_checkpoint(TRUNCATE)", &[]).await;
     // The connection goes back to its pool: restore the usual wait.
     db.execute(BUSY_TIMEOUT, &[]).await?;
-    checkpoint.map(|_| ())
+    checkpoint.map(|_| true)
 }
 
 #[cfg(test)]
@@ -310,7 +355,8 @@ mod tests {
 
     fn run(migrations: &[&str]) -> Vec<String> {
         let db = Recorder::default();
-        futures::executor::block_on(migrate_with(&db, migrations)).expect("migrations run");
+        futures::executor::block_on(migrate_with(&db, migrations, Backend::SqliteFile))
+            .expect("migrations run");
         assert_eq!(db.version.get(), migrations.len() as i64);
         db.statements.into_inner()
     }
@@ -325,7 +371,7 @@ mod tests {
                 assert!(
                     matches!(
                         first,
-                        "CREATE" | "INSERT" | "ALTER" | "DROP" | "UPDATE" | "PRAGMA"
+                        "CREATE" | "INSERT" | "ALTER" | "DROP" | "UPDATE" | "DELETE" | "PRAGMA"
                     ),
                     "migration {}: {statement}",
                     index + 1

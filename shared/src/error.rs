@@ -4,6 +4,10 @@
 
 use serde::Serialize;
 
+/// The `Retry-After` of a 503 for an unavailable database: a restarted
+/// libSQL server answers again within seconds.
+pub const STORAGE_RETRY_AFTER_SECONDS: u64 = 2;
+
 /// One invalid field in a 422 answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FieldError {
@@ -51,6 +55,17 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// True when the request failed because the database could not serve
+    /// it (down, restarted, busy past every retry, or it ended the
+    /// transaction): nothing was written, and the same request may be
+    /// sent again. It answers 503 with `Retry-After`.
+    pub fn is_storage_unavailable(&self) -> bool {
+        match self {
+            ApiError::Unexpected(cause) => crate::ports::DbError::is_transient_cause(cause),
+            _ => false,
+        }
+    }
+
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::Validation(vec![FieldError::new(field, message)])
     }
@@ -135,6 +150,15 @@ impl ApiError {
                 "rate-limited",
                 "Too many requests",
                 format!("try again in {retry_after_seconds} seconds"),
+                vec![],
+            ),
+            ApiError::Unexpected(_) if self.is_storage_unavailable() => (
+                503,
+                "unavailable",
+                "Service unavailable",
+                format!(
+                    "the database could not complete the request and nothing of it was stored; send it again in {STORAGE_RETRY_AFTER_SECONDS} s"
+                ),
                 vec![],
             ),
             ApiError::Unexpected(_) => (

@@ -1,9 +1,10 @@
 //! Public lead capture: `POST /v1/forms/{form_id}` from landing pages.
-//! Owns the form's settings (kept in the key-value store: read on every
-//! submission, written rarely), the submission's parsing, the per-client
-//! rate limit (in SQLite: Spin's key-value store syncs the disk on every
-//! write), the honeypot, CORS and the redirect policy. A stored lead
-//! never depends on the caller being able to read the answer.
+//! Owns the form's settings (the `form_settings` table: a shop relies on
+//! them, and the key-value store is only a cache that may be lost; read
+//! on every submission, written rarely), the submission's parsing, the
+//! per-client rate limit (in SQLite: Spin's key-value store syncs the
+//! disk on every write), the honeypot, CORS and the redirect policy. A
+//! stored lead never depends on the caller being able to read the answer.
 
 use crate::Ctx;
 use crate::client_addr::{self, TrustedProxies};
@@ -173,10 +174,6 @@ impl FormSettings {
     }
 }
 
-fn settings_key(form_id: &str) -> String {
-    format!("forms/{form_id}/settings")
-}
-
 /// Settings as stored: with who last wrote them and when.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredSettings {
@@ -185,32 +182,140 @@ pub struct StoredSettings {
     pub updated_by: String,
 }
 
+/// The settings of `form_id`, if it is configured: its `form_settings`
+/// row, one statement. A form configured before settings moved to SQLite
+/// may have them only in the key-value store; they are copied into the
+/// table on the first read that misses it (see `legacy_settings`). A
+/// form configured nowhere asks the key-value store on each read, as
+/// every read did before the move.
 pub async fn load_stored_settings(
+    db: &impl Db,
     kv: &impl Kv,
     form_id: &str,
 ) -> anyhow::Result<Option<StoredSettings>> {
-    match kv.get(&settings_key(form_id)).await? {
+    if let Some(stored) = read_settings_row(db, form_id).await? {
+        return Ok(Some(stored));
+    }
+    match legacy_settings(kv, form_id).await {
+        Some(legacy) => adopt_legacy_settings(db, form_id, &legacy).await.map(Some),
         None => Ok(None),
-        Some(bytes) => Ok(Some(
-            serde_json::from_slice(&bytes).context("stored form settings are not valid")?,
-        )),
     }
 }
 
-pub async fn load_settings(kv: &impl Kv, form_id: &str) -> anyhow::Result<Option<FormSettings>> {
-    Ok(load_stored_settings(kv, form_id).await?.map(|s| s.settings))
+/// The settings of `form_id` without their author and time.
+pub async fn load_settings(
+    db: &impl Db,
+    kv: &impl Kv,
+    form_id: &str,
+) -> anyhow::Result<Option<FormSettings>> {
+    Ok(load_stored_settings(db, kv, form_id)
+        .await?
+        .map(|s| s.settings))
 }
 
-/// Saves settings, recording the acting key as their author.
+async fn read_settings_row(db: &impl Db, form_id: &str) -> anyhow::Result<Option<StoredSettings>> {
+    let rows = db
+        .execute(
+            "SELECT settings, updated_at, updated_by FROM form_settings WHERE form_id = ?1",
+            &[form_id.into()],
+        )
+        .await
+        .context("failed to read the form settings")?;
+    let Some(row) = rows.first() else {
+        return Ok(None);
+    };
+    Ok(Some(StoredSettings {
+        settings: serde_json::from_str(row.str("settings")?)
+            .context("stored form settings are not valid")?,
+        updated_at: row.str("updated_at")?.to_owned(),
+        updated_by: row.str("updated_by")?.to_owned(),
+    }))
+}
+
+/// Saves settings (their author and time included), replacing any
+/// earlier ones, inside the caller's transaction.
 pub async fn save_settings(
-    kv: &impl Kv,
+    db: &impl Db,
     form_id: &str,
     stored: &StoredSettings,
 ) -> anyhow::Result<()> {
-    kv.set(
-        &settings_key(form_id),
-        &serde_json::to_vec(stored).context("settings")?,
+    db.execute(
+        "INSERT INTO form_settings (form_id, settings, updated_at, updated_by)
+         VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (form_id) DO UPDATE SET
+             settings = excluded.settings,
+             updated_at = excluded.updated_at,
+             updated_by = excluded.updated_by",
+        &settings_params(form_id, stored)?,
     )
+    .await
+    .context("failed to save the form settings")?;
+    Ok(())
+}
+
+fn settings_params(form_id: &str, stored: &StoredSettings) -> anyhow::Result<[Value; 4]> {
+    Ok([
+        form_id.into(),
+        serde_json::to_string(&stored.settings)
+            .context("settings")?
+            .into(),
+        stored.updated_at.as_str().into(),
+        stored.updated_by.as_str().into(),
+    ])
+}
+
+/// Where settings were kept before they moved to SQLite. Only read, for
+/// deployments that saved settings then; nothing writes there any more.
+fn legacy_settings_key(form_id: &str) -> String {
+    format!("forms/{form_id}/settings")
+}
+
+/// A form's settings from the key-value store, as saved before they moved
+/// to SQLite. The store is a cache now, and may be lost or down (Redis
+/// restarting): a failed look-up, or an entry that is not valid settings,
+/// is logged and taken as "no settings", so that the cache can never stop
+/// a form from taking leads. The price: while the store is down, a form
+/// whose settings were never copied yet answers with the defaults (no
+/// required fields, tags or thank-you URL of its own) until it is back.
+async fn legacy_settings(kv: &impl Kv, form_id: &str) -> Option<StoredSettings> {
+    let bytes = match kv.get(&legacy_settings_key(form_id)).await {
+        Ok(bytes) => bytes?,
+        Err(e) => {
+            eprintln!("legacy form settings of {form_id} unreadable, using none: {e:#}");
+            return None;
+        }
+    };
+    match serde_json::from_slice(&bytes) {
+        Ok(stored) => Some(stored),
+        Err(e) => {
+            eprintln!("legacy form settings of {form_id} are not valid, using none: {e}");
+            None
+        }
+    }
+}
+
+/// Copies settings found in the key-value store into `form_settings`, as
+/// they were saved (author and time too), and returns what the table
+/// holds then: a request that got there first, or a `PUT` since, wins.
+/// Once per form; after that the table answers.
+async fn adopt_legacy_settings(
+    db: &impl Db,
+    form_id: &str,
+    legacy: &StoredSettings,
+) -> anyhow::Result<StoredSettings> {
+    transaction(db, async || {
+        db.execute(
+            "INSERT INTO form_settings (form_id, settings, updated_at, updated_by)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (form_id) DO NOTHING",
+            &settings_params(form_id, legacy)?,
+        )
+        .await
+        .context("failed to copy legacy form settings")?;
+        read_settings_row(db, form_id)
+            .await?
+            .context("form settings missing right after they were copied")
+    })
     .await
 }
 
@@ -229,7 +334,7 @@ pub async fn get_settings<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
     form_id: &str,
 ) -> Result<Response, ApiError> {
-    let stored = load_stored_settings(ctx.kv, form_id).await?;
+    let stored = load_stored_settings(ctx.db, ctx.kv, form_id).await?;
     Ok(crate::http::json_response(
         StatusCode::OK,
         &settings_json(form_id, stored.as_ref()),
@@ -249,7 +354,10 @@ pub async fn put_settings<D: Db, K: Kv>(
         updated_at: crate::timestamp::format(ctx.clock.now()),
         updated_by: actor.label(),
     };
-    save_settings(ctx.kv, form_id, &stored).await?;
+    transaction(ctx.db, async || {
+        save_settings(ctx.db, form_id, &stored).await
+    })
+    .await?;
     Ok(crate::http::json_response(
         StatusCode::OK,
         &settings_json(form_id, Some(&stored)),
@@ -448,7 +556,7 @@ pub enum Answer {
 /// The origins allowed to read answers of `form_id`: the variable's plus
 /// the form's own. Falls back to the variable's when settings cannot be read.
 pub async fn cors_origins<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, form_id: &str) -> Vec<String> {
-    match load_settings(ctx.kv, form_id).await {
+    match load_settings(ctx.db, ctx.kv, form_id).await {
         Ok(settings) => allowed_origins(&ctx.config.allowed_origins, &settings.unwrap_or_default()),
         Err(e) => {
             eprintln!("form settings unreadable for CORS: {e:#}");
@@ -485,7 +593,9 @@ pub async fn submit<D: Db, K: Kv>(
         },
         Err(error) => return Err(error),
     };
-    let settings = load_settings(ctx.kv, form_id).await?.unwrap_or_default();
+    let settings = load_settings(ctx.db, ctx.kv, form_id)
+        .await?
+        .unwrap_or_default();
     let origins = allowed_origins(&ctx.config.allowed_origins, &settings);
 
     let mut errors = Vec::new();
@@ -920,7 +1030,9 @@ pub async fn preflight<D: Db, K: Kv>(
     form_id: &str,
     request: &Request,
 ) -> Result<Response, ApiError> {
-    let settings = load_settings(ctx.kv, form_id).await?.unwrap_or_default();
+    let settings = load_settings(ctx.db, ctx.kv, form_id)
+        .await?
+        .unwrap_or_default();
     let origins = allowed_origins(&ctx.config.allowed_origins, &settings);
     let origin = header_str(request.headers(), "origin");
     let allowed = origin

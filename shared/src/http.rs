@@ -59,6 +59,12 @@ pub fn error_response(error: &ApiError) -> Response {
         ApiError::MethodNotAllowed(allow) => {
             response = response.header(header::ALLOW, *allow);
         }
+        _ if error.is_storage_unavailable() => {
+            response = response.header(
+                header::RETRY_AFTER,
+                crate::error::STORAGE_RETRY_AFTER_SECONDS.to_string(),
+            );
+        }
         _ => {}
     }
     response

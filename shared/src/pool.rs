@@ -36,7 +36,7 @@
 //!   lives at most 128 requests: a rotated secret or a revoked API key
 //!   takes effect within seconds, never later than that.
 
-use crate::ports::{Db, DbError, Rows, Value};
+use crate::ports::{Backend, Db, DbError, Rows, Value};
 use futures::lock::{Mutex as AsyncMutex, OwnedMutexGuard};
 use std::cell::{Cell, RefCell};
 use std::sync::{Arc, Mutex};
@@ -61,7 +61,7 @@ pub const SETTINGS_REFRESH: Duration = Duration::from_secs(10);
 
 /// The idle, prepared connections of one instance.
 pub struct Pool<C> {
-    idle: Mutex<Vec<(C, Instant)>>,
+    idle: Mutex<Vec<(C, Backend, Instant)>>,
     writers: std::sync::OnceLock<Arc<AsyncMutex<()>>>,
 }
 
@@ -86,21 +86,21 @@ impl<C: Db> Pool<C> {
         open: impl AsyncFnOnce() -> anyhow::Result<C>,
     ) -> anyhow::Result<Lease<C>> {
         let writers = Arc::clone(self.writers.get_or_init(|| Arc::new(AsyncMutex::new(()))));
-        if let Some(connection) = self.take_idle() {
-            return Ok(Lease::new(connection, false, writers));
+        if let Some((connection, backend)) = self.take_idle() {
+            return Ok(Lease::new(connection, backend, false, writers));
         }
         let connection = open().await?;
-        crate::db::prepare(&connection).await?;
-        Ok(Lease::new(connection, true, writers))
+        let backend = crate::db::prepare(&connection).await?;
+        Ok(Lease::new(connection, backend, true, writers))
     }
 
-    fn take_idle(&self) -> Option<C> {
+    fn take_idle(&self) -> Option<(C, Backend)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         // The newest first: the oldest are the likeliest to have expired,
         // and they are dropped here.
-        while let Some((connection, since)) = idle.pop() {
+        while let Some((connection, backend, since)) = idle.pop() {
             if since.elapsed() < IDLE_FOR {
-                return Some(connection);
+                return Some((connection, backend));
             }
             idle.clear();
             drop(connection);
@@ -111,12 +111,13 @@ impl<C: Db> Pool<C> {
     /// Ends a request's lease: the connection goes back to the pool if
     /// it is clean (see [`Lease::into_reusable`]), else it is closed.
     pub fn give_back(&self, lease: Lease<C>) {
+        let backend = lease.backend;
         let Some(connection) = lease.into_reusable() else {
             return;
         };
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push((connection, Instant::now()));
+            idle.push((connection, backend, Instant::now()));
         }
     }
 
@@ -130,8 +131,14 @@ impl<C: Db> Pool<C> {
 /// request runs, so that only a clean connection goes back to the pool.
 pub struct Lease<C> {
     connection: C,
+    backend: Backend,
     in_transaction: Cell<bool>,
     spoiled: Cell<bool>,
+    /// Set when the database ended this connection's stream or
+    /// transaction (`DbError::Unavailable`) inside a transaction: no
+    /// further statement is sent, since on libSQL it would run outside
+    /// the transaction the request believes it is in.
+    abandoned: Cell<bool>,
     statements: Cell<u64>,
     waited: Cell<Duration>,
     opened: bool,
@@ -142,11 +149,18 @@ pub struct Lease<C> {
 }
 
 impl<C: Db> Lease<C> {
-    fn new(connection: C, opened: bool, writers: Arc<AsyncMutex<()>>) -> Lease<C> {
+    fn new(
+        connection: C,
+        backend: Backend,
+        opened: bool,
+        writers: Arc<AsyncMutex<()>>,
+    ) -> Lease<C> {
         Lease {
             connection,
+            backend,
             in_transaction: Cell::new(false),
             spoiled: Cell::new(false),
+            abandoned: Cell::new(false),
             statements: Cell::new(0),
             waited: Cell::new(Duration::ZERO),
             opened,
@@ -243,9 +257,12 @@ fn effect(sql: &str) -> Effect {
 
 impl<C: Db> Db for Lease<C> {
     async fn execute(&self, sql: &str, params: &[Value]) -> Result<Rows, DbError> {
+        let effect = effect(sql);
+        if self.abandoned.get() {
+            return self.after_abandon(sql);
+        }
         self.statements.set(self.statements.get() + 1);
         let started = Instant::now();
-        let effect = effect(sql);
         if effect == Effect::BeginsWriting && self.writing.borrow().is_none() {
             let turn = Arc::clone(&self.writers).lock_owned().await;
             *self.writing.borrow_mut() = Some(turn);
@@ -271,6 +288,10 @@ impl<C: Db> Db for Lease<C> {
             (Err(_), Effect::BeginsWriting) => {
                 self.writing.borrow_mut().take();
             }
+            (Err(DbError::Unavailable(_)), _) if self.in_transaction.get() => {
+                self.spoiled.set(true);
+                self.abandoned.set(true);
+            }
             (Err(_), _) if self.in_transaction.get() => self.spoiled.set(true),
             _ => {}
         }
@@ -282,6 +303,31 @@ impl<C: Db> Db for Lease<C> {
 
     async fn yield_to_writers(&self, pause: Duration) {
         self.connection.yield_to_writers(pause).await;
+    }
+
+    fn backend(&self) -> Backend {
+        self.backend
+    }
+}
+
+impl<C> Lease<C> {
+    /// A statement after the connection was abandoned: `ROLLBACK` ends
+    /// the request's transaction on this side (the server has already
+    /// ended it); anything else, `COMMIT` included, fails as unavailable,
+    /// so no write is reported as done.
+    fn after_abandon(&self, sql: &str) -> Result<Rows, DbError> {
+        if sql
+            .trim_start()
+            .get(..8)
+            .is_some_and(|v| v.eq_ignore_ascii_case("ROLLBACK"))
+        {
+            self.in_transaction.set(false);
+            self.writing.borrow_mut().take();
+            return Ok(Rows::default());
+        }
+        Err(DbError::Unavailable(
+            "the database ended this connection's transaction; nothing of it was kept".into(),
+        ))
     }
 }
 
@@ -329,15 +375,30 @@ mod tests {
     /// A connection that fails the statements it is told to, answers
     /// "busy" to the next `busy` statements, and records what it ran;
     /// `user_version` answers the current schema.
+    /// With `libsql`, it refuses what Spin's libSQL client refuses
+    /// (pragmas that set a value, but `foreign_keys` and `user_version`);
+    /// `gone` statements answer as a server that ended the stream.
     #[derive(Default)]
     struct Fake {
         fail: RefCell<Vec<&'static str>>,
+        gone: RefCell<Vec<&'static str>>,
         busy: Cell<u32>,
+        libsql: bool,
         ran: Rc<RefCell<Vec<String>>>,
     }
 
     impl Db for Fake {
         async fn execute(&self, sql: &str, _params: &[Value]) -> Result<Rows, DbError> {
+            if self.libsql
+                && sql.starts_with("PRAGMA")
+                && sql.contains('=')
+                && !sql.contains("foreign_keys")
+                && !sql.contains("user_version")
+            {
+                return Err(DbError::from_message(
+                    "Error::Io(\"unsupported statement\")".into(),
+                ));
+            }
             self.ran.borrow_mut().push(sql.to_owned());
             if self.busy.get() > 0 {
                 self.busy.set(self.busy.get() - 1);
@@ -345,6 +406,9 @@ mod tests {
             }
             if self.fail.borrow().contains(&sql) {
                 return Err(DbError::Other(format!("failed: {sql}")));
+            }
+            if self.gone.borrow().contains(&sql) {
+                return Err(DbError::from_message("STREAM_EXPIRED".into()));
             }
             if sql == "PRAGMA user_version" {
                 return Ok(Rows {
@@ -410,6 +474,57 @@ mod tests {
         run(&lease, "ROLLBACK").expect("rollback");
         pool.give_back(lease);
         assert_eq!(pool.idle_count(), 0);
+    }
+
+    #[test]
+    fn a_libsql_server_is_recognised_and_given_no_refused_pragma() {
+        let pool = Pool::new();
+        let ran = Rc::new(RefCell::new(Vec::new()));
+        let sent = Rc::clone(&ran);
+        let first = block_on(pool.lease(async || {
+            Ok(Fake {
+                libsql: true,
+                ran: sent,
+                ..Fake::default()
+            })
+        }))
+        .expect("a lease");
+        assert_eq!(first.backend(), Backend::Libsql);
+        assert_eq!(
+            *ran.borrow(),
+            ["PRAGMA foreign_keys = ON", "PRAGMA user_version"]
+        );
+        pool.give_back(first);
+        let again =
+            block_on(pool.lease(async || unreachable!("pooled"))).expect("the pooled connection");
+        assert_eq!(again.backend(), Backend::Libsql, "remembered in the pool");
+
+        let file = lease(&Pool::new(), &ran);
+        assert_eq!(file.backend(), Backend::SqliteFile);
+    }
+
+    #[test]
+    fn a_transaction_the_server_ended_sends_nothing_more_and_cannot_commit() {
+        let pool = Pool::new();
+        let ran = Rc::new(RefCell::new(Vec::new()));
+        let lease = lease(&pool, &ran);
+        lease.connection.gone.borrow_mut().push("UPDATE one");
+        run(&lease, "BEGIN IMMEDIATE").expect("begin");
+        let error = run(&lease, "UPDATE one").expect_err("the stream is gone");
+        assert!(matches!(error, DbError::Unavailable(_)), "{error:?}");
+        let sent = ran.borrow().len();
+        assert!(matches!(
+            run(&lease, "UPDATE two"),
+            Err(DbError::Unavailable(_))
+        ));
+        assert!(matches!(
+            run(&lease, "COMMIT"),
+            Err(DbError::Unavailable(_))
+        ));
+        run(&lease, "ROLLBACK").expect("ended on this side");
+        assert_eq!(ran.borrow().len(), sent, "nothing sent after the loss");
+        pool.give_back(lease);
+        assert_eq!(pool.idle_count(), 0, "closed, never reused");
     }
 
     #[test]

@@ -114,25 +114,77 @@ impl<'a> Row<'a> {
 }
 
 /// Why a statement failed. Constraint violations are told apart so that
-/// they can become client answers (see [`DbError::is_unique_violation`]).
+/// they can become client answers (see [`DbError::is_unique_violation`]);
+/// a database that cannot be reached, or that ended the connection's
+/// stream or transaction, is told apart so that the caller gets a 503
+/// and the connection is abandoned (see `pool::Lease`).
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("constraint violated: {0}")]
     Constraint(String),
     #[error("database busy: {0}")]
     Busy(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     #[error("database error: {0}")]
     Other(String),
 }
 
+/// What a libSQL server (through Spin's client) answers when it ended the
+/// stream (idle past 10 s, or the server restarted) or the transaction
+/// (its lock taken back after 5 s): nothing of the work was kept.
+const ENDED_MARKERS: &[&str] = &[
+    "STREAM_EXPIRED",
+    "stream expired",
+    "Stream expired",
+    "timed-out",
+    "timed out",
+    "baton",
+];
+
+/// SQLite result codes, as a libSQL server names them in its errors
+/// (`(error code: SQLITE_INTERRUPT)`), that say the statement was stopped
+/// rather than wrong: the server interrupts a transaction whose lock it
+/// took back.
+const TRANSIENT_CODES: &[&str] = &["SQLITE_INTERRUPT", "SQLITE_BUSY", "SQLITE_LOCKED"];
+
+/// What Spin's libSQL client says when it cannot reach the server.
+const UNREACHABLE_MARKERS: &[&str] = &[
+    "error sending request",
+    "onnection refused",
+    "onnection reset",
+    "onnection closed",
+    "roken pipe",
+    "http error",
+    "HTTP error",
+    "hyper",
+    "Hrana",
+];
+
 impl DbError {
-    /// Classifies a driver message. Both Spin's host and rusqlite pass
-    /// SQLite's own message text through, so one classifier serves both.
+    /// Classifies a driver message. Spin's SQLite host and rusqlite pass
+    /// SQLite's own message text through, and Spin's libSQL client adds
+    /// the server's result code, so one classifier serves all three. A
+    /// statement the server ran and refused is never "unavailable": a
+    /// 503 would invite the caller to repeat a request that cannot work.
     pub fn from_message(message: String) -> Self {
-        if message.contains("constraint failed") {
+        if ENDED_MARKERS.iter().any(|m| message.contains(m)) {
+            DbError::Unavailable(message)
+        } else if message.contains("constraint failed") {
             DbError::Constraint(message)
         } else if message.contains("database is locked") || message.contains("database is busy") {
             DbError::Busy(message)
+        } else if message.contains("(error code: SQLITE_") {
+            if TRANSIENT_CODES
+                .iter()
+                .any(|c| message.contains(&format!("{c})")))
+            {
+                DbError::Unavailable(message)
+            } else {
+                DbError::Other(message)
+            }
+        } else if UNREACHABLE_MARKERS.iter().any(|m| message.contains(m)) {
+            DbError::Unavailable(message)
         } else {
             DbError::Other(message)
         }
@@ -142,6 +194,39 @@ impl DbError {
     pub fn is_unique_violation(&self, index_columns: &str) -> bool {
         matches!(self, DbError::Constraint(m) if m.contains("UNIQUE") && m.contains(index_columns))
     }
+    /// True when Spin's libSQL client refused the statement before
+    /// sending it (pragmas that set a value, `wal_checkpoint`, `CREATE
+    /// TEMP TABLE`): the database is a libSQL server, not a file.
+    pub fn is_refused_by_libsql_client(&self) -> bool {
+        matches!(self, DbError::Other(m) if m.contains("unsupported statement"))
+    }
+    /// True when the database could not serve the statement at all (down,
+    /// busy past every retry, or it ended the stream or transaction): the
+    /// caller may try again, and gets a 503 that says so.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DbError::Busy(_) | DbError::Unavailable(_))
+    }
+
+    /// True when a transient `DbError` is among `error`'s causes.
+    pub fn is_transient_cause(error: &anyhow::Error) -> bool {
+        error.chain().any(|c| {
+            c.downcast_ref::<DbError>()
+                .is_some_and(DbError::is_transient)
+        })
+    }
+}
+
+/// Which engine serves Spin's `default` database: its runtime config
+/// decides, and `db::prepare` finds out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// A SQLite file on this host (Spin's default): Kizuna sets the
+    /// pragmas, WAL and checkpoints itself.
+    #[default]
+    SqliteFile,
+    /// A libSQL server (`sqld`), through Spin's `type = "libsql"`
+    /// client: durability, WAL and checkpoints are the server's.
+    Libsql,
 }
 
 /// The SQL database. One value is one connection, opened per request.
@@ -157,6 +242,13 @@ pub trait Db {
     /// call this between batches. Without an implementation: no pause.
     async fn yield_to_writers(&self, pause: std::time::Duration) {
         let _ = pause;
+    }
+
+    /// The engine behind this connection, as `db::prepare` found it. A
+    /// bare connection does not know: only a prepared one (a
+    /// `pool::Lease`) answers for libSQL.
+    fn backend(&self) -> Backend {
+        Backend::SqliteFile
     }
 }
 

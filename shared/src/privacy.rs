@@ -5,8 +5,13 @@
 //! Erasure keeps the contact row as an anonymous tombstone (id and
 //! timestamps only) so that what accounting must keep (orders, points,
 //! from later components) stays attached to something, unlinked from the
-//! person. `secure_delete` (see `db`) zeroes the freed bytes, and a
-//! truncating WAL checkpoint afterwards removes old page images.
+//! person. On a SQLite file, `secure_delete` (see `db`) zeroes the freed
+//! bytes, and a truncating WAL checkpoint afterwards removes old page
+//! images. On a libSQL server neither can be asked for by the client:
+//! the erased values are gone from every query at once, but old page
+//! images stay in the server's WAL until its next checkpoint, and in its
+//! backups for as long as the server keeps them. The erasure answer says
+//! which guarantee held ([`storage_residue`]).
 
 use crate::Ctx;
 use crate::consent::{self, ConsentChange};
@@ -23,6 +28,29 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value as Json, json};
 use sha2::Sha256;
 use time::OffsetDateTime;
+
+/// What the erasure answer says of the bytes the storage may still hold,
+/// by engine (see the module's notes).
+pub fn storage_residue(backend: crate::ports::Backend, checkpointed: bool) -> Json {
+    match backend {
+        crate::ports::Backend::SqliteFile => json!({
+            "backend": "sqlite_file",
+            "freed_pages_zeroed": true,
+            "wal_checkpointed": checkpointed,
+            "note": if checkpointed {
+                "the erased values were overwritten in the database file and its log"
+            } else {
+                "the erased values were overwritten in the database file; the log is cleared at the next checkpoint"
+            },
+        }),
+        crate::ports::Backend::Libsql => json!({
+            "backend": "libsql",
+            "freed_pages_zeroed": false,
+            "wal_checkpointed": false,
+            "note": "the erased values are gone from every query; the libSQL server keeps old page images in its log until its next checkpoint, and in its backups and snapshots for as long as it keeps them",
+        }),
+    }
+}
 
 /// The export's lists that grow with the person's history, each paged
 /// by keyset, oldest first, so that a long history is exported in as
@@ -237,8 +265,9 @@ pub async fn export<D: Db, K: Kv>(
     let rfm_computed_at = crate::segments::analytics::ensure_fresh(db, now).await?;
     let rfm = db
         .execute(
-            "SELECT recency, frequency, monetary, churn_risk FROM rfm_scores WHERE contact_id = ?1",
-            &[id.into()],
+            "SELECT recency, frequency, monetary, churn_risk FROM rfm_scores
+             WHERE computed_at = ?2 AND contact_id = ?1",
+            &[id.into(), rfm_computed_at.as_str().into()],
         )
         .await
         .context("failed to read RFM scores")?;

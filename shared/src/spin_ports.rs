@@ -19,9 +19,10 @@ pub struct SpinDb(sqlite::Connection);
 
 impl SpinDb {
     pub async fn open_default() -> anyhow::Result<Self> {
-        let connection = sqlite::Connection::open_default()
-            .await
-            .map_err(|e| anyhow::anyhow!("failed to open the default database: {e}"))?;
+        let connection = sqlite::Connection::open_default().await.map_err(|e| {
+            anyhow::Error::from(DbError::from_message(e.to_string()))
+                .context("failed to open the default database")
+        })?;
         Ok(SpinDb(connection))
     }
 }

@@ -8,6 +8,8 @@
 //! - `host`: routes a request to the component's own `handle`, and serves
 //!   over HTTP on loopback for end-to-end and load tests.
 //! - `spin`: real `spin up` of the same manifest, for the suite and benches.
+//! - `servers`: sqld and Redis on loopback, and the runtime config that
+//!   puts Spin's stores on them.
 //! - `load`: HTTP load with `wrk` for the benches under Spin (a request
 //!   file written in Rust, replayed by a Lua script, its figures parsed).
 
@@ -16,6 +18,7 @@ pub mod datagen;
 pub mod host;
 pub mod load;
 pub mod manifest;
+pub mod servers;
 pub mod spin;
 pub mod stores;
 

@@ -57,11 +57,35 @@ impl SpinApp {
         Self::start_manifest(&workspace_root().join("spin.toml"), state_dir, variables)
     }
 
+    /// Like `start`, with Spin's stores where `runtime_config` says (e.g.
+    /// sqld and Redis, `servers::runtime_config`).
+    pub fn start_with_runtime_config(
+        state_dir: &Path,
+        variables: &[(String, String)],
+        runtime_config: &Path,
+    ) -> anyhow::Result<SpinApp> {
+        Self::start_full(
+            &workspace_root().join("spin.toml"),
+            state_dir,
+            variables,
+            Some(runtime_config),
+        )
+    }
+
     /// Like `start`, for another manifest (a bench's baseline app).
     pub fn start_manifest(
         manifest: &Path,
         state_dir: &Path,
         variables: &[(String, String)],
+    ) -> anyhow::Result<SpinApp> {
+        Self::start_full(manifest, state_dir, variables, None)
+    }
+
+    fn start_full(
+        manifest: &Path,
+        state_dir: &Path,
+        variables: &[(String, String)],
+        runtime_config: Option<&Path>,
     ) -> anyhow::Result<SpinApp> {
         std::fs::create_dir_all(state_dir).context("failed to create Spin's state folder")?;
         let mut last_error = None;
@@ -69,7 +93,7 @@ impl SpinApp {
         // it (tests start many apps at once): try a few.
         for attempt in 0..5 {
             let log = state_dir.join(format!("spin-up-{attempt}.log"));
-            match Self::try_start(manifest, state_dir, variables, &log) {
+            match Self::try_start(manifest, state_dir, variables, runtime_config, &log) {
                 Ok(app) => return Ok(app),
                 Err(e) => last_error = Some(e),
             }
@@ -81,6 +105,7 @@ impl SpinApp {
         manifest: &Path,
         state_dir: &Path,
         variables: &[(String, String)],
+        runtime_config: Option<&Path>,
         log: &Path,
     ) -> anyhow::Result<SpinApp> {
         let addr = free_loopback_port()?;
@@ -103,6 +128,9 @@ impl SpinApp {
             .stderr(log_file);
         for (name, value) in variables {
             command.arg("--variable").arg(format!("{name}={value}"));
+        }
+        if let Some(path) = runtime_config {
+            command.arg("--runtime-config-file").arg(path);
         }
         // Extra `spin up` flags for experiments, e.g.
         // `KIZUNA_SPIN_ARGS="--max-instance-concurrent-reuse-count 1"`.

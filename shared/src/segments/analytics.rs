@@ -21,13 +21,16 @@
 //! - Whoever reads them first calls [`ensure_fresh`]. While the cached
 //!   computation is less than [`RFM_MAX_AGE`] from now (either way, so a
 //!   clock set back also recomputes) it is used as is. Otherwise the
-//!   caller recomputes, in two phases so that writers (webhooks, points)
-//!   are never held up by the analysis: first the scores are computed into
-//!   a per-connection TEMP table under a plain read snapshot, without the
-//!   write lock (the slow part: tens of seconds for a million contacts and
-//!   three million orders on a small machine; readers and writers carry
-//!   on), then one short `BEGIN IMMEDIATE` transaction re-checks freshness
-//!   and swaps the rows in (about a second at that size).
+//!   caller recomputes without ever holding the write lock for long, so
+//!   that writers (webhooks, points) are not held up and a libSQL server
+//!   (which takes back a lock held over 5 s) never ends the work: the
+//!   quintile boundaries are read under one read snapshot, then the
+//!   scores are written beside the current ones, tagged with their own
+//!   computation time, in transactions of [`RFM_BATCH`] customers, and
+//!   one short transaction makes them current (`analytics_state` row
+//!   `rfm`). Readers join only the current computation
+//!   ([`CURRENT_RFM_SQL`]); the previous one is deleted afterwards, in
+//!   batches too.
 //! - Concurrent callers compute once: the first one records a claim
 //!   (`analytics_state` row `rfm_claim`, its `computed_at` being the time
 //!   of the claim). While a claim younger than [`RFM_CLAIM_TTL`] stands,
@@ -47,7 +50,10 @@
 //!   (most recent = 5), frequency by `order_count`, monetary by
 //!   `total_spent_minor`. Equal values are ordered by contact id, so the
 //!   quintiles have equal sizes (±1) and a tie that straddles a boundary
-//!   splits the same way on every run.
+//!   splits the same way on every run. The boundaries are those of the
+//!   snapshot the computation started from; a customer whose figures
+//!   change while the batches run is scored on the new figures against
+//!   those boundaries.
 //! - Churn risk: `none` below 2 counted orders. Otherwise, with `gap` the
 //!   median of the customer's own gaps in days between consecutive counted
 //!   orders and `since` the days from the last one to the computation:
@@ -59,7 +65,7 @@
 //!   such contact: no threshold (stored as NULL, read as 0).
 
 use crate::Ctx;
-use crate::db::transaction;
+use crate::db::{read_snapshot, transaction};
 use crate::error::ApiError;
 use crate::http::{Request, Response, json_response, query_pairs, query_param};
 use crate::ports::{Db, Kv, Value};
@@ -89,33 +95,53 @@ const CROSS_SELL_DEFAULT_LIMIT: i64 = 10;
 const CROSS_SELL_MAX_LIMIT: i64 = 50;
 const MAX_ITEM_CHARS: usize = 255;
 
-/// The phase-one table: this connection's own, gone with it.
-const CREATE_NEXT_SQL: &str = "
-CREATE TEMP TABLE IF NOT EXISTS rfm_next (
-    contact_id TEXT PRIMARY KEY,
-    recency    INTEGER NOT NULL,
-    frequency  INTEGER NOT NULL,
-    monetary   INTEGER NOT NULL,
-    churn_risk TEXT NOT NULL
-) WITHOUT ROWID";
+/// How many customers one scoring transaction covers: a few
+/// milliseconds of work, far from the 5 s a libSQL server lets a write
+/// transaction hold its lock.
+pub const RFM_BATCH: i64 = 2_000;
 
-/// Scores and churn risk into `temp.rfm_next`; `?1` is the computation
-/// time.
-const RFM_SQL: &str = "
-WITH scored AS (
-    SELECT id, order_count, last_order_at,
-           NTILE(5) OVER (ORDER BY last_order_at, id) AS recency,
-           NTILE(5) OVER (ORDER BY order_count, id) AS frequency,
-           NTILE(5) OVER (ORDER BY total_spent_minor, id) AS monetary
-    FROM contacts
-    WHERE erased_at IS NULL AND order_count > 0
+/// The computation readers use, as a scalar subquery: join
+/// `rfm_scores r` with `r.computed_at = {CURRENT_RFM_SQL}`.
+pub const CURRENT_RFM_SQL: &str = "(SELECT computed_at FROM analytics_state WHERE name = 'rfm')";
+
+/// The customers RFM scores, in one place for the boundaries and the
+/// batches: `r`, `f` and `m` are the three measures.
+const CUSTOMERS_SQL: &str = "
+SELECT id, COALESCE(last_order_at, '') AS r, order_count AS f, total_spent_minor AS m,
+       order_count, last_order_at
+FROM contacts
+WHERE erased_at IS NULL AND order_count > 0";
+
+/// The measures whose quintiles RFM reads, with the column of each in
+/// [`CUSTOMERS_SQL`].
+const MEASURES: [&str; 3] = ["r", "f", "m"];
+
+/// The customers of one batch: ids after `?2` up to `?3`.
+fn batch_sql() -> String {
+    // The score of a measure is 1 plus the boundaries at or below the
+    // customer's (value, id); a missing boundary (fewer than five
+    // customers) is NULL and counts for none.
+    let score = |measure: &str, first: usize| -> String {
+        (0..4)
+            .map(|g| {
+                let p = first + 2 * g;
+                format!("COALESCE((b.{measure}, b.id) >= (?{p}, ?{}), 0)", p + 1)
+            })
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
+    format!(
+        "
+WITH batch AS (
+    SELECT * FROM ({CUSTOMERS_SQL}) WHERE id > ?2 AND id <= ?3
 ),
 gaps AS (
     SELECT contact_id,
            julianday(placed_at)
              - julianday(LAG(placed_at) OVER (PARTITION BY contact_id ORDER BY placed_at)) AS gap
     FROM orders
-    WHERE contact_id IS NOT NULL AND paid = 1 AND cancelled = 0 AND status <> 'refunded'
+    WHERE contact_id IN (SELECT id FROM batch)
+      AND paid = 1 AND cancelled = 0 AND status <> 'refunded'
 ),
 ranked AS (
     SELECT contact_id, gap,
@@ -130,16 +156,22 @@ medians AS (
     WHERE k IN ((n + 1) / 2, (n + 2) / 2)
     GROUP BY contact_id
 )
-INSERT INTO temp.rfm_next (contact_id, recency, frequency, monetary, churn_risk)
-SELECT s.id, s.recency, s.frequency, s.monetary,
+INSERT INTO rfm_scores (computed_at, contact_id, recency, frequency, monetary, churn_risk)
+SELECT ?1, b.id, 1 + {r}, 1 + {f}, 1 + {m},
        CASE
-           WHEN s.order_count < 2 OR m.median_gap IS NULL THEN 'none'
-           WHEN julianday(?1) - julianday(s.last_order_at) > 2 * m.median_gap THEN 'high'
-           WHEN julianday(?1) - julianday(s.last_order_at) > m.median_gap THEN 'medium'
+           WHEN b.order_count < 2 OR md.median_gap IS NULL THEN 'none'
+           WHEN julianday(?1) - julianday(b.last_order_at) > 2 * md.median_gap THEN 'high'
+           WHEN julianday(?1) - julianday(b.last_order_at) > md.median_gap THEN 'medium'
            ELSE 'low'
        END
-FROM scored s
-LEFT JOIN medians m ON m.contact_id = s.id";
+FROM batch b
+LEFT JOIN medians md ON md.contact_id = b.id
+ON CONFLICT DO NOTHING",
+        r = score("r", 4),
+        f = score("f", 12),
+        m = score("m", 20),
+    )
+}
 
 /// The VIP threshold; `?1` is the start of the spend window. No row when
 /// nobody spent in the window.
@@ -243,11 +275,30 @@ pub async fn refresh(db: &impl Db, now: OffsetDateTime) -> anyhow::Result<String
     recompute(db, now, false).await
 }
 
-/// Phase one into `temp.rfm_next`, then the swap. With `keep_fresh`, a
-/// fresh computation that another caller swapped in meanwhile wins.
+/// The quintile boundaries, the scores in batches, then the swap (see
+/// the module's notes). With `keep_fresh`, a fresh computation that
+/// another caller made current meanwhile wins, and this one's rows go.
 async fn recompute(db: &impl Db, now: OffsetDateTime, keep_fresh: bool) -> anyhow::Result<String> {
     let at = timestamp::format(now);
-    let threshold = match compute_next(db, now, &at).await {
+    let scored = async || -> anyhow::Result<Option<i64>> {
+        let (boundaries, threshold) = read_snapshot(db, async || {
+            let boundaries = quintile_boundaries(db).await?;
+            let since = timestamp::format(now - VIP_WINDOW);
+            let rows = db
+                .execute(VIP_SQL, &[since.into()])
+                .await
+                .context("failed to compute the VIP threshold")?;
+            let threshold = match rows.first() {
+                Some(row) => row.opt_i64("spent")?,
+                None => None,
+            };
+            Ok::<_, anyhow::Error>((boundaries, threshold))
+        })
+        .await?;
+        score_in_batches(db, &at, &boundaries).await?;
+        Ok(threshold)
+    };
+    let threshold = match scored().await {
         Ok(threshold) => threshold,
         Err(e) => {
             // Let the next caller try at once rather than after the TTL.
@@ -260,26 +311,20 @@ async fn recompute(db: &impl Db, now: OffsetDateTime, keep_fresh: bool) -> anyho
             {
                 eprintln!("failed to release the RFM claim: {release}");
             }
+            if let Err(cleanup) = delete_computation(db, &at).await {
+                eprintln!("failed to delete an unfinished RFM computation: {cleanup:#}");
+            }
             return Err(e);
         }
     };
-    let used = transaction(db, async || {
+    let (used, replaced) = transaction(db, async || {
+        let current = rfm_state(db).await?.computed_at;
         if keep_fresh
-            && let Some(other) = rfm_state(db).await?.computed_at
-            && is_recent(&other, now, RFM_MAX_AGE)
+            && let Some(other) = &current
+            && is_recent(other, now, RFM_MAX_AGE)
         {
-            return Ok::<_, anyhow::Error>(other);
+            return Ok::<_, anyhow::Error>((other.clone(), Some(at.clone())));
         }
-        db.execute("DELETE FROM rfm_scores", &[])
-            .await
-            .context("failed to clear the RFM scores")?;
-        db.execute(
-            "INSERT INTO rfm_scores (contact_id, recency, frequency, monetary, churn_risk)
-             SELECT contact_id, recency, frequency, monetary, churn_risk FROM temp.rfm_next",
-            &[],
-        )
-        .await
-        .context("failed to store the RFM scores")?;
         set_state(db, VIP_STATE, threshold, &at).await?;
         set_state(db, RFM_STATE, None, &at).await?;
         db.execute(
@@ -288,36 +333,137 @@ async fn recompute(db: &impl Db, now: OffsetDateTime, keep_fresh: bool) -> anyho
         )
         .await
         .context("failed to release the RFM claim")?;
-        Ok(at.clone())
+        Ok((at.clone(), current.filter(|c| *c != at)))
     })
     .await?;
-    db.execute("DROP TABLE IF EXISTS temp.rfm_next", &[])
-        .await
-        .context("failed to drop the RFM work table")?;
+    if let Some(old) = replaced
+        && let Err(e) = delete_computation(db, &old).await
+    {
+        // The rows are never read again; the next computation retries.
+        eprintln!("failed to delete the previous RFM computation: {e:#}");
+    }
     Ok(used)
 }
 
-/// Phase one: the scores into `temp.rfm_next`, and the VIP threshold.
-/// Reads under a snapshot and writes only the connection's own TEMP
-/// table, never taking the write lock, so writers carry on meanwhile.
-async fn compute_next(db: &impl Db, now: OffsetDateTime, at: &str) -> anyhow::Result<Option<i64>> {
-    db.execute(CREATE_NEXT_SQL, &[])
-        .await
-        .context("failed to create the RFM work table")?;
-    db.execute("DELETE FROM temp.rfm_next", &[])
-        .await
-        .context("failed to clear the RFM work table")?;
-    db.execute(RFM_SQL, &[at.into()])
-        .await
-        .context("failed to compute the RFM scores")?;
-    let since = timestamp::format(now - VIP_WINDOW);
+/// Each measure's four boundaries, as (value, contact id) of the first
+/// customer of quintiles 2 to 5 in `NTILE(5)`'s order; `None` where a
+/// quintile is empty (fewer than five customers). Run inside a read
+/// snapshot.
+async fn quintile_boundaries(db: &impl Db) -> anyhow::Result<Vec<Option<(Value, Value)>>> {
     let rows = db
-        .execute(VIP_SQL, &[since.into()])
+        .execute(&format!("SELECT count(*) AS n FROM ({CUSTOMERS_SQL})"), &[])
         .await
-        .context("failed to compute the VIP threshold")?;
-    match rows.first() {
-        Some(row) => row.opt_i64("spent"),
-        None => Ok(None),
+        .context("failed to count the customers")?;
+    let n = rows.first().context("a count")?.i64("n")?;
+    // NTILE(5) gives the first `n % 5` quintiles one row more: quintile
+    // g + 1 starts at 0-based rank g * (n / 5) + min(g, n % 5).
+    let starts: Vec<i64> = (1..=4).map(|g| g * (n / 5) + g.min(n % 5)).collect();
+    let mut boundaries = Vec::with_capacity(12);
+    for measure in MEASURES {
+        let rows = db
+            .execute(
+                &format!(
+                    "SELECT k, value, id FROM (
+                         SELECT {measure} AS value, id,
+                                ROW_NUMBER() OVER (ORDER BY {measure}, id) - 1 AS k
+                         FROM ({CUSTOMERS_SQL}))
+                     WHERE k IN (?1, ?2, ?3, ?4)"
+                ),
+                &starts
+                    .iter()
+                    .map(|k| Value::Integer(*k))
+                    .collect::<Vec<_>>(),
+            )
+            .await
+            .with_context(|| format!("failed to find the `{measure}` quintiles"))?;
+        for start in &starts {
+            let found = rows
+                .iter()
+                .find(|row| row.i64("k").is_ok_and(|k| k == *start))
+                .map(|row| -> anyhow::Result<(Value, Value)> {
+                    Ok((row.value("value")?.clone(), row.value("id")?.clone()))
+                })
+                .transpose()?;
+            boundaries.push(found);
+        }
+    }
+    Ok(boundaries)
+}
+
+/// Writes computation `at`'s scores, [`RFM_BATCH`] customers per
+/// transaction, pausing between batches as long as each held the lock.
+async fn score_in_batches(
+    db: &impl Db,
+    at: &str,
+    boundaries: &[Option<(Value, Value)>],
+) -> anyhow::Result<()> {
+    let sql = batch_sql();
+    let mut params: Vec<Value> = vec![at.into(), Value::Null, Value::Null];
+    for boundary in boundaries {
+        let (value, id) = boundary.clone().unwrap_or((Value::Null, Value::Null));
+        params.extend([value, id]);
+    }
+    let mut after = String::new();
+    loop {
+        let rows = db
+            .execute(
+                &format!(
+                    "SELECT max(id) AS last_id FROM (
+                         SELECT id FROM ({CUSTOMERS_SQL}) WHERE id > ?1 ORDER BY id LIMIT ?2)"
+                ),
+                &[after.as_str().into(), RFM_BATCH.into()],
+            )
+            .await
+            .context("failed to find the next RFM batch")?;
+        let Some(last) = rows
+            .first()
+            .map(|r| r.opt_str("last_id"))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(());
+        };
+        let last = last.to_owned();
+        params[1] = after.as_str().into();
+        params[2] = last.as_str().into();
+        let held = std::cell::Cell::new(std::time::Duration::ZERO);
+        transaction(db, async || {
+            let locked = std::time::Instant::now();
+            db.execute(&sql, &params)
+                .await
+                .context("failed to store a batch of RFM scores")?;
+            held.set(locked.elapsed());
+            Ok::<_, anyhow::Error>(())
+        })
+        .await?;
+        db.yield_to_writers(held.get()).await;
+        after = last;
+    }
+}
+
+/// Deletes computation `at`'s scores, a batch per transaction.
+async fn delete_computation(db: &impl Db, at: &str) -> anyhow::Result<()> {
+    loop {
+        let held = std::cell::Cell::new(std::time::Duration::ZERO);
+        let deleted = transaction(db, async || {
+            let locked = std::time::Instant::now();
+            let rows = db
+                .execute(
+                    "DELETE FROM rfm_scores WHERE computed_at = ?1 AND contact_id IN (
+                         SELECT contact_id FROM rfm_scores WHERE computed_at = ?1 LIMIT ?2)
+                     RETURNING 1",
+                    &[at.into(), (RFM_BATCH * 5).into()],
+                )
+                .await
+                .context("failed to delete RFM scores")?;
+            held.set(locked.elapsed());
+            Ok::<_, anyhow::Error>(rows.len())
+        })
+        .await?;
+        if deleted == 0 {
+            return Ok(());
+        }
+        db.yield_to_writers(held.get()).await;
     }
 }
 
@@ -411,12 +557,14 @@ pub async fn rfm_grid<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>) -> Result<Response, Api
     let rows = ctx
         .db
         .execute(
-            "SELECT r.recency, r.frequency, count(*) AS customers,
-                    COALESCE(SUM(c.total_spent_minor), 0) AS spent
-             FROM rfm_scores r
-             JOIN contacts c ON c.id = r.contact_id
-             WHERE c.erased_at IS NULL
-             GROUP BY r.recency, r.frequency",
+            &format!(
+                "SELECT r.recency, r.frequency, count(*) AS customers,
+                        COALESCE(SUM(c.total_spent_minor), 0) AS spent
+                 FROM rfm_scores r
+                 JOIN contacts c ON c.id = r.contact_id
+                 WHERE r.computed_at = {CURRENT_RFM_SQL} AND c.erased_at IS NULL
+                 GROUP BY r.recency, r.frequency"
+            ),
             &[],
         )
         .await

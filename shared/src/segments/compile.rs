@@ -9,6 +9,14 @@ use crate::shop_time;
 use crate::timestamp;
 use time::{Duration, OffsetDateTime, UtcOffset};
 
+/// Contact `c`'s `column` in the current RFM computation.
+fn rfm_score(column: &str) -> String {
+    format!(
+        "(SELECT r.{column} FROM rfm_scores r WHERE r.computed_at = {} AND r.contact_id = c.id)",
+        super::analytics::CURRENT_RFM_SQL
+    )
+}
+
 /// What conditions need besides the definition.
 #[derive(Debug, Clone, Copy)]
 pub struct Env {
@@ -120,8 +128,7 @@ impl Builder {
                 )
             }
             Builtin::AtRisk => {
-                "(SELECT r.churn_risk FROM rfm_scores r WHERE r.contact_id = c.id) = 'high'"
-                    .to_owned()
+                format!("{} = 'high'", rfm_score("churn_risk"))
             }
             Builtin::Dormant => {
                 format!("c.last_order_at < {}", self.t(add_days(self.env.now, -365)))
@@ -149,7 +156,10 @@ impl Builder {
             Field::LifecycleStage => self.scalar("c.lifecycle_stage", *op, value),
             Field::Attribute(key) => {
                 // The path is a parameter too: `$."<key>"` with quotes escaped.
-                let path = self.p(format!("$.\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\"")));
+                let path = self.p(format!(
+                    "$.\"{}\"",
+                    key.replace('\\', "\\\\").replace('"', "\\\"")
+                ));
                 self.scalar(&format!("json_extract(c.attributes, {path})"), *op, value)
             }
             Field::HasEmail => bool_sql("c.email IS NOT NULL", value),
@@ -158,7 +168,9 @@ impl Builder {
             Field::CreatedAt => self.time("c.created_at", *op, value),
             Field::FirstOrderAt => self.time("c.first_order_at", *op, value),
             Field::LastOrderAt => self.time("c.last_order_at", *op, value),
-            Field::BirthdayMonth => self.scalar("CAST(substr(c.birthday, 6, 2) AS INTEGER)", *op, value),
+            Field::BirthdayMonth => {
+                self.scalar("CAST(substr(c.birthday, 6, 2) AS INTEGER)", *op, value)
+            }
             Field::OrderCount => self.scalar("c.order_count", *op, value),
             Field::TotalSpent => self.scalar("c.total_spent_minor", *op, value),
             Field::AverageOrderValue => self.scalar("c.average_order_value_minor", *op, value),
@@ -175,13 +187,11 @@ impl Builder {
                 Operand::Days(days) => self.points_expiring(*days),
                 _ => "0".to_owned(),
             },
-            Field::RfmRecency => self.scalar("(SELECT r.recency FROM rfm_scores r WHERE r.contact_id = c.id)", *op, value),
-            Field::RfmFrequency => {
-                self.scalar("(SELECT r.frequency FROM rfm_scores r WHERE r.contact_id = c.id)", *op, value)
-            }
-            Field::RfmMonetary => self.scalar("(SELECT r.monetary FROM rfm_scores r WHERE r.contact_id = c.id)", *op, value),
+            Field::RfmRecency => self.scalar(&rfm_score("recency"), *op, value),
+            Field::RfmFrequency => self.scalar(&rfm_score("frequency"), *op, value),
+            Field::RfmMonetary => self.scalar(&rfm_score("monetary"), *op, value),
             Field::ChurnRisk => self.scalar(
-                "COALESCE((SELECT r.churn_risk FROM rfm_scores r WHERE r.contact_id = c.id), 'none')",
+                &format!("COALESCE({}, 'none')", rfm_score("churn_risk")),
                 *op,
                 value,
             ),

@@ -1771,6 +1771,278 @@ fn a_form_without_configured_wording_keeps_no_posted_version() {
 }
 
 // ---------------------------------------------------------------------------
+// Where form settings are kept
+// ---------------------------------------------------------------------------
+
+/// The key-value store's file in the app's state folder: Spin's name and
+/// table, which the native host uses too, so a test can reach it either way.
+fn kv_path(app: &TestApp) -> std::path::PathBuf {
+    app.dir.path().join("sqlite_key_value.db")
+}
+
+fn kv_store(app: &TestApp) -> kizuna_tests::stores::SqliteKv {
+    kizuna_tests::stores::SqliteKv::open(&kv_path(app)).expect("the key-value store")
+}
+
+fn kv_get(app: &TestApp, key: &str) -> Option<Vec<u8>> {
+    use kizuna::ports::Kv as _;
+    if let Some(backing) = &app.backing {
+        return backing.redis.get(key).expect("Redis GET");
+    }
+    futures::executor::block_on(kv_store(app).get(key)).expect("key-value get")
+}
+
+fn kv_set(app: &TestApp, key: &str, value: &[u8]) {
+    use kizuna::ports::Kv as _;
+    if let Some(backing) = &app.backing {
+        return backing.redis.set(key, value).expect("Redis SET");
+    }
+    futures::executor::block_on(kv_store(app).set(key, value)).expect("key-value set");
+}
+
+/// Empties the key-value store, as a Redis restart without persistence
+/// would (on Redis: that restart).
+fn wipe_kv(app: &mut TestApp) {
+    if let Some(backing) = &mut app.backing {
+        backing.redis.start_again().expect("Redis restarted");
+        return;
+    }
+    drop(kv_store(app)); // creates the table if nothing has yet
+    rusqlite::Connection::open(kv_path(app))
+        .expect("the key-value store")
+        .execute("DELETE FROM spin_key_value", [])
+        .expect("wipe the key-value store");
+}
+
+/// The `form_settings` row of `form_id`: settings, updated_at, updated_by.
+fn settings_row(app: &TestApp, form_id: &str) -> Option<(Json, String, String)> {
+    use rusqlite::OptionalExtension as _;
+    app.db()
+        .query_row(
+            "SELECT settings, updated_at, updated_by FROM form_settings WHERE form_id = ?1",
+            [form_id],
+            |r| {
+                let settings: String = r.get(0)?;
+                Ok((
+                    serde_json::from_str(&settings).expect("settings JSON"),
+                    r.get(1)?,
+                    r.get(2)?,
+                ))
+            },
+        )
+        .optional()
+        .expect("form_settings")
+}
+
+/// Where a release before form settings moved to SQLite kept them.
+const LEGACY_SPRING_KEY: &str = "forms/spring/settings";
+
+/// What such a release kept for `spring`: settings with their author and
+/// time, as JSON.
+fn legacy_spring_settings() -> Json {
+    json!({
+        "settings": {
+            "thank_you_url": "https://lp.example.jp/legacy-thanks",
+            "required_fields": ["name"],
+            "tags": ["legacy"],
+            "consent_text_version": "v1",
+        },
+        "updated_at": "2026-04-01T09:00:00.000000Z",
+        "updated_by": "key:admin",
+    })
+}
+
+#[test]
+fn form_settings_survive_the_loss_of_the_key_value_store() {
+    // Arrange
+    let mut app = TestApp::new();
+    configure(
+        &app,
+        "spring",
+        &json!({
+            "thank_you_url": "https://lp.example.jp/thanks",
+            "required_fields": ["name"],
+            "tags": ["spring-2026"],
+            "consent_text_version": "v3",
+            "consent_texts": {"v2": "旧文言"},
+        }),
+    );
+    let saved = app.get(FORMS_KEY, "/v1/forms/spring/settings");
+    assert_eq!(saved.status, 200, "{}", saved.text());
+    let saved = saved.json();
+
+    // Act: the key-value store is lost, as a Redis restart would lose it.
+    let in_kv = kv_get(&app, LEGACY_SPRING_KEY);
+    wipe_kv(&mut app);
+    let read = app.get(FORMS_KEY, "/v1/forms/spring/settings");
+    let without_name = app.post_form("spring", "email=kept%40example.jp", IP);
+    let with_name = app.post_form(
+        "spring",
+        "email=kept%40example.jp&name=%E5%B1%B1%E7%94%B0",
+        IP,
+    );
+
+    // Assert
+    assert_eq!(
+        in_kv, None,
+        "form settings were written to the key-value store"
+    );
+    assert_eq!(read.status, 200, "{}", read.text());
+    assert_eq!(read.json(), saved);
+    let (settings, updated_at, updated_by) =
+        settings_row(&app, "spring").expect("a form_settings row");
+    assert_eq!(settings, saved["settings"]);
+    assert_eq!(
+        updated_at,
+        saved["updated_at"].as_str().expect("updated_at")
+    );
+    assert_eq!(updated_by, "key:forms");
+    let problem = without_name.assert_problem(422, "required name");
+    assert_eq!(error_fields(&problem), ["name"]);
+    assert_eq!(with_name.status, 303, "{}", with_name.text());
+    assert_eq!(
+        with_name.header("location"),
+        Some("https://lp.example.jp/thanks")
+    );
+    assert_eq!(
+        contact_by_email(&app, "kept@example.jp")["tags"],
+        json!(["spring-2026"])
+    );
+}
+
+#[test]
+fn settings_an_earlier_release_kept_in_the_key_value_store_are_honoured_and_moved() {
+    // Arrange: no row, only what an earlier release left in the store.
+    let mut app = TestApp::new();
+    started(&app);
+    let legacy = legacy_spring_settings();
+    kv_set(&app, LEGACY_SPRING_KEY, legacy.to_string().as_bytes());
+    assert_eq!(settings_row(&app, "spring"), None);
+
+    // Act
+    let without_name = app.post_form("spring", "email=legacy%40example.jp", IP);
+    let with_name = app.post_form(
+        "spring",
+        "email=legacy%40example.jp&name=%E5%B1%B1%E7%94%B0",
+        IP,
+    );
+    wipe_kv(&mut app);
+    let read = app.get(FORMS_KEY, "/v1/forms/spring/settings");
+
+    // Assert: honoured by the first post, and in the table from then on.
+    let problem = without_name.assert_problem(422, "required name");
+    assert_eq!(error_fields(&problem), ["name"]);
+    assert_eq!(with_name.status, 303, "{}", with_name.text());
+    assert_eq!(
+        with_name.header("location"),
+        Some("https://lp.example.jp/legacy-thanks")
+    );
+    assert_eq!(
+        contact_by_email(&app, "legacy@example.jp")["tags"],
+        json!(["legacy"])
+    );
+    let expected_settings = json!({
+        "thank_you_url": "https://lp.example.jp/legacy-thanks",
+        "allowed_origins": [],
+        "required_fields": ["name"],
+        "tags": ["legacy"],
+        "consent_text_version": "v1",
+        "consent_texts": {},
+    });
+    assert_eq!(
+        settings_row(&app, "spring"),
+        Some((
+            expected_settings.clone(),
+            "2026-04-01T09:00:00.000000Z".to_owned(),
+            "key:admin".to_owned(),
+        ))
+    );
+    assert_eq!(read.status, 200, "{}", read.text());
+    assert_eq!(
+        read.json(),
+        json!({
+            "form_id": "spring",
+            "configured": true,
+            "updated_at": "2026-04-01T09:00:00.000000Z",
+            "updated_by": "key:admin",
+            "settings": expected_settings,
+        })
+    );
+}
+
+#[test]
+fn settings_put_after_the_move_win_over_what_the_key_value_store_still_holds() {
+    // Arrange
+    let app = TestApp::new();
+    let legacy = legacy_spring_settings().to_string();
+    kv_set(&app, LEGACY_SPRING_KEY, legacy.as_bytes());
+
+    // Act: new settings saved before anything read the old ones.
+    configure(&app, "spring", &json!({"tags": ["new"]}));
+    let read = app.get(FORMS_KEY, "/v1/forms/spring/settings").json();
+    let post = app.post_form("spring", "email=new%40example.jp", IP);
+
+    // Assert: no name required, no legacy redirect or tag, and the old
+    // entry left as it was (nothing writes form settings there).
+    assert_eq!(read["settings"]["tags"], json!(["new"]));
+    assert_eq!(read["settings"]["required_fields"], json!([]));
+    assert_eq!(post.status, 200, "{}", post.text());
+    assert_eq!(
+        contact_by_email(&app, "new@example.jp")["tags"],
+        json!(["new"])
+    );
+    assert_eq!(kv_get(&app, LEGACY_SPRING_KEY), Some(legacy.into_bytes()));
+}
+
+#[test]
+fn an_unreadable_legacy_entry_is_taken_as_no_settings() {
+    // Arrange
+    let app = TestApp::new();
+    kv_set(&app, LEGACY_SPRING_KEY, b"{\"settings\": {\"tags\": [");
+
+    // Act
+    let post = app.post_form("spring", "email=broken%40example.jp", IP);
+    let read = app.get(FORMS_KEY, "/v1/forms/spring/settings");
+
+    // Assert: the lead is taken with the defaults, and nothing was moved.
+    assert_eq!(post.status, 200, "{}", post.text());
+    assert_eq!(
+        contact_by_email(&app, "broken@example.jp")["tags"],
+        json!([])
+    );
+    assert_eq!(read.status, 200, "{}", read.text());
+    assert_eq!(read.json()["configured"], false);
+    assert_eq!(settings_row(&app, "spring"), None);
+}
+
+#[test]
+fn a_key_value_store_that_fails_does_not_stop_a_form() {
+    if skip_under_spin("replaces the key-value store's file, which `spin up` holds open") {
+        return;
+    }
+    // Arrange: the store's file is not a database, so every look-up fails.
+    let app = TestApp::new();
+    std::fs::write(kv_path(&app), vec![b'x'; 4096]).expect("write the store's file");
+    configure(&app, "autumn", &json!({"tags": ["autumn"]}));
+
+    // Act
+    let unconfigured = app.post_form("spring", "email=down%40example.jp", IP);
+    let configured = app.post_form("autumn", "email=up%40example.jp", IP);
+    let read = app.get(FORMS_KEY, "/v1/forms/spring/settings");
+
+    // Assert: the legacy look-up failed, and the defaults answered.
+    assert_eq!(unconfigured.status, 200, "{}", unconfigured.text());
+    assert_eq!(contact_by_email(&app, "down@example.jp")["tags"], json!([]));
+    assert_eq!(configured.status, 200, "{}", configured.text());
+    assert_eq!(
+        contact_by_email(&app, "up@example.jp")["tags"],
+        json!(["autumn"])
+    );
+    assert_eq!(read.status, 200, "{}", read.text());
+    assert_eq!(read.json()["configured"], false);
+}
+
+// ---------------------------------------------------------------------------
 // CORS
 // ---------------------------------------------------------------------------
 

@@ -1,14 +1,17 @@
 //! `TestApp`: a fresh temporary database per test, with API keys of each
 //! scope, and helpers to call it and look inside. It runs the native host
 //! in-process, or, with `KIZUNA_TEST_SPIN=1`, a real `spin up` per test
-//! over the same state folder, reached over HTTP. Tests that need the
-//! manual clock or the native host itself call `skip_under_spin` and say
-//! why.
+//! over the same state folder, reached over HTTP; with also
+//! `KIZUNA_TEST_BACKEND=libsql`, that Spin app keeps its data in a sqld
+//! and a Redis of its own. Tests that need the manual clock or the native
+//! host itself call `skip_under_spin` and say why; tests that need a
+//! SQLite file call `skip_on_libsql`.
 
 #![allow(dead_code)] // each suite uses a different subset
 
 use bytes::Bytes;
 use kizuna::auth::key_digest;
+use kizuna_tests::servers::{Backing, libsql_mode};
 use kizuna_tests::spin::{SpinApp, spin_mode};
 use kizuna_tests::{Host, ManualClock, Server};
 use serde_json::Value as Json;
@@ -65,6 +68,10 @@ pub enum Target {
 
 pub struct TestApp {
     pub target: Target,
+    /// sqld and Redis under the Spin app, in the libSQL run
+    /// (`KIZUNA_TEST_BACKEND=libsql`); dropped after `target`, so Spin
+    /// stops before its stores do.
+    pub backing: Option<Backing>,
     pub clock: Arc<ManualClock>,
     pub dir: tempfile::TempDir,
 }
@@ -75,6 +82,16 @@ pub fn skip_under_spin(reason: &str) -> bool {
     let skip = spin_mode();
     if skip {
         eprintln!("skipped under Spin: {reason}");
+    }
+    skip
+}
+
+/// True when this run keeps Spin's data on sqld and Redis; prints why
+/// the calling test does not run there.
+pub fn skip_on_libsql(reason: &str) -> bool {
+    let skip = libsql_mode();
+    if skip {
+        eprintln!("skipped on libSQL: {reason}");
     }
     skip
 }
@@ -154,8 +171,21 @@ impl TestApp {
             variables.retain(|(n, _)| n != name);
             variables.push(((*name).to_owned(), (*value).to_owned()));
         }
+        let mut backing = None;
         let target = if spin_mode() {
-            let spin = SpinApp::start(dir.path(), &variables).expect("spin up");
+            let spin = if libsql_mode() {
+                let servers = Backing::start(&dir.path().join("servers")).expect("sqld and Redis");
+                let spin = SpinApp::start_with_runtime_config(
+                    dir.path(),
+                    &variables,
+                    &servers.runtime_config,
+                )
+                .expect("spin up on sqld and Redis");
+                backing = Some(servers);
+                spin
+            } else {
+                SpinApp::start(dir.path(), &variables).expect("spin up")
+            };
             let agent: ureq::Agent = ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 .max_redirects(0)
@@ -172,7 +202,12 @@ impl TestApp {
             }
             Target::Native(Arc::new(host))
         };
-        TestApp { target, clock, dir }
+        TestApp {
+            target,
+            backing,
+            clock,
+            dir,
+        }
     }
 
     pub fn under_spin(&self) -> bool {
@@ -211,8 +246,17 @@ impl TestApp {
         }
     }
 
+    /// The SQLite file behind the app: Spin's own, or the one sqld keeps.
     pub fn database_path(&self) -> std::path::PathBuf {
-        self.dir.path().join("sqlite_db.db")
+        match &self.backing {
+            Some(backing) => backing.sqld.database_file(),
+            None => self.dir.path().join("sqlite_db.db"),
+        }
+    }
+
+    /// True when the app runs on sqld and Redis.
+    pub fn on_libsql(&self) -> bool {
+        self.backing.is_some()
     }
 
     pub fn request(
@@ -340,9 +384,18 @@ impl TestApp {
         response.json()["id"].as_str().expect("id").to_owned()
     }
 
-    /// A read-only view of the database for assertions.
+    /// A view of the database for assertions. On sqld it is read-only:
+    /// a write that bypassed the server would not be in its log.
     pub fn db(&self) -> rusqlite::Connection {
-        rusqlite::Connection::open(self.database_path()).expect("open db")
+        if self.on_libsql() {
+            rusqlite::Connection::open_with_flags(
+                self.database_path(),
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .expect("open sqld's file")
+        } else {
+            rusqlite::Connection::open(self.database_path()).expect("open db")
+        }
     }
 
     pub fn count(&self, sql: &str) -> i64 {
@@ -419,6 +472,32 @@ impl Served<'_> {
     pub fn stop(self) {
         if let Served::Native(server) = self {
             server.stop();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    /// A failing test under Spin shows what Spin (and sqld) logged: the
+    /// cause of a 5xx is only there.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        if let Target::Spin(spin, _) = &self.target {
+            let log = spin.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- spin up's log, last lines:");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+        if let Some(backing) = &self.backing {
+            let log = backing.sqld.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            eprintln!("--- sqld's log, last lines:");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
         }
     }
 }

@@ -3935,3 +3935,126 @@ fn changes_are_listed_a_page_at_a_time_without_evaluating_again() {
         .assert_problem(422, case);
     }
 }
+
+/// The scores written in batches are `NTILE(5)`'s, computed here over
+/// the same file in one statement: thousands of customers (several
+/// batches), uneven quintiles and ties included; churn risk too.
+#[test]
+fn rfm_written_in_batches_equals_ntile_over_the_whole_base() {
+    if skip_under_spin("generates the shop straight into the database file") {
+        return;
+    }
+    // Arrange: a generated shop of 9,001 contacts, in a file migrated
+    // before the app opens it.
+    let app = TestApp::new();
+    let db = kizuna_tests::stores::RusqliteDb::open(&app.database_path()).expect("a file");
+    futures::executor::block_on(kizuna::db::prepare(&db)).expect("migrated");
+    drop(db);
+    let spec = kizuna_tests::datagen::Spec {
+        contacts: 9_001,
+        orders: 24_000,
+        seed: 7,
+        now: app.now(),
+    };
+    kizuna_tests::datagen::generate(&app.database_path(), &spec).expect("a generated shop");
+
+    // Act
+    let grid = app.get(ADMIN_KEY, "/v1/analytics/rfm");
+    assert_eq!(grid.status, 200, "{}", grid.text());
+
+    // Assert: the current computation's rows are NTILE's, and nothing
+    // of another computation is left.
+    let computed_at = grid.json()["computed_at"]
+        .as_str()
+        .expect("computed_at")
+        .to_owned();
+    let expected = "
+        WITH scored AS (
+            SELECT id, order_count, last_order_at,
+                   NTILE(5) OVER (ORDER BY last_order_at, id) AS recency,
+                   NTILE(5) OVER (ORDER BY order_count, id) AS frequency,
+                   NTILE(5) OVER (ORDER BY total_spent_minor, id) AS monetary
+            FROM contacts WHERE erased_at IS NULL AND order_count > 0
+        ),
+        gaps AS (
+            SELECT contact_id, julianday(placed_at)
+                   - julianday(LAG(placed_at) OVER (PARTITION BY contact_id ORDER BY placed_at)) AS gap
+            FROM orders
+            WHERE contact_id IS NOT NULL AND paid = 1 AND cancelled = 0 AND status <> 'refunded'
+        ),
+        ranked AS (
+            SELECT contact_id, gap, ROW_NUMBER() OVER (PARTITION BY contact_id ORDER BY gap) AS k,
+                   COUNT(*) OVER (PARTITION BY contact_id) AS n
+            FROM gaps WHERE gap IS NOT NULL
+        ),
+        medians AS (
+            SELECT contact_id, AVG(gap) AS median_gap FROM ranked
+            WHERE k IN ((n + 1) / 2, (n + 2) / 2) GROUP BY contact_id
+        )
+        SELECT s.id, s.recency, s.frequency, s.monetary,
+               CASE
+                   WHEN s.order_count < 2 OR m.median_gap IS NULL THEN 'none'
+                   WHEN julianday(?1) - julianday(s.last_order_at) > 2 * m.median_gap THEN 'high'
+                   WHEN julianday(?1) - julianday(s.last_order_at) > m.median_gap THEN 'medium'
+                   ELSE 'low'
+               END
+        FROM scored s LEFT JOIN medians m ON m.contact_id = s.id
+        ORDER BY s.id";
+    type Score = (String, i64, i64, i64, String);
+    let read = |sql: &str, param: &str| -> Vec<Score> {
+        let db = app.db();
+        let mut statement = db.prepare(sql).expect(sql);
+        statement
+            .query_map([param], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("scores")
+    };
+    let want = read(expected, &computed_at);
+    let got = read(
+        "SELECT contact_id, recency, frequency, monetary, churn_risk FROM rfm_scores
+         WHERE computed_at = ?1 ORDER BY contact_id",
+        &computed_at,
+    );
+    assert!(
+        want.len() > 4_000,
+        "several batches: {} customers",
+        want.len()
+    );
+    assert_eq!(got.len(), want.len());
+    let differing: Vec<_> = got
+        .iter()
+        .zip(&want)
+        .filter(|(g, w)| g != w)
+        .take(5)
+        .collect();
+    assert!(differing.is_empty(), "{differing:?}");
+    assert_eq!(
+        app.count("SELECT count(*) FROM rfm_scores"),
+        want.len() as i64,
+        "only the current computation is kept"
+    );
+
+    // Act: eleven minutes later the scores are stale and computed again.
+    app.clock.advance(Duration::minutes(11));
+    let again = app.get(ADMIN_KEY, "/v1/analytics/rfm");
+
+    // Assert: the new computation replaced the old one.
+    assert_eq!(again.status, 200);
+    let recomputed_at = again.json()["computed_at"]
+        .as_str()
+        .expect("computed_at")
+        .to_owned();
+    assert_ne!(recomputed_at, computed_at);
+    assert_eq!(
+        app.count("SELECT count(DISTINCT computed_at) FROM rfm_scores"),
+        1,
+        "the previous computation was deleted"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) FROM rfm_scores"),
+        want.len() as i64
+    );
+}

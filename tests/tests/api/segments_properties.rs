@@ -1044,9 +1044,9 @@ fn insert(path: &std::path::Path, world: &World) -> rusqlite::Result<()> {
         }
         if let Some(r) = &c.rfm {
             tx.execute(
-                "INSERT INTO rfm_scores (contact_id, recency, frequency, monetary, churn_risk)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                rusqlite::params![c.id, r.recency, r.frequency, r.monetary, r.churn_risk],
+                "INSERT INTO rfm_scores (computed_at, contact_id, recency, frequency, monetary, churn_risk)
+                 VALUES (?6, ?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![c.id, r.recency, r.frequency, r.monetary, r.churn_risk, now],
             )?;
         }
     }
@@ -1056,6 +1056,11 @@ fn insert(path: &std::path::Path, world: &World) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO analytics_state (name, value, computed_at) VALUES ('vip_threshold', ?1, ?2)",
         rusqlite::params![world.vip_threshold, now],
+    )?;
+    // The scores above are the current computation.
+    tx.execute(
+        "INSERT INTO analytics_state (name, value, computed_at) VALUES ('rfm', NULL, ?1)",
+        rusqlite::params![now],
     )?;
     tx.commit()
 }

@@ -90,7 +90,9 @@ fn the_frequent_writes_stay_within_their_statement_budgets() {
     );
     // Before issue 9 these were 24 (a form post with consent), 43 and 20,
     // five of them the pragmas and the schema check of a new connection.
-    assert!(form_statements <= 11, "form post: {form_statements}");
+    // The form post's twelfth is the read of its settings, which moved
+    // from the key-value store (a cache that may be lost) to SQLite.
+    assert!(form_statements <= 12, "form post: {form_statements}");
     assert!(order_statements <= 24, "order webhook: {order_statements}");
     assert!(redeem_statements <= 13, "redeem: {redeem_statements}");
 }

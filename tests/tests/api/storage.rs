@@ -11,7 +11,7 @@ fn racing_first_requests_migrate_exactly_once() {
     // Act: eight connections prepare it at the same moment, as eight
     // concurrent first requests would.
     let barrier = std::sync::Barrier::new(8);
-    let results: Vec<anyhow::Result<()>> = std::thread::scope(|scope| {
+    let results: Vec<anyhow::Result<kizuna::ports::Backend>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..8)
             .map(|_| {
                 scope.spawn(|| {
@@ -26,7 +26,10 @@ fn racing_first_requests_migrate_exactly_once() {
 
     // Assert: all succeeded, the schema is current, the file is in WAL.
     for (index, result) in results.iter().enumerate() {
-        assert!(result.is_ok(), "connection {index}: {result:?}");
+        assert!(
+            matches!(result, Ok(kizuna::ports::Backend::SqliteFile)),
+            "connection {index}: {result:?}"
+        );
     }
     let conn = rusqlite::Connection::open(&path).unwrap();
     let version: i64 = conn

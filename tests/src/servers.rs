@@ -1,0 +1,389 @@
+//! The servers Kizuna can run on past one machine, for tests and
+//! benches: the libSQL server (`sqld`) and Redis, each on a free loopback
+//! port with a folder of its own, stopped (and reaped) on drop, so a
+//! failing test never leaves one behind. [`runtime_config`] writes the
+//! Spin runtime-config file that points the `default` database and
+//! key-value store at them.
+
+use anyhow::{Context as _, bail};
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Set to `libsql` (with `KIZUNA_TEST_SPIN=1`) to run the end-to-end
+/// suite on sqld and Redis instead of a SQLite file.
+pub const BACKEND_VARIABLE: &str = "KIZUNA_TEST_BACKEND";
+
+/// Whether this run's Spin apps use sqld and Redis.
+pub fn libsql_mode() -> bool {
+    crate::spin::spin_mode() && std::env::var(BACKEND_VARIABLE).is_ok_and(|v| v == "libsql")
+}
+
+/// `$SQLD`, else the sqld kept beside the checkout, else `sqld` on `PATH`.
+pub fn sqld_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("SQLD").filter(|p| !p.is_empty()) {
+        return PathBuf::from(path);
+    }
+    let beside = crate::spin::workspace_root().join("../shared/tools/sqld/sqld");
+    if beside.exists() {
+        return beside;
+    }
+    PathBuf::from("sqld")
+}
+
+/// A running `sqld` with its data in a folder of its own.
+pub struct Sqld {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    data: PathBuf,
+    log: PathBuf,
+}
+
+impl Sqld {
+    /// Starts sqld with its data under `dir` and waits until it answers.
+    pub fn start(dir: &Path) -> anyhow::Result<Sqld> {
+        std::fs::create_dir_all(dir).context("failed to create sqld's folder")?;
+        let mut last_error = None;
+        // The port can be taken between choosing and binding it.
+        for attempt in 0..5 {
+            let mut sqld = Sqld {
+                child: None,
+                addr: free_loopback_port()?,
+                data: dir.join("data"),
+                log: dir.join(format!("sqld-{attempt}.log")),
+            };
+            match sqld.run() {
+                Ok(()) => return Ok(sqld),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.expect("at least one attempt"))
+    }
+
+    fn run(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .context("failed to open sqld's log")?;
+        let child = Command::new(sqld_binary())
+            .arg("--db-path")
+            .arg(&self.data)
+            .arg("--http-listen-addr")
+            .arg(self.addr.to_string())
+            .arg("--no-welcome")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("failed to share sqld's log")?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("failed to start {}", sqld_binary().display()))?;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(30))
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Some(child) = &mut self.child
+                && let Some(status) = child.try_wait().context("failed to poll sqld")?
+            {
+                bail!("sqld exited with {status}: {}", self.log_text());
+            }
+            if http_get_ok(self.addr, "/health") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "sqld did not answer within {timeout:?}: {}",
+            self.log_text()
+        )
+    }
+
+    /// Stops the server at once (SIGKILL, as a crash would) and starts it
+    /// again on the same port and data.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.run()
+    }
+
+    /// Stops the server (SIGKILL) and reaps it.
+    pub fn stop(&mut self) {
+        if let Some(child) = self.child.take() {
+            kill_and_reap(child);
+        }
+    }
+
+    /// The URL Spin's `type = "libsql"` client is given.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The SQLite file sqld keeps the `default` database in: tests read
+    /// it directly, as they read Spin's own file.
+    pub fn database_file(&self) -> PathBuf {
+        self.data.join("dbs").join("default").join("data")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Sqld {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A running `redis-server`, in memory only.
+pub struct Redis {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Redis {
+    /// Starts Redis on a free loopback port, without persistence (a
+    /// restart empties it, which is the point of the fault tests).
+    pub fn start(dir: &Path) -> anyhow::Result<Redis> {
+        std::fs::create_dir_all(dir).context("failed to create Redis' folder")?;
+        let mut last_error = None;
+        for attempt in 0..5 {
+            let mut redis = Redis {
+                child: None,
+                addr: free_loopback_port()?,
+                log: dir.join(format!("redis-{attempt}.log")),
+            };
+            match redis.run() {
+                Ok(()) => return Ok(redis),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.expect("at least one attempt"))
+    }
+
+    fn run(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .context("failed to open Redis' log")?;
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port"])
+            .arg(self.addr.port().to_string())
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("failed to share Redis' log")?)
+            .stderr(log)
+            .spawn()
+            .context("failed to start redis-server (apt-get install redis-server)")?;
+        self.child = Some(child);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if let Some(child) = &mut self.child
+                && let Some(status) = child.try_wait().context("failed to poll Redis")?
+            {
+                bail!("redis-server exited with {status}: {}", self.log_text());
+            }
+            if redis_pong(self.addr) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("redis-server did not answer: {}", self.log_text())
+    }
+
+    /// Stops Redis (SIGKILL) and reaps it; its data is gone.
+    pub fn stop(&mut self) {
+        if let Some(child) = self.child.take() {
+            kill_and_reap(child);
+        }
+    }
+
+    /// Starts a stopped Redis again on the same port, empty.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.run()
+    }
+
+    /// `GET key` in Kizuna's database (1), as Spin's store keeps keys
+    /// (unprefixed).
+    pub fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        match self.command(&[b"GET", key.as_bytes()])? {
+            Reply::Bulk(value) => Ok(value),
+            other => bail!("GET answered {other:?}"),
+        }
+    }
+
+    /// `SET key value` in Kizuna's database (1).
+    pub fn set(&self, key: &str, value: &[u8]) -> anyhow::Result<()> {
+        match self.command(&[b"SET", key.as_bytes(), value])? {
+            Reply::Simple => Ok(()),
+            other => bail!("SET answered {other:?}"),
+        }
+    }
+
+    /// One command on a fresh connection, after `SELECT 1`.
+    fn command(&self, parts: &[&[u8]]) -> anyhow::Result<Reply> {
+        let stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))
+            .context("failed to reach Redis")?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .context("timeout")?;
+        let mut reader = std::io::BufReader::new(stream.try_clone().context("clone")?);
+        let mut writer = stream;
+        for command in [&[b"SELECT".as_slice(), b"1"][..], parts] {
+            let mut out = format!("*{}\r\n", command.len()).into_bytes();
+            for part in command {
+                out.extend_from_slice(format!("${}\r\n", part.len()).as_bytes());
+                out.extend_from_slice(part);
+                out.extend_from_slice(b"\r\n");
+            }
+            writer.write_all(&out).context("failed to write to Redis")?;
+        }
+        match read_reply(&mut reader)? {
+            Reply::Simple => {}
+            other => bail!("SELECT 1 answered {other:?}"),
+        }
+        read_reply(&mut reader)
+    }
+
+    /// The URL Spin's `type = "redis"` store is given: database 1, so
+    /// Kizuna's keys never mix with another user's of database 0.
+    pub fn url(&self) -> String {
+        format!("redis://{}/1", self.addr)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Writes the runtime-config file that puts Spin's `default` database on
+/// `sqld` and its `default` key-value store on `redis`.
+pub fn runtime_config(path: &Path, sqld: &Sqld, redis: &Redis) -> anyhow::Result<()> {
+    let text = format!(
+        "[sqlite_database.default]\ntype = \"libsql\"\nurl = \"{}\"\n# sqld started without auth ignores the token\ntoken = \"unused\"\n\n[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
+        sqld.url(),
+        redis.url()
+    );
+    std::fs::write(path, text).context("failed to write the runtime config")
+}
+
+/// sqld and Redis for one Spin app, with the runtime config naming them.
+pub struct Backing {
+    pub sqld: Sqld,
+    pub redis: Redis,
+    pub runtime_config: PathBuf,
+}
+
+impl Backing {
+    /// Starts both under `dir` and writes `dir/runtime-config.toml`.
+    pub fn start(dir: &Path) -> anyhow::Result<Backing> {
+        let sqld = Sqld::start(&dir.join("sqld"))?;
+        let redis = Redis::start(&dir.join("redis"))?;
+        let config = dir.join("runtime-config.toml");
+        runtime_config(&config, &sqld, &redis)?;
+        Ok(Backing {
+            sqld,
+            redis,
+            runtime_config: config,
+        })
+    }
+}
+
+/// A Redis reply, as far as the tests need one.
+#[derive(Debug)]
+enum Reply {
+    Simple,
+    Bulk(Option<Vec<u8>>),
+}
+
+fn read_reply(reader: &mut impl std::io::BufRead) -> anyhow::Result<Reply> {
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .context("failed to read from Redis")?;
+    let line = line.trim_end();
+    let (kind, rest) = line.split_at_checked(1).context("an empty reply")?;
+    match kind {
+        "+" => Ok(Reply::Simple),
+        "-" => bail!("Redis answered an error: {rest}"),
+        "$" => {
+            let length: i64 = rest.parse().context("a length")?;
+            let Ok(length) = usize::try_from(length) else {
+                return Ok(Reply::Bulk(None));
+            };
+            let mut value = vec![0; length + 2];
+            reader.read_exact(&mut value).context("a value")?;
+            value.truncate(length);
+            Ok(Reply::Bulk(Some(value)))
+        }
+        other => bail!("an unexpected reply type {other:?}"),
+    }
+}
+
+/// SIGKILL, as a crash would, then reap. A child that already exited
+/// cannot be killed, which is fine.
+fn kill_and_reap(mut child: Child) {
+    if let Err(e) = child.kill() {
+        eprintln!("kill: {e}");
+    }
+    if let Err(e) = child.wait() {
+        eprintln!("failed to reap a server: {e}");
+    }
+}
+
+fn free_loopback_port() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("no free loopback port")?;
+    listener.local_addr().context("no local address")
+}
+
+fn http_get_ok(addr: SocketAddr, path: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    if stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .is_err()
+    {
+        return false;
+    }
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+}
+
+fn redis_pong(addr: SocketAddr) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    if stream
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .is_err()
+        || stream.write_all(b"PING\r\n").is_err()
+    {
+        return false;
+    }
+    let mut reply = [0u8; 5];
+    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG"
+}
