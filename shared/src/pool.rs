@@ -141,6 +141,11 @@ pub struct Lease<C> {
     abandoned: Cell<bool>,
     statements: Cell<u64>,
     waited: Cell<Duration>,
+    /// When the write transaction under way took the lock, and how long
+    /// the request's write transactions held it in all: the figure that
+    /// bounds a single database's writes per second.
+    locked_at: Cell<Option<Instant>>,
+    held: Cell<Duration>,
     opened: bool,
     writers: Arc<AsyncMutex<()>>,
     /// This request's turn at writing, from its first `BEGIN IMMEDIATE`
@@ -163,6 +168,8 @@ impl<C: Db> Lease<C> {
             abandoned: Cell::new(false),
             statements: Cell::new(0),
             waited: Cell::new(Duration::ZERO),
+            locked_at: Cell::new(None),
+            held: Cell::new(Duration::ZERO),
             opened,
             writers,
             writing: RefCell::new(None),
@@ -178,6 +185,13 @@ impl<C: Db> Lease<C> {
     /// pauses included).
     pub fn statement_time(&self) -> Duration {
         self.waited.get()
+    }
+
+    /// How long the request's write transactions held the write lock,
+    /// from a successful `BEGIN IMMEDIATE` to the end of its `COMMIT` or
+    /// `ROLLBACK`.
+    pub fn lock_time(&self) -> Duration {
+        self.held.get()
     }
 
     /// Whether the connection was opened (and prepared) for this request
@@ -219,6 +233,7 @@ impl<C: Db> Lease<C> {
                 sql,
                 Some(format!("{} statements", self.statements())),
             ),
+            ("lock", self.lock_time(), None),
             ("app", app, None),
             ("total", stages.total, None),
         ])
@@ -278,8 +293,17 @@ impl<C: Db> Db for Lease<C> {
             result = self.connection.execute(sql, params).await;
         }
         self.waited.set(self.waited.get() + started.elapsed());
+        if effect == Effect::Ends
+            && let Some(at) = self.locked_at.take()
+        {
+            self.held.set(self.held.get() + at.elapsed());
+        }
         match (&result, effect) {
-            (Ok(_), Effect::Begins | Effect::BeginsWriting) => self.in_transaction.set(true),
+            (Ok(_), Effect::BeginsWriting) => {
+                self.in_transaction.set(true);
+                self.locked_at.set(Some(Instant::now()));
+            }
+            (Ok(_), Effect::Begins) => self.in_transaction.set(true),
             (Ok(_), Effect::Ends) => self.in_transaction.set(false),
             // A failed COMMIT or ROLLBACK leaves the state unknown.
             (Err(_), Effect::Ends) => self.spoiled.set(true),

@@ -126,7 +126,14 @@ fn server_timing_reports_each_stage_only_when_asked() {
     // Arrange
     let quiet = TestApp::new();
     let timed = TestApp::with_variables(&[("server_timing", "true")]);
-    let id = timed.create_contact(&json!({"email": "timed@example.jp"}));
+    let created = timed.send_json(
+        "POST",
+        WRITE_KEY,
+        "/v1/contacts",
+        &json!({"email": "timed@example.jp"}),
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().expect("id").to_owned();
 
     // Act
     let plain = quiet.get(READ_KEY, "/healthz");
@@ -145,10 +152,29 @@ fn server_timing_reports_each_stage_only_when_asked() {
         .collect();
     assert_eq!(
         names,
-        ["read", "settings", "connection", "sql", "app", "total"],
+        [
+            "read",
+            "settings",
+            "connection",
+            "sql",
+            "lock",
+            "app",
+            "total"
+        ],
         "{timing}"
     );
     assert!(timing.contains("desc=\"1 statements\""), "{timing}");
+    assert!(
+        timing.contains("lock;dur=0.000"),
+        "a read holds no lock: {timing}"
+    );
+    let write = created
+        .header("server-timing")
+        .expect("a Server-Timing header");
+    assert!(
+        write.contains("lock;dur=") && !write.contains("lock;dur=0.000"),
+        "a write holds the lock: {write}"
+    );
 }
 
 #[test]
