@@ -196,6 +196,13 @@ pub async fn load_stored_settings(
     if let Some(stored) = read_settings_row(db, form_id).await? {
         return Ok(Some(stored));
     }
+    // Kizuna ran on no libSQL server before settings moved to SQLite, so
+    // a store beside one (Redis) holds none; and a stopped Redis holds
+    // Spin's key-value calls for a minute or more, which no form post
+    // may wait for.
+    if db.backend() == crate::ports::Backend::Libsql {
+        return Ok(None);
+    }
     match legacy_settings(kv, form_id).await {
         Some(legacy) => adopt_legacy_settings(db, form_id, &legacy).await.map(Some),
         None => Ok(None),

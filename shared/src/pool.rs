@@ -112,10 +112,15 @@ impl<C: Db> Pool<C> {
     /// it is clean (see [`Lease::into_reusable`]), else it is closed.
     pub fn give_back(&self, lease: Lease<C>) {
         let backend = lease.backend;
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if lease.unavailable.get() {
+            // A restarted libSQL server knows none of the streams: each
+            // idle connection would fail one more request.
+            idle.clear();
+        }
         let Some(connection) = lease.into_reusable() else {
             return;
         };
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push((connection, backend, Instant::now()));
         }
@@ -134,6 +139,10 @@ pub struct Lease<C> {
     backend: Backend,
     in_transaction: Cell<bool>,
     spoiled: Cell<bool>,
+    /// Set when the database could not serve a statement: the server
+    /// went away or ended streams, so the pool's other idle connections
+    /// are likely dead too.
+    unavailable: Cell<bool>,
     /// Set when the database ended this connection's stream or
     /// transaction (`DbError::Unavailable`) inside a transaction: no
     /// further statement is sent, since on libSQL it would run outside
@@ -166,6 +175,7 @@ impl<C: Db> Lease<C> {
             in_transaction: Cell::new(false),
             spoiled: Cell::new(false),
             abandoned: Cell::new(false),
+            unavailable: Cell::new(false),
             statements: Cell::new(0),
             waited: Cell::new(Duration::ZERO),
             locked_at: Cell::new(None),
@@ -297,6 +307,12 @@ impl<C: Db> Db for Lease<C> {
             && let Some(at) = self.locked_at.take()
         {
             self.held.set(self.held.get() + at.elapsed());
+        }
+        // A stream the server ended (or a server that went away) is not
+        // trusted again, in a transaction or not.
+        if matches!(result, Err(DbError::Unavailable(_))) {
+            self.spoiled.set(true);
+            self.unavailable.set(true);
         }
         match (&result, effect) {
             (Ok(_), Effect::BeginsWriting) => {
@@ -549,6 +565,19 @@ mod tests {
         assert_eq!(ran.borrow().len(), sent, "nothing sent after the loss");
         pool.give_back(lease);
         assert_eq!(pool.idle_count(), 0, "closed, never reused");
+    }
+
+    #[test]
+    fn an_unavailable_database_empties_the_pool() {
+        let pool = Pool::new();
+        let ran = Rc::new(RefCell::new(Vec::new()));
+        let (one, two) = (lease(&pool, &ran), lease(&pool, &ran));
+        pool.give_back(one);
+        assert_eq!(pool.idle_count(), 1);
+        two.connection.gone.borrow_mut().push("SELECT");
+        assert!(matches!(run(&two, "SELECT"), Err(DbError::Unavailable(_))));
+        pool.give_back(two);
+        assert_eq!(pool.idle_count(), 0, "neither connection is kept");
     }
 
     #[test]

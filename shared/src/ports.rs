@@ -131,8 +131,11 @@ pub enum DbError {
 }
 
 /// What a libSQL server (through Spin's client) answers when it ended the
-/// stream (idle past 10 s, or the server restarted) or the transaction
-/// (its lock taken back after 5 s): nothing of the work was kept.
+/// stream (idle past 10 s: `STREAM_EXPIRED`; the server restarted:
+/// `Received an invalid baton`) or the transaction (its lock taken back
+/// after 5 s while another writer waited: `TRANSACTION_TIMEOUT`,
+/// `Transaction timed out`): nothing of the transaction was kept, and
+/// the stream is never usable again.
 const ENDED_MARKERS: &[&str] = &[
     "STREAM_EXPIRED",
     "stream expired",
@@ -272,5 +275,76 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> OffsetDateTime {
         OffsetDateTime::now_utc()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Messages as Spin 4.0.2 passes them to a component, seen with sqld
+    /// 0.24.33 (`Error::Io(...)` is how Spin's error prints).
+    #[test]
+    fn libsql_answers_are_told_apart() {
+        let kind = |m: &str| match DbError::from_message(m.to_owned()) {
+            DbError::Constraint(_) => "constraint",
+            DbError::Busy(_) => "busy",
+            DbError::Unavailable(_) => "unavailable",
+            DbError::Other(_) => "other",
+        };
+        let cases = [
+            (
+                r#"Error::Io("Hrana: `cursor error: `error at step 0: (error code: TRANSACTION_TIMEOUT) `Transaction timed out```")"#,
+                "unavailable",
+            ),
+            (
+                r#"Error::Io("Hrana: `api error: `{\"message\":\"The stream has expired due to inactivity\",\"code\":\"STREAM_EXPIRED\"}``")"#,
+                "unavailable",
+            ),
+            (
+                r#"Error::Io("Hrana: `api error: `Received an invalid baton``")"#,
+                "unavailable",
+            ),
+            (
+                r#"Error::Io("Hrana: `http error: `error trying to connect: tcp connect error: Connection refused (os error 111)``")"#,
+                "unavailable",
+            ),
+            (
+                r#"Error::Io("Hrana: `cursor error: `cursor error: `error reading a body from connection: unexpected EOF during chunk size line```")"#,
+                "unavailable",
+            ),
+            (
+                r#"Error::Io("Hrana: `cursor error: `error at step 0: (error code: SQLITE_INTERRUPT) `SQLite error: interrupted```")"#,
+                "unavailable",
+            ),
+            (
+                r#"Error::Io("Hrana: `cursor error: `error at step 0: (error code: SQLITE_CONSTRAINT) `SQLite error: UNIQUE constraint failed: contacts.email```")"#,
+                "constraint",
+            ),
+            (
+                r#"Error::Io("Hrana: `cursor error: `error at step 0: (error code: SQLITE_BUSY) `SQLite error: database is locked```")"#,
+                "busy",
+            ),
+            (
+                r#"Error::Io("Hrana: `cursor error: `error at step 0: (error code: SQLITE_UNKNOWN) `SQLite error: cannot commit - no transaction is active```")"#,
+                "other",
+            ),
+            (
+                r#"Error::Io("Hrana: `cursor error: `error at step 0: (error code: SQLITE_UNKNOWN) `SQLite error: no such table: nowhere```")"#,
+                "other",
+            ),
+            (r#"Error::Io("unsupported statement")"#, "other"),
+            ("UNIQUE constraint failed: contacts.email", "constraint"),
+            ("database is locked", "busy"),
+            ("no such column: x", "other"),
+        ];
+        for (message, expected) in cases {
+            assert_eq!(kind(message), expected, "{message}");
+        }
+        assert!(
+            DbError::from_message(cases[6].0.to_owned()).is_unique_violation("contacts.email"),
+            "a unique violation on libSQL is still told as one"
+        );
+        assert!(DbError::from_message(cases[10].0.to_owned()).is_refused_by_libsql_client());
     }
 }

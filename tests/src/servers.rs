@@ -10,6 +10,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Set to `libsql` (with `KIZUNA_TEST_SPIN=1`) to run the end-to-end
@@ -35,11 +36,23 @@ pub fn sqld_binary() -> PathBuf {
 
 /// A running `sqld` with its data in a folder of its own.
 pub struct Sqld {
-    child: Option<Child>,
+    /// Behind a lock so that a test can restart the server while other
+    /// threads drive load through the app.
+    child: Mutex<Option<Child>>,
     pub addr: SocketAddr,
+    /// sqld's admin API, where durability is set.
+    admin: SocketAddr,
     data: PathBuf,
     log: PathBuf,
 }
+
+/// What sqld is told after every start (it forgets it on restart): sync
+/// the WAL on every commit (`synchronous = FULL`), as Kizuna asks of a
+/// SQLite file, so that a 2xx means the write is on disk. sqld's default,
+/// `relaxed`, is `synchronous = NORMAL`: a power cut may lose the last
+/// commits.
+pub const STRONG_DURABILITY: &str =
+    r#"{"block_reads":false,"block_writes":false,"durability_mode":"strong"}"#;
 
 impl Sqld {
     /// Starts sqld with its data under `dir` and waits until it answers.
@@ -48,9 +61,10 @@ impl Sqld {
         let mut last_error = None;
         // The port can be taken between choosing and binding it.
         for attempt in 0..5 {
-            let mut sqld = Sqld {
-                child: None,
+            let sqld = Sqld {
+                child: Mutex::new(None),
                 addr: free_loopback_port()?,
+                admin: free_loopback_port()?,
                 data: dir.join("data"),
                 log: dir.join(format!("sqld-{attempt}.log")),
             };
@@ -62,7 +76,7 @@ impl Sqld {
         Err(last_error.expect("at least one attempt"))
     }
 
-    fn run(&mut self) -> anyhow::Result<()> {
+    fn run(&self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -73,22 +87,34 @@ impl Sqld {
             .arg(&self.data)
             .arg("--http-listen-addr")
             .arg(self.addr.to_string())
+            .arg("--admin-listen-addr")
+            .arg(self.admin.to_string())
             .arg("--no-welcome")
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("failed to share sqld's log")?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("failed to start {}", sqld_binary().display()))?;
-        self.child = Some(child);
-        self.wait_ready(Duration::from_secs(30))
+        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
+        self.wait_ready(Duration::from_secs(30))?;
+        let status = http_post(
+            self.admin,
+            "/v1/namespaces/default/config",
+            STRONG_DURABILITY,
+        )?;
+        if status != 200 {
+            bail!(
+                "sqld refused strong durability ({status}): {}",
+                self.log_text()
+            );
+        }
+        Ok(())
     }
 
-    fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+    fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
         let started = Instant::now();
         while started.elapsed() < timeout {
-            if let Some(child) = &mut self.child
-                && let Some(status) = child.try_wait().context("failed to poll sqld")?
-            {
+            if let Some(status) = exit_status(&self.child)? {
                 bail!("sqld exited with {status}: {}", self.log_text());
             }
             if http_get_ok(self.addr, "/health") {
@@ -104,14 +130,14 @@ impl Sqld {
 
     /// Stops the server at once (SIGKILL, as a crash would) and starts it
     /// again on the same port and data.
-    pub fn restart(&mut self) -> anyhow::Result<()> {
+    pub fn restart(&self) -> anyhow::Result<()> {
         self.stop();
         self.run()
     }
 
     /// Stops the server (SIGKILL) and reaps it.
-    pub fn stop(&mut self) {
-        if let Some(child) = self.child.take() {
+    pub fn stop(&self) {
+        if let Some(child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
             kill_and_reap(child);
         }
     }
@@ -140,7 +166,7 @@ impl Drop for Sqld {
 
 /// A running `redis-server`, in memory only.
 pub struct Redis {
-    child: Option<Child>,
+    child: Mutex<Option<Child>>,
     pub addr: SocketAddr,
     log: PathBuf,
 }
@@ -152,8 +178,8 @@ impl Redis {
         std::fs::create_dir_all(dir).context("failed to create Redis' folder")?;
         let mut last_error = None;
         for attempt in 0..5 {
-            let mut redis = Redis {
-                child: None,
+            let redis = Redis {
+                child: Mutex::new(None),
                 addr: free_loopback_port()?,
                 log: dir.join(format!("redis-{attempt}.log")),
             };
@@ -165,7 +191,7 @@ impl Redis {
         Err(last_error.expect("at least one attempt"))
     }
 
-    fn run(&mut self) -> anyhow::Result<()> {
+    fn run(&self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -187,12 +213,10 @@ impl Redis {
             .stderr(log)
             .spawn()
             .context("failed to start redis-server (apt-get install redis-server)")?;
-        self.child = Some(child);
+        *self.child.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
         let started = Instant::now();
         while started.elapsed() < Duration::from_secs(20) {
-            if let Some(child) = &mut self.child
-                && let Some(status) = child.try_wait().context("failed to poll Redis")?
-            {
+            if let Some(status) = exit_status(&self.child)? {
                 bail!("redis-server exited with {status}: {}", self.log_text());
             }
             if redis_pong(self.addr) {
@@ -204,14 +228,14 @@ impl Redis {
     }
 
     /// Stops Redis (SIGKILL) and reaps it; its data is gone.
-    pub fn stop(&mut self) {
-        if let Some(child) = self.child.take() {
+    pub fn stop(&self) {
+        if let Some(child) = self.child.lock().unwrap_or_else(|p| p.into_inner()).take() {
             kill_and_reap(child);
         }
     }
 
     /// Starts a stopped Redis again on the same port, empty.
-    pub fn start_again(&mut self) -> anyhow::Result<()> {
+    pub fn start_again(&self) -> anyhow::Result<()> {
         self.stop();
         self.run()
     }
@@ -339,6 +363,14 @@ fn read_reply(reader: &mut impl std::io::BufRead) -> anyhow::Result<Reply> {
     }
 }
 
+/// The exit status of a server that stopped by itself.
+fn exit_status(child: &Mutex<Option<Child>>) -> anyhow::Result<Option<std::process::ExitStatus>> {
+    match child.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+        Some(child) => child.try_wait().context("failed to poll a server"),
+        None => Ok(None),
+    }
+}
+
 /// SIGKILL, as a crash would, then reap. A child that already exited
 /// cannot be killed, which is fine.
 fn kill_and_reap(mut child: Child) {
@@ -371,6 +403,31 @@ fn http_get_ok(addr: SocketAddr, path: &str) -> bool {
     }
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+}
+
+/// A JSON `POST`; the answer's status.
+fn http_post(addr: SocketAddr, path: &str, body: &str) -> anyhow::Result<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .with_context(|| format!("failed to reach {addr}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .context("timeout")?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .context("failed to send")?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .context("failed to read the answer")?;
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("not an HTTP answer: {answer}"))
 }
 
 fn redis_pong(addr: SocketAddr) -> bool {

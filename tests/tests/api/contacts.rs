@@ -23,10 +23,6 @@ fn enc(text: &str) -> String {
         .collect()
 }
 
-fn bearer(key: &str) -> String {
-    format!("Bearer {key}")
-}
-
 /// Moves the test clock on, so that ids and timestamps of what follows
 /// sort after what came before.
 fn tick(app: &TestApp) {

@@ -72,6 +72,8 @@ pub struct TestApp {
     /// (`KIZUNA_TEST_BACKEND=libsql`); dropped after `target`, so Spin
     /// stops before its stores do.
     pub backing: Option<Backing>,
+    /// The variables it was started with (a twin gets the same).
+    variables: Vec<(String, String)>,
     pub clock: Arc<ManualClock>,
     pub dir: tempfile::TempDir,
 }
@@ -86,6 +88,11 @@ pub fn skip_under_spin(reason: &str) -> bool {
     skip
 }
 
+/// The `Authorization` value for `key`.
+pub fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
 /// True when this run keeps Spin's data on sqld and Redis; prints why
 /// the calling test does not run there.
 pub fn skip_on_libsql(reason: &str) -> bool {
@@ -94,6 +101,17 @@ pub fn skip_on_libsql(reason: &str) -> bool {
         eprintln!("skipped on libSQL: {reason}");
     }
     skip
+}
+
+/// The HTTP client for a Spin app: statuses are answers, not errors, and
+/// redirects are the test's to see.
+fn test_agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .allow_non_standard_methods(true)
+        .build()
+        .into()
 }
 
 /// The variables every test app starts with.
@@ -186,13 +204,7 @@ impl TestApp {
             } else {
                 SpinApp::start(dir.path(), &variables).expect("spin up")
             };
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .max_redirects(0)
-                .allow_non_standard_methods(true)
-                .build()
-                .into();
-            Target::Spin(spin, agent)
+            Target::Spin(spin, test_agent())
         } else {
             let mut host = Host::new(dir.path())
                 .expect("host")
@@ -205,7 +217,29 @@ impl TestApp {
         TestApp {
             target,
             backing,
+            variables,
             clock,
+            dir,
+        }
+    }
+
+    /// A second `spin up` of the same app on the same sqld and Redis, as
+    /// a second machine behind a load balancer would be (libSQL run only).
+    /// Its requests go to its own port; its data is this app's.
+    pub fn twin(&self) -> TestApp {
+        let backing = self.backing.as_ref().expect("a twin needs sqld and Redis");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let spin = SpinApp::start_with_runtime_config(
+            dir.path(),
+            &self.variables,
+            &backing.runtime_config,
+        )
+        .expect("a second spin up on the same sqld and Redis");
+        TestApp {
+            target: Target::Spin(spin, test_agent()),
+            backing: None,
+            variables: self.variables.clone(),
+            clock: self.clock.clone(),
             dir,
         }
     }

@@ -7,6 +7,7 @@ mod helpers;
 mod points;
 mod points_properties;
 mod purchases;
+mod scale_out;
 mod segments;
 mod segments_properties;
 mod statements;

@@ -41,10 +41,6 @@ const POINTS_TABLES: &[&str] = &[
     "points_programs",
 ];
 
-fn bearer(key: &str) -> String {
-    format!("Bearer {key}")
-}
-
 fn at(t: OffsetDateTime) -> String {
     timestamp::format(t)
 }
