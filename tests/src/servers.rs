@@ -299,14 +299,25 @@ impl Drop for Redis {
     }
 }
 
+/// The repository's example runtime config for libSQL and Redis, and the
+/// two URLs in it that [`runtime_config`] replaces: the tests run on the
+/// file the README tells a shop to use.
+const EXAMPLE: &str = include_str!("../../deploy/runtime-config/libsql-redis.toml");
+const EXAMPLE_SQLD_URL: &str = "\"http://127.0.0.1:8080\"";
+const EXAMPLE_REDIS_URL: &str = "\"redis://127.0.0.1:6379/1\"";
+
 /// Writes the runtime-config file that puts Spin's `default` database on
-/// `sqld` and its `default` key-value store on `redis`.
+/// `sqld` and its `default` key-value store on `redis`: the repository's
+/// example with their URLs.
 pub fn runtime_config(path: &Path, sqld: &Sqld, redis: &Redis) -> anyhow::Result<()> {
-    let text = format!(
-        "[sqlite_database.default]\ntype = \"libsql\"\nurl = \"{}\"\n# sqld started without auth ignores the token\ntoken = \"unused\"\n\n[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
-        sqld.url(),
-        redis.url()
+    anyhow::ensure!(
+        EXAMPLE.matches(EXAMPLE_SQLD_URL).count() == 1
+            && EXAMPLE.matches(EXAMPLE_REDIS_URL).count() == 1,
+        "deploy/runtime-config/libsql-redis.toml no longer names the example URLs"
     );
+    let text = EXAMPLE
+        .replace(EXAMPLE_SQLD_URL, &format!("\"{}\"", sqld.url()))
+        .replace(EXAMPLE_REDIS_URL, &format!("\"{}\"", redis.url()));
     std::fs::write(path, text).context("failed to write the runtime config")
 }
 
