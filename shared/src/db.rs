@@ -54,6 +54,26 @@ const BUSY_TIMEOUT: &str = "PRAGMA busy_timeout = 50";
 /// WAL and checkpoints; `secure_delete` cannot be asked for (see
 /// `privacy` for what erasure guarantees there).
 pub async fn prepare(db: &impl Db) -> anyhow::Result<Backend> {
+    // On a fresh file, racing first requests wait while one of them
+    // migrates (before WAL, even a pragma waits for its lock); on libSQL
+    // a migration that waited or ran past the server's 5 s is interrupted
+    // and rolled back whole. Every step is safe to repeat (the version
+    // is checked again inside the migration's transaction).
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match prepare_once(db).await {
+            Ok(backend) => return Ok(backend),
+            Err(e) if DbError::is_transient_cause(&e) && started.elapsed() < BEGIN_RETRY_FOR => {
+                db.yield_to_writers(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn prepare_once(db: &impl Db) -> anyhow::Result<Backend> {
     const FOREIGN_KEYS: &str = "PRAGMA foreign_keys = ON";
     db.execute(FOREIGN_KEYS, &[])
         .await
@@ -72,25 +92,9 @@ pub async fn prepare(db: &impl Db) -> anyhow::Result<Backend> {
                 .with_context(|| format!("failed to set `{pragma}`"))?;
         }
     }
-    // Racing first requests queue for the migration's lock; on libSQL a
-    // migration that waited or ran past the server's 5 s is interrupted
-    // and rolled back whole, and the version check makes another attempt
-    // safe.
-    let mut attempts = 0;
-    loop {
-        match migrate_with(db, MIGRATIONS, backend).await {
-            Ok(()) => return Ok(backend),
-            Err(e) if attempts < MIGRATION_ATTEMPTS && DbError::is_transient_cause(&e) => {
-                attempts += 1;
-                eprintln!("migration attempt {attempts} did not complete, trying again: {e:#}");
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    migrate_with(db, MIGRATIONS, backend).await?;
+    Ok(backend)
 }
-
-/// How many times a migration interrupted by the database is tried again.
-const MIGRATION_ATTEMPTS: u32 = 5;
 
 async fn user_version(db: &impl Db) -> anyhow::Result<i64> {
     let rows = db
