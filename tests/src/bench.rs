@@ -38,6 +38,17 @@ pub fn parse_args_with_text(
     numbers: &mut [(&str, &mut u64)],
     texts: &mut [(&str, &mut Option<String>)],
 ) -> anyhow::Result<Option<BenchDir>> {
+    parse_args_with_flags(usage, numbers, texts, &mut [])
+}
+
+/// Like [`parse_args_with_text`], with flags that take no value too
+/// (`flags`: each flag and the bool it sets).
+pub fn parse_args_with_flags(
+    usage: &str,
+    numbers: &mut [(&str, &mut u64)],
+    texts: &mut [(&str, &mut Option<String>)],
+    flags: &mut [(&str, &mut bool)],
+) -> anyhow::Result<Option<BenchDir>> {
     let mut bench_dir = BenchDir {
         dir: None,
         keep: false,
@@ -63,6 +74,9 @@ pub fn parse_args_with_text(
                 } else if let Some((_, target)) = texts.iter_mut().find(|(flag, _)| *flag == other)
                 {
                     **target = Some(value()?);
+                } else if let Some((_, target)) = flags.iter_mut().find(|(flag, _)| *flag == other)
+                {
+                    **target = true;
                 } else {
                     bail!("unknown argument {other}\n{usage}");
                 }

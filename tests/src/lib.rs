@@ -10,6 +10,9 @@
 //! - `spin`: real `spin up` of the same manifest, for the suite and benches.
 //! - `servers`: sqld and Redis on loopback, and the runtime config that
 //!   puts Spin's stores on them.
+//! - `scenarios`: Kizuna's requests, fixtures, write checks and `wrk`
+//!   measurement shared by the benches under Spin (`bench-spin`,
+//!   `bench-libsql`).
 //! - `load`: HTTP load with `wrk` for the benches under Spin (a request
 //!   file written in Rust, replayed by a Lua script, its figures parsed).
 
@@ -18,6 +21,7 @@ pub mod datagen;
 pub mod host;
 pub mod load;
 pub mod manifest;
+pub mod scenarios;
 pub mod servers;
 pub mod spin;
 pub mod stores;

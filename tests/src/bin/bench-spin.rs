@@ -59,25 +59,21 @@
 //! --mixed-seconds 10`.
 
 use anyhow::{Context as _, bail, ensure};
-use kizuna::auth::key_digest;
-use kizuna_tests::bench::{BenchDir, Lcg, parse_args_with_text, print_machine, run_in_dir};
+use kizuna_tests::bench::{BenchDir, parse_args_with_text, print_machine, run_in_dir};
 use kizuna_tests::datagen::{self, Spec};
 use kizuna_tests::load::{self, Load, LoadResult, Request};
-use kizuna_tests::spin::{SpinApp, spin_binary, workspace_root};
-use rusqlite::OpenFlags;
-use serde_json::{Value as Json, json};
+use kizuna_tests::scenarios::{
+    Bench, Family, Fixtures, HEADER, Kind, RULE, Row, Target, build, create_segment, fixtures,
+    log_errors, median, migrate, missing_orders, points_program_on, selected, stored_count,
+    time_requests, variables,
+};
+use kizuna_tests::spin::{SpinApp, workspace_root};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-const KEY: &str = "bench-spin-admin-key";
-/// `whsec_` + base64 of `bench-spin-orders-secret-key`.
-const ORDERS_SECRET: &str = "whsec_YmVuY2gtc3Bpbi1vcmRlcnMtc2VjcmV0LWtleQ==";
 const USAGE: &str = "usage: bench-spin [--contacts N] [--orders M] [--runs R] [--seconds S] [--mixed-seconds S] [--seed S] [--only TEXT] [--million PATH] [--dir PATH] [--keep]";
 const CONNECTIONS: [u32; 2] = [4, 16];
 const MIXED_CONNECTIONS: u32 = 64;
-/// A contact with at least this many available points can be a redeemer.
-const REDEEMER_POINTS: i64 = 300;
 
 struct Options {
     contacts: u64,
@@ -125,654 +121,7 @@ fn main() -> anyhow::Result<()> {
     run_in_dir(&BenchDir { dir, keep }, |dir| run(&options, dir))
 }
 
-// ---------------------------------------------------------------- scenarios
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Hello,
-    Insert,
-    ContactById,
-    ContactByPhone,
-    PointsBalance,
-    SegmentCount,
-    SegmentCsv,
-    FormPost,
-    OrderWebhook,
-    Redeem,
-}
-
-/// What a scenario is compared with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Family {
-    Baseline,
-    Read,
-    Write,
-}
-
-impl Kind {
-    const ALL: [Kind; 10] = [
-        Kind::Hello,
-        Kind::Insert,
-        Kind::ContactById,
-        Kind::ContactByPhone,
-        Kind::PointsBalance,
-        Kind::SegmentCount,
-        Kind::SegmentCsv,
-        Kind::FormPost,
-        Kind::OrderWebhook,
-        Kind::Redeem,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Hello => "hello",
-            Kind::Insert => "bare insert",
-            Kind::ContactById => "contact by id",
-            Kind::ContactByPhone => "contact by phone",
-            Kind::PointsBalance => "points balance",
-            Kind::SegmentCount => "segment count",
-            Kind::SegmentCsv => "segment csv",
-            Kind::FormPost => "form post",
-            Kind::OrderWebhook => "order webhook",
-            Kind::Redeem => "redeem",
-        }
-    }
-
-    fn family(self) -> Family {
-        match self {
-            Kind::Hello | Kind::Insert => Family::Baseline,
-            Kind::FormPost | Kind::OrderWebhook | Kind::Redeem => Family::Write,
-            _ => Family::Read,
-        }
-    }
-
-    /// The baseline this scenario's figures are divided by.
-    fn baseline(self) -> Option<Kind> {
-        match self.family() {
-            Family::Baseline => None,
-            Family::Read => Some(Kind::Hello),
-            Family::Write => Some(Kind::Insert),
-        }
-    }
-
-    /// A first guess of requests/s, to size the request file (3× this ×
-    /// seconds); raised to what was seen once measured.
-    fn first_estimate(self) -> f64 {
-        match self {
-            Kind::Hello => 8_000.0,
-            Kind::SegmentCount | Kind::SegmentCsv => 200.0,
-            Kind::Insert | Kind::FormPost | Kind::OrderWebhook | Kind::Redeem => 1_000.0,
-            _ => 3_000.0,
-        }
-    }
-}
-
-/// The ids and values requests are made of, read from the database.
-struct Fixtures {
-    contact_ids: Vec<String>,
-    phones: Vec<String>,
-    points_ids: Vec<String>,
-    redeemers: Vec<String>,
-    buyer_emails: Vec<String>,
-    segment_id: String,
-}
-
-/// Makes requests; every write gets the next number, so no two writes in
-/// the whole bench are alike.
-struct Generator {
-    lcg: Lcg,
-    next_write: u64,
-}
-
-impl Generator {
-    fn pick<'a>(&mut self, values: &'a [String]) -> &'a str {
-        &values[usize::try_from(self.lcg.below(values.len() as u64)).expect("an index")]
-    }
-
-    fn write_number(&mut self) -> u64 {
-        self.next_write += 1;
-        self.next_write
-    }
-
-    fn request(&mut self, kind: Kind, fixtures: &Fixtures) -> Request {
-        let auth = format!("Bearer {KEY}");
-        match kind {
-            Kind::Hello => Request::get("/hello"),
-            Kind::Insert => {
-                let n = self.write_number();
-                Request::post(
-                    "/insert",
-                    json!({"n": n, "email": format!("bench-{n}@bench.example.jp")}).to_string(),
-                )
-                .header("Content-Type", "application/json")
-            }
-            Kind::ContactById => {
-                Request::get(format!("/v1/contacts/{}", self.pick(&fixtures.contact_ids)))
-                    .header("Authorization", auth)
-            }
-            Kind::ContactByPhone => Request::get(format!(
-                "/v1/contacts?phone={}",
-                self.pick(&fixtures.phones)
-            ))
-            .header("Authorization", auth),
-            Kind::PointsBalance => {
-                Request::get(format!("/v1/points/{}", self.pick(&fixtures.points_ids)))
-                    .header("Authorization", auth)
-            }
-            Kind::SegmentCount => {
-                Request::get(format!("/v1/segments/{}/count", fixtures.segment_id))
-                    .header("Authorization", auth)
-            }
-            Kind::SegmentCsv => Request::get(format!(
-                "/v1/segments/{}/contacts?format=csv&limit=10000",
-                fixtures.segment_id
-            ))
-            .header("Authorization", auth),
-            Kind::FormPost => {
-                let n = self.write_number();
-                let body = json!({
-                    "email": format!("bench-{n}@bench.example.jp"),
-                    "family_name": "山田", "given_name": "花子",
-                    "consent_email": true,
-                    "utm_source": "bench", "utm_campaign": "bench-spin",
-                });
-                Request::post("/v1/forms/bench-spin", body.to_string())
-                    .header("Content-Type", "application/json")
-                    .header("Accept", "application/json")
-                    .header(
-                        "X-Forwarded-For",
-                        format!("10.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255),
-                    )
-            }
-            Kind::OrderWebhook => {
-                let n = self.write_number();
-                let email = self.pick(&fixtures.buyer_emails).to_owned();
-                order_webhook(n, &email)
-            }
-            Kind::Redeem => {
-                let n = self.write_number();
-                let contact = self.pick(&fixtures.redeemers);
-                Request::post(
-                    "/v1/points/redeem",
-                    json!({"contact_id": contact, "points": 1, "order_ref": format!("BR-{n}")})
-                        .to_string(),
-                )
-                .header("Authorization", auth)
-                .header("Content-Type", "application/json")
-                .header("Idempotency-Key", format!("bench-redeem-{n}"))
-            }
-        }
-    }
-
-    /// 70 % reads (by id, by phone, points balance), 20 % forms, 10 %
-    /// webhooks.
-    fn mixed(&mut self, fixtures: &Fixtures) -> Request {
-        let kind = match self.lcg.below(100) {
-            0..70 => [Kind::ContactById, Kind::ContactByPhone, Kind::PointsBalance]
-                [usize::try_from(self.lcg.below(3)).expect("an index")],
-            70..90 => Kind::FormPost,
-            _ => Kind::OrderWebhook,
-        };
-        self.request(kind, fixtures)
-    }
-}
-
-/// A signed Standard Webhooks `order.paid` of 5 lines, id `BENCH-{n}`.
-fn order_webhook(n: u64, email: &str) -> Request {
-    let now = time::OffsetDateTime::now_utc();
-    let order_id = format!("BENCH-{n}");
-    let lines = [
-        ("TEA-01", "煎茶", "tea", 2, 1200),
-        ("TEA-05", "ほうじ茶", "tea", 1, 900),
-        ("SWEETS-02", "羊羹", "sweets", 1, 1500),
-        ("WARE-03", "湯呑み", "tableware", 1, 2400),
-        ("SWEETS-07", "最中", "sweets", 3, 400),
-    ];
-    let subtotal: i64 = lines.iter().map(|l| l.3 * l.4).sum();
-    let body = json!({
-        "type": "order.paid",
-        "data": {
-            "id": order_id, "currency": "JPY", "placed_at": kizuna::timestamp::format(now),
-            "customer": {"email": email},
-            "subtotal": subtotal.to_string(), "shipping": "0", "tax": (subtotal * 8 / 108).to_string(),
-            "total": subtotal.to_string(),
-            "lines": lines.iter().map(|(sku, name, category, quantity, price)| json!({
-                "sku": sku, "name": name, "category": category,
-                "quantity": quantity, "unit_price": price.to_string()
-            })).collect::<Vec<_>>()
-        }
-    })
-    .to_string();
-    let message_id = format!("msg_bench_{n}");
-    let ts = now.unix_timestamp();
-    let signature =
-        kizuna::signatures::sign_standard(ORDERS_SECRET, &message_id, ts, body.as_bytes());
-    Request::post("/v1/webhooks/orders", body)
-        .header("Content-Type", "application/json")
-        .header("webhook-id", message_id)
-        .header("webhook-timestamp", ts.to_string())
-        .header("webhook-signature", signature)
-}
-
-// ---------------------------------------------------------------- measuring
-
-/// One scenario at one connection count and mode, over its runs.
-struct Row {
-    kind: Kind,
-    label: String,
-    connections: u32,
-    close: bool,
-    runs: Vec<LoadResult>,
-    /// Writes answered 2xx but absent from the database.
-    lost: u64,
-    /// A run wrapped around its writes: duplicates, so counts are inexact.
-    inexact: bool,
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        f64::midpoint(values[mid - 1], values[mid])
-    }
-}
-
-impl Row {
-    fn per_second(&self) -> f64 {
-        median(self.runs.iter().map(LoadResult::per_second).collect())
-    }
-    fn p50(&self) -> f64 {
-        median(self.runs.iter().map(|r| r.p50_ms).collect())
-    }
-    fn p99(&self) -> f64 {
-        median(self.runs.iter().map(|r| r.p99_ms).collect())
-    }
-    fn sum(&self, f: impl Fn(&LoadResult) -> u64) -> u64 {
-        self.runs.iter().map(f).sum()
-    }
-    /// Requests/s, or a note when no request finished within a run
-    /// (a route slower than the run: raise `--seconds`).
-    fn per_second_text(&self) -> String {
-        if self.sum(|r| r.requests) == 0 {
-            "none finished".to_owned()
-        } else {
-            format!("{:.1}", self.per_second())
-        }
-    }
-    fn mode(&self) -> &'static str {
-        if self.close { "close" } else { "keep-alive" }
-    }
-}
-
-const HEADER: &str = "| scenario | conns | mode | req/s | p50 ms | p99 ms | responses | non-2xx | 5xx | socket errors | wraps | lost writes |";
-const RULE: &str = "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|";
-
-fn row_line(row: &Row) -> String {
-    format!(
-        "| {} | {} | {} | {} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {}{} |",
-        row.label,
-        row.connections,
-        row.mode(),
-        row.per_second_text(),
-        row.p50(),
-        row.p99(),
-        row.sum(|r| r.requests),
-        row.sum(|r| r.requests - r.class(2)),
-        row.sum(|r| r.class(5)),
-        row.sum(|r| r.socket_errors.total()),
-        row.sum(|r| r.wraps),
-        row.lost,
-        if row.inexact { " (inexact)" } else { "" },
-    )
-}
-
-/// The database rows a kind of write leaves, to count before and after.
-fn stored_count(db: &Path, kind: Kind) -> anyhow::Result<Option<i64>> {
-    let sql = match kind {
-        Kind::FormPost => {
-            "SELECT count(*) FROM contacts WHERE email LIKE 'bench-%@bench.example.jp'"
-        }
-        Kind::Redeem => {
-            "SELECT count(*) FROM points_entries WHERE kind = 'redeem' AND order_ref LIKE 'BR-%'"
-        }
-        Kind::Insert => "SELECT count(*) FROM bench_inserts",
-        _ => return Ok(None),
-    };
-    let connection = read_only(db)?;
-    Ok(Some(connection.query_row(sql, [], |r| r.get(0))?))
-}
-
-fn read_only(db: &Path) -> anyhow::Result<rusqlite::Connection> {
-    let connection = rusqlite::Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .with_context(|| format!("failed to open {}", db.display()))?;
-    connection.busy_timeout(Duration::from_secs(30))?;
-    Ok(connection)
-}
-
-/// Order ids answered 2xx but not stored.
-fn missing_orders(db: &Path, ids: &[String]) -> anyhow::Result<u64> {
-    let connection = read_only(db)?;
-    let mut statement = connection.prepare("SELECT count(*) FROM orders WHERE id = ?1")?;
-    let mut missing = 0;
-    for id in ids {
-        let n: i64 = statement.query_row([id], |r| r.get(0))?;
-        if n == 0 {
-            missing += 1;
-            if missing <= 3 {
-                eprintln!("lost write: order {id} was answered 2xx but is not stored");
-            }
-        }
-    }
-    Ok(missing)
-}
-
-/// Where an app is and what its requests are made of.
-struct Target<'a> {
-    addr: std::net::SocketAddr,
-    db: PathBuf,
-    fixtures: &'a Fixtures,
-    /// Appended to the scenario's name (`" (1M)"`).
-    suffix: &'static str,
-}
-
-struct Bench<'a> {
-    options: &'a Options,
-    work_dir: PathBuf,
-    generator: Generator,
-    estimates: Vec<(Kind, f64)>,
-    rows: Vec<Row>,
-}
-
-impl Bench<'_> {
-    fn estimate(&self, kind: Kind) -> f64 {
-        self.estimates
-            .iter()
-            .find(|(k, _)| *k == kind)
-            .map_or(kind.first_estimate(), |(_, e)| *e)
-    }
-
-    fn raise_estimate(&mut self, kind: Kind, seen: f64) {
-        match self.estimates.iter_mut().find(|(k, _)| *k == kind) {
-            Some((_, e)) => *e = e.max(seen),
-            None => self.estimates.push((kind, kind.first_estimate().max(seen))),
-        }
-    }
-
-    fn measure(
-        &mut self,
-        kind: Kind,
-        target: &Target<'_>,
-        connections: u32,
-        close: bool,
-    ) -> anyhow::Result<()> {
-        let mut row = Row {
-            kind,
-            label: format!("{}{}", kind.name(), target.suffix),
-            connections,
-            close,
-            runs: Vec::new(),
-            lost: 0,
-            inexact: false,
-        };
-        for _ in 0..self.options.runs {
-            let seconds = self.options.seconds;
-            let count = (3.0 * self.estimate(kind) * seconds as f64) as usize;
-            let count = if kind.family() == Family::Write || kind == Kind::Insert {
-                count.max(2_000)
-            } else {
-                count.clamp(2_000, 100_000)
-            };
-            let requests: Vec<Request> = (0..count)
-                .map(|_| self.generator.request(kind, target.fixtures))
-                .collect();
-            let before = stored_count(&target.db, kind)?;
-            let load = Load {
-                addr: target.addr,
-                connections,
-                duration: Duration::from_secs(seconds),
-                close,
-                timeout: Duration::from_secs(60),
-                capture: (kind == Kind::OrderWebhook).then_some("order_id"),
-                work_dir: self.work_dir.clone(),
-            };
-            let result = load::run(&load, &requests)?;
-            drop(requests);
-            self.raise_estimate(kind, result.per_second());
-            let writes = kind.family() == Family::Write || kind == Kind::Insert;
-            if writes && result.wraps > 0 {
-                row.inexact = true;
-            }
-            let lost = match (kind, before, stored_count(&target.db, kind)?) {
-                (Kind::OrderWebhook, ..) => missing_orders(&target.db, &result.captured)?,
-                (_, Some(before), Some(after)) => {
-                    let stored = u64::try_from(after - before).unwrap_or(0);
-                    result.class(2).saturating_sub(stored)
-                }
-                _ => 0,
-            };
-            if lost > 0 && !row.inexact {
-                eprintln!(
-                    "{}: {} answered 2xx, {lost} of them not stored",
-                    row.label,
-                    result.class(2)
-                );
-            }
-            if !row.inexact {
-                row.lost += lost;
-            }
-            for sample in &result.samples {
-                println!("    {}: {sample}", row.label);
-            }
-            row.runs.push(result);
-        }
-        println!("{}", row_line(&row));
-        self.rows.push(row);
-        Ok(())
-    }
-
-    fn find(&self, kind: Kind, suffix: &str, connections: u32, close: bool) -> Option<&Row> {
-        self.rows.iter().find(|r| {
-            r.kind == kind
-                && r.label.ends_with(suffix)
-                && r.connections == connections
-                && r.close == close
-        })
-    }
-}
-
 // ---------------------------------------------------------------- set-up
-
-fn variables() -> Vec<(String, String)> {
-    [
-        (
-            "api_keys",
-            json!([{"name": "bench", "sha256": key_digest(KEY), "scopes": ["*"]}]).to_string(),
-        ),
-        ("unsubscribe_secret", "bench-spin-unsubscribe-secret".into()),
-        ("orders_webhook_secrets", ORDERS_SECRET.into()),
-        (
-            "shopify_webhook_secrets",
-            "bench-spin-unused-shopify-secret".into(),
-        ),
-        (
-            "woocommerce_webhook_secrets",
-            "bench-spin-unused-woo-secret".into(),
-        ),
-        // The form posts play many clients behind one proxy (the bench),
-        // each from its own address: none is rate limited.
-        ("trusted_proxies", "127.0.0.0/8".into()),
-        // Every answer says where its time went (see `timing_phase`).
-        ("server_timing", "true".into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
-}
-
-fn build() -> anyhow::Result<()> {
-    let root = workspace_root();
-    let target = root.join("target");
-    let started = Instant::now();
-    println!(
-        "building the components (spin build, CARGO_TARGET_DIR={})",
-        target.display()
-    );
-    let status = Command::new(spin_binary())
-        .arg("build")
-        .current_dir(&root)
-        .env("CARGO_TARGET_DIR", &target)
-        .status()
-        .context("failed to run spin build")?;
-    ensure!(status.success(), "spin build failed");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--target",
-            "wasm32-wasip2",
-            "--release",
-            "-p",
-            "kizuna-baseline-hello",
-            "-p",
-            "kizuna-baseline-bare-insert",
-        ])
-        .current_dir(&root)
-        .env("CARGO_TARGET_DIR", &target)
-        .status()
-        .context("failed to build the baselines")?;
-    ensure!(status.success(), "building the baselines failed");
-    println!("built in {:.0} s", started.elapsed().as_secs_f64());
-    Ok(())
-}
-
-fn agent() -> ureq::Agent {
-    kizuna_tests::bench::http_agent()
-}
-
-/// One JSON request with the bench key; the answer's body.
-fn call(agent: &ureq::Agent, method: &str, url: &str, body: Option<Json>) -> anyhow::Result<Json> {
-    kizuna_tests::bench::call_json(agent, KEY, method, url, body)
-}
-
-/// Saves the three-condition segment; its id and member count.
-fn create_segment(base: &str) -> anyhow::Result<(String, u64)> {
-    let agent = agent();
-    let segment = call(
-        &agent,
-        "POST",
-        &format!("{base}/v1/segments"),
-        Some(json!({
-            "name": "bench-spin: recent buyers with an email",
-            "definition": {"all": [
-                {"field": "has_email", "op": "eq", "value": true},
-                {"field": "order_count", "op": "gte", "value": 1},
-                {"field": "last_order_at", "op": "within_last_days", "value": 365}
-            ]}
-        })),
-    )?;
-    let id = segment["id"].as_str().context("segment id")?.to_owned();
-    let count = call(
-        &agent,
-        "GET",
-        &format!("{base}/v1/segments/{id}/count"),
-        None,
-    )?;
-    let members = count["count"]
-        .as_u64()
-        .with_context(|| format!("no count in {count}"))?;
-    Ok((id, members))
-}
-
-/// Reads the ids requests are made of from the generated database.
-fn fixtures(db: &Path, seed: u64) -> anyhow::Result<Fixtures> {
-    let connection = read_only(db)?;
-    let column = |sql: &str| -> anyhow::Result<Vec<String>> {
-        let mut statement = connection.prepare(sql)?;
-        let values = statement
-            .query_map([], |r| r.get::<_, String>(0))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(values)
-    };
-    // A reproducible sample of about 20,000 of each.
-    let sample = |values: Vec<String>| -> Vec<String> {
-        let mut lcg = Lcg(seed);
-        let step = (values.len() / 20_000).max(1) as u64;
-        let offset = usize::try_from(lcg.below(step)).expect("an offset");
-        values
-            .into_iter()
-            .skip(offset)
-            .step_by(step as usize)
-            .collect()
-    };
-    let now = kizuna::timestamp::format(time::OffsetDateTime::now_utc());
-    let redeemers = {
-        let mut statement = connection.prepare(
-            "SELECT l.contact_id FROM points_lots l
-             JOIN points_accounts a ON a.contact_id = l.contact_id AND a.debt = 0
-             WHERE l.remaining > 0 AND l.available_at <= ?1
-               AND (l.expires_at IS NULL OR l.expires_at > ?1)
-             GROUP BY l.contact_id HAVING sum(l.remaining) >= ?2
-             ORDER BY l.contact_id LIMIT 5000",
-        )?;
-        statement
-            .query_map(rusqlite::params![now, REDEEMER_POINTS], |r| r.get(0))?
-            .collect::<rusqlite::Result<Vec<String>>>()?
-    };
-    let fixtures = Fixtures {
-        contact_ids: sample(column("SELECT id FROM contacts ORDER BY id")?),
-        // Staff type the national format: +81 90… is 090….
-        phones: sample(column(
-            "SELECT '0' || substr(phone, 4) FROM contacts WHERE phone LIKE '+81%' ORDER BY id",
-        )?),
-        points_ids: sample(column(
-            "SELECT contact_id FROM points_accounts ORDER BY contact_id",
-        )?),
-        redeemers,
-        buyer_emails: sample(column(
-            "SELECT email FROM contacts WHERE email IS NOT NULL AND order_count > 0 ORDER BY id",
-        )?),
-        segment_id: String::new(),
-    };
-    for (name, values) in [
-        ("contact ids", &fixtures.contact_ids),
-        ("phones", &fixtures.phones),
-        ("points accounts", &fixtures.points_ids),
-        ("redeemers", &fixtures.redeemers),
-        ("buyer emails", &fixtures.buyer_emails),
-    ] {
-        ensure!(!values.is_empty(), "the generated shop has no {name}");
-    }
-    println!(
-        "fixtures: {} contact ids, {} phones, {} points accounts, {} redeemers (≥ {REDEEMER_POINTS} points), {} buyer emails",
-        fixtures.contact_ids.len(),
-        fixtures.phones.len(),
-        fixtures.points_ids.len(),
-        fixtures.redeemers.len(),
-        fixtures.buyer_emails.len()
-    );
-    Ok(fixtures)
-}
-
-/// Migrates a fresh state folder with Kizuna's own first request under
-/// Spin (the schema comes from the components being measured).
-fn migrate(state: &Path) -> anyhow::Result<()> {
-    let spin = SpinApp::start(state, &variables())?;
-    call(
-        &agent(),
-        "GET",
-        &format!("{}/v1/segments", spin.url()),
-        None,
-    )?;
-    Ok(())
-}
 
 /// The baseline app's state folder: `bench_inserts` in a WAL file.
 fn prepare_baselines(state: &Path) -> anyhow::Result<()> {
@@ -786,46 +135,7 @@ fn prepare_baselines(state: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Lines of Spin's logs (and the components' stderr) that look like
-/// errors.
-fn log_errors(state: &Path) -> Vec<String> {
-    let mut files = Vec::new();
-    for dir in [state.to_owned(), state.join("logs")] {
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with("spin-up-") || name.ends_with("stderr.txt") {
-                    files.push(entry.path());
-                }
-            }
-        }
-    }
-    let mut lines = Vec::new();
-    for file in files {
-        let Ok(text) = std::fs::read_to_string(&file) else {
-            continue;
-        };
-        for line in text.lines() {
-            let lower = line.to_lowercase();
-            if ["error", "panic", "trap", "warn"]
-                .iter()
-                .any(|w| lower.contains(w))
-            {
-                lines.push(format!("{}: {line}", file.display()));
-            }
-        }
-    }
-    lines
-}
-
 // ---------------------------------------------------------------- the run
-
-fn selected(options: &Options, name: &str) -> bool {
-    options
-        .only
-        .as_deref()
-        .is_none_or(|only| name.contains(only))
-}
 
 fn run(options: &Options, dir: &Path) -> anyhow::Result<()> {
     println!(
@@ -838,7 +148,7 @@ fn run(options: &Options, dir: &Path) -> anyhow::Result<()> {
     );
     print_machine();
     load::ensure_wrk()?;
-    build()?;
+    build(true)?;
 
     let kizuna_state = dir.to_owned();
     let baseline_state = dir.join("baselines");
@@ -867,15 +177,7 @@ fn run(options: &Options, dir: &Path) -> anyhow::Result<()> {
 
     let kizuna = SpinApp::start(&kizuna_state, &variables())?;
     let base = kizuna.url();
-    let program = call(
-        &agent(),
-        "PUT",
-        &format!("{base}/v1/points/program"),
-        Some(json!({
-            "earn_rate": {"points": 1, "per_minor": 100}, "earn_base": "subtotal",
-            "category_multipliers": {"tea": 2}, "min_redeem": 1
-        })),
-    )?;
+    let program = points_program_on(&base)?;
     println!(
         "points program: version {} (earning on order webhooks)",
         program["version"]
@@ -897,38 +199,34 @@ fn run(options: &Options, dir: &Path) -> anyhow::Result<()> {
     )?;
     println!("Kizuna at {base}, baselines at {}", baselines.url());
 
-    let mut bench = Bench {
-        options,
-        work_dir: work_dir.clone(),
-        generator: Generator {
-            lcg: Lcg(options.seed),
-            next_write: 0,
-        },
-        estimates: Vec::new(),
-        rows: Vec::new(),
-    };
+    let mut bench = Bench::new(
+        options.runs,
+        options.seconds,
+        options.seed,
+        work_dir.clone(),
+    );
     let kizuna_target = Target {
-        addr: kizuna.addr,
+        addrs: vec![kizuna.addr],
         db: db.clone(),
         fixtures: &fixtures,
-        suffix: "",
+        suffix: String::new(),
     };
     let baseline_target = Target {
-        addr: baselines.addr,
+        addrs: vec![baselines.addr],
         db: baseline_state.join("sqlite_db.db"),
         fixtures: &fixtures,
-        suffix: "",
+        suffix: String::new(),
     };
     let kinds: Vec<Kind> = Kind::ALL
         .into_iter()
         .filter(|kind| match kind.family() {
             Family::Baseline => {
-                selected(options, kind.name())
-                    || Kind::ALL
-                        .iter()
-                        .any(|k| k.baseline() == Some(*kind) && selected(options, k.name()))
+                selected(options.only.as_deref(), kind.name())
+                    || Kind::ALL.iter().any(|k| {
+                        k.baseline() == Some(*kind) && selected(options.only.as_deref(), k.name())
+                    })
             }
-            _ => selected(options, kind.name()),
+            _ => selected(options.only.as_deref(), kind.name()),
         })
         .collect();
     println!();
@@ -951,8 +249,12 @@ fn run(options: &Options, dir: &Path) -> anyhow::Result<()> {
     timing_phase(&mut bench, &kizuna_target, &kinds)?;
 
     // The mixed phase.
-    let mixed = if selected(options, "mixed") {
-        Some(mixed_phase(&mut bench, &kizuna_target)?)
+    let mixed = if selected(options.only.as_deref(), "mixed") {
+        Some(mixed_phase(
+            &mut bench,
+            &kizuna_target,
+            options.mixed_seconds,
+        )?)
     } else {
         None
     };
@@ -962,7 +264,7 @@ fn run(options: &Options, dir: &Path) -> anyhow::Result<()> {
     if let Some(path) = &options.million {
         let segment_kinds: Vec<Kind> = [Kind::SegmentCount, Kind::SegmentCsv]
             .into_iter()
-            .filter(|k| selected(options, k.name()))
+            .filter(|k| selected(options.only.as_deref(), k.name()))
             .collect();
         if !segment_kinds.is_empty() {
             std::fs::create_dir_all(&million_state)?;
@@ -978,13 +280,13 @@ fn run(options: &Options, dir: &Path) -> anyhow::Result<()> {
             println!("1M: saved segment {segment_id}: {members} members");
             let million_fixtures = Fixtures {
                 segment_id,
-                ..fixtures_for_segments_only()
+                ..Fixtures::default()
             };
             let target = Target {
-                addr: app.addr,
+                addrs: vec![app.addr],
                 db: million_state.join("sqlite_db.db"),
                 fixtures: &million_fixtures,
-                suffix: " (1M)",
+                suffix: " (1M)".to_owned(),
             };
             for kind in segment_kinds {
                 for close in [false, true] {
@@ -1052,7 +354,7 @@ const TIMING_SAMPLES: usize = 300;
 /// of each stage its `Server-Timing` answer reports (body read, settings,
 /// connection from the pool or opened, SQL statements, the rest of the
 /// handler, the whole component), beside the client's round trip.
-fn timing_phase(bench: &mut Bench<'_>, target: &Target<'_>, kinds: &[Kind]) -> anyhow::Result<()> {
+fn timing_phase(bench: &mut Bench, target: &Target<'_>, kinds: &[Kind]) -> anyhow::Result<()> {
     println!();
     println!(
         "## Where one request's time goes (median of {TIMING_SAMPLES} sequential requests, keep-alive, ms)"
@@ -1061,82 +363,34 @@ fn timing_phase(bench: &mut Bench<'_>, target: &Target<'_>, kinds: &[Kind]) -> a
         "| scenario | read | settings | connection | sql | statements | app | component total | round trip | opened |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    let agent = agent();
     for kind in kinds.iter().filter(|k| k.family() != Family::Baseline) {
         let samples = if matches!(kind, Kind::SegmentCount | Kind::SegmentCsv) {
             TIMING_SAMPLES / 10
         } else {
             TIMING_SAMPLES
         };
-        let mut stages: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
-        let mut statements = Vec::new();
-        let mut round_trips = Vec::new();
-        let mut opened = 0;
-        for _ in 0..samples {
-            let request = bench.generator.request(*kind, target.fixtures);
-            let mut builder = http::Request::builder()
-                .method(request.method)
-                .uri(format!("http://{}{}", target.addr, request.path));
-            for (name, value) in &request.headers {
-                builder = builder.header(name.as_str(), value.as_str());
-            }
-            let started = Instant::now();
-            let mut response = agent.run(builder.body(request.body)?)?;
-            response.body_mut().read_to_vec()?;
-            round_trips.push(started.elapsed().as_secs_f64() * 1000.0);
-            let timing = response
-                .headers()
-                .get("server-timing")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned();
-            for stage in timing.split(", ") {
-                let mut fields = stage.split(';');
-                let name = fields.next().unwrap_or("").to_owned();
-                for field in fields {
-                    if let Some(ms) = field.strip_prefix("dur=") {
-                        stages
-                            .entry(name.clone())
-                            .or_default()
-                            .push(ms.parse().unwrap_or(0.0));
-                    } else if let Some(text) = field.strip_prefix("desc=") {
-                        let text = text.trim_matches('"');
-                        if let Some(n) = text.strip_suffix(" statements") {
-                            statements.push(n.parse::<f64>().unwrap_or(0.0));
-                        }
-                        if text == "opened" {
-                            opened += 1;
-                        }
-                    }
-                }
-            }
-        }
-        let stage = |name: &str| stages.get(name).map_or(f64::NAN, |v| median(v.clone()));
+        let timing = time_requests(
+            &mut bench.generator,
+            *kind,
+            target.addrs[0],
+            target.fixtures,
+            samples,
+        )?;
         println!(
-            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {:.3} | {opened}/{samples} |",
+            "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {:.3} | {:.3} | {:.3} | {}/{samples} |",
             kind.name(),
-            stage("read"),
-            stage("settings"),
-            stage("connection"),
-            stage("sql"),
-            median(statements),
-            stage("app"),
-            stage("total"),
-            median(round_trips),
+            timing.stage("read"),
+            timing.stage("settings"),
+            timing.stage("connection"),
+            timing.stage("sql"),
+            median(timing.statements.clone()),
+            timing.stage("app"),
+            timing.stage("total"),
+            median(timing.round_trips.clone()),
+            timing.opened,
         );
     }
     Ok(())
-}
-
-fn fixtures_for_segments_only() -> Fixtures {
-    Fixtures {
-        contact_ids: Vec::new(),
-        phones: Vec::new(),
-        points_ids: Vec::new(),
-        redeemers: Vec::new(),
-        buyer_emails: Vec::new(),
-        segment_id: String::new(),
-    }
 }
 
 struct Mixed {
@@ -1149,8 +403,7 @@ struct Mixed {
     inexact: bool,
 }
 
-fn mixed_phase(bench: &mut Bench<'_>, target: &Target<'_>) -> anyhow::Result<Mixed> {
-    let seconds = bench.options.mixed_seconds;
+fn mixed_phase(bench: &mut Bench, target: &Target<'_>, seconds: u64) -> anyhow::Result<Mixed> {
     let rate = [Kind::ContactById, Kind::FormPost, Kind::OrderWebhook]
         .iter()
         .map(|k| bench.estimate(*k))
@@ -1165,7 +418,7 @@ fn mixed_phase(bench: &mut Bench<'_>, target: &Target<'_>) -> anyhow::Result<Mix
         .collect();
     let before = stored_count(&target.db, Kind::FormPost)?.unwrap_or(0);
     let load = Load {
-        addr: target.addr,
+        addr: target.addrs[0],
         connections: MIXED_CONNECTIONS,
         duration: Duration::from_secs(seconds),
         close: false,
@@ -1209,7 +462,7 @@ fn ratio_text(value: f64) -> String {
     }
 }
 
-fn report(bench: &Bench<'_>, mixed: Option<&Mixed>) {
+fn report(bench: &Bench, mixed: Option<&Mixed>) {
     println!();
     println!(
         "## All figures (median of runs; ratios against the baseline at the same connections and mode: reads / hello, writes / bare insert)"
