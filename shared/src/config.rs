@@ -34,12 +34,15 @@ pub const FORMS_VARIABLES: &[&str] = &[
 /// The variables the `purchases` component reads.
 pub const PURCHASES_VARIABLES: &[&str] = &[
     "api_keys",
+    // Keys the suppression list, which checkout consent must honour.
+    "unsubscribe_secret",
     "default_phone_region",
     "shop_currency",
     "shop_timezone",
     "orders_webhook_secrets",
     "shopify_webhook_secrets",
     "woocommerce_webhook_secrets",
+    "woocommerce_consent_meta_key",
     "server_timing",
 ];
 
@@ -84,6 +87,10 @@ pub struct Config {
     pub orders_webhook_secrets: Vec<String>,
     pub shopify_webhook_secrets: Vec<String>,
     pub woocommerce_webhook_secrets: Vec<String>,
+    /// The order meta key (`meta_data[].key`) in which a WooCommerce shop
+    /// keeps the buyer's email consent; WooCommerce has no standard one.
+    /// `None`: WooCommerce orders carry no consent.
+    pub woocommerce_consent_meta_key: Option<String>,
     /// A fixed VIP threshold (12-month net spend, minor units); without
     /// one, the top decile's boundary from the analytics is used.
     pub vip_threshold_minor: Option<i64>,
@@ -150,6 +157,7 @@ impl Config {
             orders_webhook_secrets: secret_list(get("orders_webhook_secrets")),
             shopify_webhook_secrets: secret_list(get("shopify_webhook_secrets")),
             woocommerce_webhook_secrets: secret_list(get("woocommerce_webhook_secrets")),
+            woocommerce_consent_meta_key: get("woocommerce_consent_meta_key").map(str::to_owned),
             shop_offset: crate::shop_time::parse(
                 get("shop_timezone").unwrap_or(crate::shop_time::DEFAULT_ZONE),
             )

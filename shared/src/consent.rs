@@ -1,7 +1,10 @@
 //! Marketing consent per channel: an append-only log whose latest row per
 //! channel is the current state. Each row keeps the proof Japan's Act on
-//! Specified Electronic Mail asks a sender to keep: when, where (form and
-//! page), which wording, and from which (truncated) address.
+//! Specified Electronic Mail asks a sender to keep: when (the person's
+//! time, `occurred_at`, beside the time Kizuna recorded it), where (form
+//! and page, or a `source` such as `shopify_checkout`, and the order that
+//! reported it), which wording (its version and SHA-256), and from which
+//! (truncated) address.
 
 use crate::error::ApiError;
 use crate::ids::new_id;
@@ -66,10 +69,13 @@ impl TryFrom<&str> for Status {
     }
 }
 
-/// Why consent changed.
+/// Why consent changed: a closed list. Where it happened, in anyone's
+/// words, is the change's `source` and `note`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     Form,
+    /// Given at a shop's checkout (a ticked box the shop reports).
+    Checkout,
     Unsubscribed,
     Bounced,
     Complaint,
@@ -77,9 +83,19 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::Form,
+        Reason::Checkout,
+        Reason::Unsubscribed,
+        Reason::Bounced,
+        Reason::Complaint,
+        Reason::Manual,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Form => "form",
+            Reason::Checkout => "checkout",
             Reason::Unsubscribed => "unsubscribed",
             Reason::Bounced => "bounced",
             Reason::Complaint => "complaint",
@@ -91,21 +107,16 @@ impl Reason {
 impl TryFrom<&str> for Reason {
     type Error = ApiError;
     fn try_from(value: &str) -> Result<Self, ApiError> {
-        [
-            Reason::Form,
-            Reason::Unsubscribed,
-            Reason::Bounced,
-            Reason::Complaint,
-            Reason::Manual,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == value)
-        .ok_or_else(|| {
-            ApiError::invalid(
-                "reason",
-                "one of form, unsubscribed, bounced, complaint, manual",
-            )
-        })
+        Reason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == value)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "reason",
+                    "one of form, checkout, unsubscribed, bounced, complaint, manual \
+                     (say where or how in `source` and `note`)",
+                )
+            })
     }
 }
 
@@ -118,7 +129,50 @@ pub struct ConsentChange<'a> {
     pub form_id: Option<&'a str>,
     pub page_url: Option<&'a str>,
     pub text_version: Option<&'a str>,
+    /// Hex SHA-256 of the wording the person saw (see [`text_sha256`]).
+    pub text_sha256: Option<&'a str>,
     pub ip_truncated: Option<&'a str>,
+    /// Where it was given or withdrawn: `shopify_checkout`,
+    /// `woocommerce_checkout`, or the words of a sender or of staff.
+    pub source: Option<&'a str>,
+    /// Staff's free text.
+    pub note: Option<&'a str>,
+    /// The opt-in level a shop reports (`single_opt_in`, …).
+    pub opt_in_level: Option<&'a str>,
+    /// The order (`orders.id`) that reported it.
+    pub order_id: Option<&'a str>,
+    /// When the person gave or withdrew it, when that is not the moment
+    /// it is recorded (a shop's own time); never later than now.
+    pub occurred_at: Option<OffsetDateTime>,
+}
+
+impl ConsentChange<'_> {
+    /// A change with nothing but its channel, status and reason.
+    pub fn new(channel: Channel, status: Status, reason: Reason) -> Self {
+        ConsentChange {
+            channel,
+            status,
+            reason,
+            form_id: None,
+            page_url: None,
+            text_version: None,
+            text_sha256: None,
+            ip_truncated: None,
+            source: None,
+            note: None,
+            opt_in_level: None,
+            order_id: None,
+            occurred_at: None,
+        }
+    }
+}
+
+/// The hex SHA-256 of a consent wording's UTF-8 bytes: kept with each
+/// consent, it shows which text the person saw even if the form's
+/// settings change later.
+pub fn text_sha256(text: &str) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(text.as_bytes()))
 }
 
 /// Appends a consent change and its timeline entry.
@@ -131,10 +185,12 @@ pub async fn record(
 ) -> anyhow::Result<String> {
     let id = new_id(now);
     let at = crate::timestamp::format(now);
+    let occurred_at = change.occurred_at.map_or(now, |t| t.min(now));
     db.execute(
         "INSERT INTO consents (id, contact_id, channel, status, reason, form_id, page_url,
-                               text_version, ip_truncated, recorded_at, recorded_by)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                               text_version, ip_truncated, recorded_at, recorded_by,
+                               occurred_at, source, note, opt_in_level, order_id, text_sha256)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         &[
             id.as_str().into(),
             contact_id.into(),
@@ -147,6 +203,12 @@ pub async fn record(
             change.ip_truncated.into(),
             at.as_str().into(),
             actor.into(),
+            crate::timestamp::format(occurred_at).into(),
+            change.source.into(),
+            change.note.into(),
+            change.opt_in_level.into(),
+            change.order_id.into(),
+            change.text_sha256.into(),
         ],
     )
     .await
@@ -166,10 +228,13 @@ pub async fn record(
             data: Some(json!({
                 "channel": change.channel.as_str(),
                 "reason": change.reason.as_str(),
+                "source": change.source,
                 "form_id": change.form_id,
+                "order_id": change.order_id,
                 "text_version": change.text_version,
+                "text_sha256": change.text_sha256,
             })),
-            occurred_at: now,
+            occurred_at,
         },
         actor,
         now,
@@ -194,8 +259,10 @@ pub async fn current(db: &impl Db, contact_id: &str) -> anyhow::Result<Json> {
 /// consent per channel, as [`current`] answers it. Embedded in reads that
 /// answer the whole contact in one statement.
 pub const CURRENT_JSON_SQL: &str = "(SELECT json_group_object(channel, json_object(
-        'status', status, 'reason', reason, 'form_id', form_id, 'page', page_url,
-        'text_version', text_version, 'recorded_at', recorded_at))
+        'status', status, 'reason', reason, 'source', source, 'note', note,
+        'form_id', form_id, 'page', page_url, 'order_id', order_id,
+        'text_version', text_version, 'text_sha256', text_sha256, 'opt_in_level', opt_in_level,
+        'occurred_at', COALESCE(occurred_at, recorded_at), 'recorded_at', recorded_at))
      FROM consents x
      WHERE x.contact_id = c.id AND x.id = (
          SELECT id FROM consents WHERE contact_id = x.contact_id AND channel = x.channel
@@ -234,6 +301,15 @@ pub fn truncate_ip(ip: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wording_digest_is_sha256_of_its_utf8() {
+        assert_eq!(
+            text_sha256("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(text_sha256("メール").len(), 64);
+    }
 
     #[test]
     fn truncates_addresses() {

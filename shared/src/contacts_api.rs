@@ -593,7 +593,15 @@ struct ConsentInput {
     status: String,
     reason: Option<String>,
     text_version: Option<String>,
+    /// Where the person gave or withdrew it, in staff's words
+    /// ("電話", "店頭の申込書"): `reason` stays a closed list.
+    source: Option<String>,
+    note: Option<String>,
 }
+
+/// The longest `source` and `note` of a staff consent change.
+const CONSENT_SOURCE_MAX: usize = 100;
+const CONSENT_NOTE_MAX: usize = 1000;
 
 /// `POST /v1/contacts/{id}/consents`: grant or withdraw one channel.
 pub async fn change_consent<D: Db, K: Kv>(
@@ -611,19 +619,24 @@ pub async fn change_consent<D: Db, K: Kv>(
         .text_version
         .as_deref()
         .and_then(|v| profile::check_text("text_version", v, 64, &mut errors));
+    let source = input
+        .source
+        .as_deref()
+        .and_then(|v| profile::check_text("source", v, CONSENT_SOURCE_MAX, &mut errors));
+    let note = input
+        .note
+        .as_deref()
+        .and_then(|v| profile::check_text("note", v, CONSENT_NOTE_MAX, &mut errors));
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
     write(ctx, actor, request, async || {
         require_contact(ctx.db, id).await?;
         let change = ConsentChange {
-            channel,
-            status,
-            reason,
-            form_id: None,
-            page_url: None,
             text_version: text_version.as_deref(),
-            ip_truncated: None,
+            source: source.as_deref(),
+            note: note.as_deref(),
+            ..ConsentChange::new(channel, status, reason)
         };
         let secret = ctx.config.unsubscribe_secret()?;
         match status {

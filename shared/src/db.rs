@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0006_points_related_index.sql"),
     include_str!("migrations/0007_form_settings.sql"),
     include_str!("migrations/0008_rfm_computations.sql"),
+    include_str!("migrations/0009_consent_proof.sql"),
 ];
 
 /// The schema version this build expects.

@@ -1,10 +1,13 @@
 //! Public lead capture: `POST /v1/forms/{form_id}` from landing pages.
 //! Owns the form's settings (the `form_settings` table: a shop relies on
 //! them, and the key-value store is only a cache that may be lost; read
-//! on every submission, written rarely), the submission's parsing, the
-//! per-client rate limit (in SQLite: Spin's key-value store syncs the
-//! disk on every write), the honeypot, CORS and the redirect policy. A
-//! stored lead never depends on the caller being able to read the answer.
+//! on every submission, written rarely), the submission's parsing (with
+//! campaign parameters taken from the page's URL when the body lacks
+//! them), the per-client rate limit (in SQLite: Spin's key-value store
+//! syncs the disk on every write), the honeypot, CORS, the redirect
+//! policy, and what a browser sees, accepted or refused (a thank-you or
+//! error URL, or a small page; scripts get JSON). A stored lead never
+//! depends on the caller being able to read the answer.
 
 use crate::Ctx;
 use crate::client_addr::{self, TrustedProxies};
@@ -13,7 +16,9 @@ use crate::consent::{self, ConsentChange};
 use crate::contact::{self, FirstTouch, UTM_FIELDS, WritePolicy};
 use crate::db::transaction;
 use crate::error::{ApiError, FieldError};
-use crate::http::{Request, Response, body_text, check_size, header_str, media_type};
+use crate::http::{
+    Request, Response, body_text, check_size, error_response, escape_html, header_str, media_type,
+};
 use crate::ids::new_id;
 use crate::ports::{Db, Kv, Value};
 use crate::profile::{self, MAX_ATTRIBUTES_PER_SUBMISSION, Profile};
@@ -54,6 +59,11 @@ pub fn parse_form_id(text: &str) -> Result<String, ApiError> {
 pub struct FormSettings {
     #[serde(default)]
     pub thank_you_url: Option<String>,
+    /// Where a browser whose post is refused (422, 429) is sent, with the
+    /// reason and the failing fields in the query (see `refusal`);
+    /// without it, a small page says what to fix.
+    #[serde(default)]
+    pub error_url: Option<String>,
     #[serde(default)]
     pub allowed_origins: Vec<String>,
     #[serde(default)]
@@ -109,6 +119,12 @@ impl FormSettings {
             match redirect_url(url) {
                 Some(safe) => self.thank_you_url = Some(safe),
                 None => errors.push(FieldError::new("thank_you_url", "an absolute http(s) URL")),
+            }
+        }
+        if let Some(url) = &self.error_url {
+            match redirect_url(url) {
+                Some(safe) => self.error_url = Some(safe),
+                None => errors.push(FieldError::new("error_url", "an absolute http(s) URL")),
             }
         }
         let mut origins = Vec::new();
@@ -378,6 +394,10 @@ pub struct Sender {
     pub origin: Option<String>,
     pub referer: Option<String>,
     pub wants_json: bool,
+    /// A browser navigating: `Accept` names `text/html` and no JSON type.
+    /// Only such a caller sees a refusal as a page (see `refusal`); a
+    /// script that accepts anything (`*/*`) keeps the problem document.
+    pub wants_html: bool,
 }
 
 impl Sender {
@@ -398,6 +418,7 @@ impl Sender {
             origin: header_str(headers, "origin").map(str::to_owned),
             referer: header_str(headers, "referer").map(str::to_owned),
             wants_json,
+            wants_html: !wants_json && accept.contains("text/html"),
         }
     }
 }
@@ -414,6 +435,48 @@ pub struct Submission {
     pub redirect: Option<String>,
     /// What was sent, for the timeline (control fields left out).
     pub fields: Map<String, Json>,
+}
+
+impl Submission {
+    /// Fills each `utm_*` the body did not carry from the query of the
+    /// `page` field, then from the `Referer`'s. A plain HTML form cannot
+    /// copy the landing page's `?utm_source=…` into hidden fields, but the
+    /// page's URL usually reaches Kizuna one of these ways (the `Referer`
+    /// only when the page's referrer policy sends the whole URL: see the
+    /// README). The body's values win, then the page's, key by key.
+    pub fn fill_utm_from_urls(&mut self, referer: Option<&str>) {
+        let page = self.page.clone();
+        for url in [page.as_deref(), referer].into_iter().flatten() {
+            for (utm, value) in utm_from_url(url) {
+                self.utm.entry(utm).or_insert(value);
+            }
+        }
+    }
+}
+
+/// The `utm_*` parameters in the query of `url` (absolute or relative),
+/// the first of each name. A value that is not clean text (control
+/// characters, invalid UTF-8) is left out, and one past 200 characters
+/// is cut there: a URL's noise never refuses a lead.
+pub fn utm_from_url(url: &str) -> Vec<(&'static str, String)> {
+    let Some((_, rest)) = url.split_once('?') else {
+        return Vec::new();
+    };
+    let query = rest.split('#').next().unwrap_or_default();
+    let mut found: Vec<(&'static str, String)> = Vec::new();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        let Some(utm) = UTM_FIELDS.iter().copied().find(|u| *u == key) else {
+            continue;
+        };
+        if found.iter().any(|(k, _)| *k == utm) || value.contains('\u{FFFD}') {
+            continue;
+        }
+        let cut: String = value.trim().chars().take(200).collect();
+        if let Some(clean) = profile::check_text(utm, &cut, 200, &mut Vec::new()) {
+            found.push((utm, clean));
+        }
+    }
+    found
 }
 
 /// Reads the body into field pairs: urlencoded or a flat JSON object.
@@ -560,18 +623,6 @@ pub enum Answer {
     Accepted,
 }
 
-/// The origins allowed to read answers of `form_id`: the variable's plus
-/// the form's own. Falls back to the variable's when settings cannot be read.
-pub async fn cors_origins<D: Db, K: Kv>(ctx: &Ctx<'_, D, K>, form_id: &str) -> Vec<String> {
-    match load_settings(ctx.db, ctx.kv, form_id).await {
-        Ok(settings) => allowed_origins(&ctx.config.allowed_origins, &settings.unwrap_or_default()),
-        Err(e) => {
-            eprintln!("form settings unreadable for CORS: {e:#}");
-            ctx.config.allowed_origins.clone()
-        }
-    }
-}
-
 /// The origins allowed for this form: the variable's plus the form's own.
 fn allowed_origins(config_origins: &[String], settings: &FormSettings) -> Vec<String> {
     let mut all = config_origins.to_vec();
@@ -592,7 +643,7 @@ pub async fn submit<D: Db, K: Kv>(
     let honeypot_filled = pairs
         .iter()
         .any(|(k, v)| k == "_hp" && !v.trim().is_empty());
-    let submission = match parse_submission(pairs, ctx.config.default_phone_region) {
+    let mut submission = match parse_submission(pairs, ctx.config.default_phone_region) {
         Ok(submission) => submission,
         Err(_) if honeypot_filled => Submission {
             honeypot_filled,
@@ -600,6 +651,7 @@ pub async fn submit<D: Db, K: Kv>(
         },
         Err(error) => return Err(error),
     };
+    submission.fill_utm_from_urls(sender.referer.as_deref());
     let settings = load_settings(ctx.db, ctx.kv, form_id)
         .await?
         .unwrap_or_default();
@@ -816,14 +868,21 @@ async fn store_submission(
     if grant {
         let ip = sender.client_ip.as_deref().and_then(consent::truncate_ip);
         let version = settings.consent_version(submission.consent_text_version.as_deref());
+        // The wording itself is proved by its digest: settings may change.
+        let wording_sha256 = version
+            .and_then(|v| settings.consent_texts.get(v))
+            .map(|text| consent::text_sha256(text));
         let change = ConsentChange {
-            channel: consent::Channel::Email,
-            status: consent::Status::Granted,
-            reason: consent::Reason::Form,
             form_id: Some(form_id),
             page_url: page.as_deref(),
             text_version: version,
+            text_sha256: wording_sha256.as_deref(),
             ip_truncated: ip.as_deref(),
+            ..ConsentChange::new(
+                consent::Channel::Email,
+                consent::Status::Granted,
+                consent::Reason::Form,
+            )
         };
         consent::record(db, &id, &change, &actor, now).await?;
     }
@@ -1005,16 +1064,230 @@ fn answer_response(answer: &Answer) -> Response {
     }
 }
 
-/// A minimal page for browsers when no thank-you URL is configured.
+/// A minimal page for browsers: `title` is text, `message` is HTML (a
+/// caller escapes whatever it did not write itself).
 pub fn html_response(status: StatusCode, title: &str, message: &str) -> Response {
+    page_response(status, title, &format!("<p>{message}</p>"))
+}
+
+/// A minimal page around `body` (HTML).
+fn page_response(status: StatusCode, title: &str, body: &str) -> Response {
+    let title = escape_html(title);
     let page = format!(
-        "<!doctype html><html lang=\"ja\"><meta charset=\"utf-8\"><title>{title}</title><p>{message}</p></html>"
+        "<!doctype html><html lang=\"ja\"><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title}</title>{body}</html>"
     );
     http::Response::builder()
         .status(status)
         .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
         .body(Bytes::from(page))
         .expect("static headers are valid")
+}
+
+/// The answer to a refused `POST /v1/forms/{form_id}`. A browser
+/// (`Sender::wants_html`) refused for its fields (422: a required field
+/// missing, a value invalid, a `_redirect` not allowed) or for its rate
+/// (429) is sent (303) to the form's `error_url`, with
+/// `error=validation&fields=name,email` or
+/// `error=rate_limited&retry_after=42` in the query, or, without one, is
+/// shown a small Japanese and English page naming the fields to fix or
+/// saying when to try again. Every other caller and every other refusal
+/// gets the problem document. An allowed origin's script may read either.
+/// The query never carries what was typed: it ends up in logs.
+pub async fn refusal<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    form_id: &str,
+    request: &Request,
+    error: &ApiError,
+) -> Response {
+    // Unreadable settings (the database is what failed, often) leave the
+    // variable's origins and no error URL: the refusal still answers.
+    let settings = match load_settings(ctx.db, ctx.kv, form_id).await {
+        Ok(settings) => settings.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("form settings unreadable for a refusal: {e:#}");
+            FormSettings::default()
+        }
+    };
+    let origins = allowed_origins(&ctx.config.allowed_origins, &settings);
+    let sender = Sender::from_request(request, &ctx.config.trusted_proxies);
+    let mut response = sender
+        .wants_html
+        .then(|| browser_refusal(error, settings.error_url.as_deref()))
+        .flatten()
+        .unwrap_or_else(|| error_response(error));
+    apply_cors(&mut response, sender.origin.as_deref(), &origins);
+    response
+}
+
+/// Fields named in an error URL, at most; more are left out.
+const MAX_FIELDS_IN_ERROR_URL: usize = 20;
+
+/// A browser's answer to a 422 or 429; `None` for any other refusal.
+fn browser_refusal(error: &ApiError, error_url: Option<&str>) -> Option<Response> {
+    let (params, page) = match error {
+        ApiError::Validation(errors) => {
+            let mut fields: Vec<String> = Vec::new();
+            for name in errors.iter().map(|e| form_field_name(&e.field)) {
+                let encoded: String = form_urlencoded::byte_serialize(
+                    name.chars().take(100).collect::<String>().as_bytes(),
+                )
+                .collect();
+                if !fields.contains(&encoded) && fields.len() < MAX_FIELDS_IN_ERROR_URL {
+                    fields.push(encoded);
+                }
+            }
+            let params = vec![
+                ("error", "validation".to_owned()),
+                ("fields", fields.join(",")),
+            ];
+            (params, validation_page(errors))
+        }
+        ApiError::RateLimited {
+            retry_after_seconds,
+        } => {
+            let params = vec![
+                ("error", "rate_limited".to_owned()),
+                ("retry_after", retry_after_seconds.to_string()),
+            ];
+            (params, rate_limited_page(*retry_after_seconds))
+        }
+        _ => return None,
+    };
+    let location = error_url
+        .map(|url| with_query(url, &params))
+        .and_then(|url| http::HeaderValue::from_str(&url).ok());
+    Some(match location {
+        Some(location) => {
+            let mut response = crate::http::empty_response(StatusCode::SEE_OTHER);
+            response.headers_mut().insert(header::LOCATION, location);
+            response
+        }
+        // Settings saved before URLs were made header-safe: the page.
+        None => page,
+    })
+}
+
+/// The name a form gave the field: an extra field's error names it
+/// `attributes.{name}`.
+fn form_field_name(field: &str) -> &str {
+    field.strip_prefix("attributes.").unwrap_or(field)
+}
+
+/// `url` with `params` (already encoded) added to its query, before any
+/// fragment.
+fn with_query(url: &str, params: &[(&str, String)]) -> String {
+    let (target, fragment) = match url.split_once('#') {
+        Some((target, fragment)) => (target, Some(fragment)),
+        None => (url, None),
+    };
+    let mut out = target.to_owned();
+    if !out.contains('?') {
+        out.push('?');
+    } else if !out.ends_with('?') && !out.ends_with('&') {
+        out.push('&');
+    }
+    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    out.push_str(&query.join("&"));
+    if let Some(fragment) = fragment {
+        out.push('#');
+        out.push_str(fragment);
+    }
+    out
+}
+
+/// The Japanese and English labels of the fields Kizuna knows.
+fn field_label(field: &str) -> Option<(&'static str, &'static str)> {
+    Some(match field {
+        "email" => ("メールアドレス", "Email"),
+        "phone" => ("電話番号", "Phone"),
+        "name" => ("お名前", "Name"),
+        "family_name" => ("姓", "Family name"),
+        "given_name" => ("名", "Given name"),
+        "family_name_kana" => ("姓（フリガナ）", "Family name (kana)"),
+        "given_name_kana" => ("名（フリガナ）", "Given name (kana)"),
+        "company" => ("会社名", "Company"),
+        "postal_code" => ("郵便番号", "Postal code"),
+        "address" => ("住所", "Address"),
+        "birthday" => ("生年月日", "Birthday"),
+        "consent_email" => ("メール配信への同意", "Consent to email"),
+        "_redirect" => ("送信後の移動先", "Page after sending"),
+        "attributes" => ("その他の項目", "Other fields"),
+        _ => return None,
+    })
+}
+
+/// What to do about `error`, in Japanese (the English is its message).
+fn japanese_hint(error: &FieldError) -> &'static str {
+    match (error.field.as_str(), error.message.as_str()) {
+        ("email", message) if message.contains("or a phone") => {
+            "メールアドレスか電話番号のどちらかをご入力ください。"
+        }
+        ("consent_email", "is required") => "同意のチェックが必要です。",
+        (_, "is required") => "必須項目です。ご入力ください。",
+        ("_redirect", _) => {
+            "このフォームの送信後の移動先が許可されていません。フォームの管理者にお知らせください。"
+        }
+        _ => "入力内容が正しくありません。ご確認ください。",
+    }
+}
+
+/// The 422 page: each failing field, by its label where Kizuna knows it
+/// and else by the form's own name for it, escaped.
+fn validation_page(errors: &[FieldError]) -> Response {
+    let items: String = errors
+        .iter()
+        .map(|error| {
+            let name = form_field_name(&error.field);
+            let label = match field_label(name) {
+                Some((ja, en)) => format!("{ja} / {en}"),
+                None => name.to_owned(),
+            };
+            format!(
+                "<li><strong>{}</strong> (<code>{}</code>): {} / {}</li>",
+                escape_html(&label),
+                escape_html(name),
+                japanese_hint(error),
+                escape_html(&error.message)
+            )
+        })
+        .collect();
+    let body = format!(
+        "<h1>入力内容をご確認ください / Please check the form</h1>\
+         <p>次の項目を確認してください。送信内容は保存されていません。<br>\
+         These fields need your attention; nothing was saved.</p>\
+         <ul>{items}</ul>\
+         <p>ブラウザの「戻る」で前のページに戻り、修正してからもう一度送信してください。<br>\
+         Go back, correct them and send the form again.</p>"
+    );
+    page_response(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "入力内容をご確認ください / Please check the form",
+        &body,
+    )
+}
+
+/// The 429 page: when to try again, and a `Retry-After` to match.
+fn rate_limited_page(retry_after_seconds: u64) -> Response {
+    let body = format!(
+        "<h1>しばらくしてからもう一度お試しください / Please try again shortly</h1>\
+         <p>短時間に送信が集中したため、受け付けられませんでした。送信内容は保存されていません。\
+         {retry_after_seconds} 秒ほど待ってから、もう一度送信してください。<br>\
+         Too many submissions came from your network just now, and this one was not saved. \
+         Please wait {retry_after_seconds} seconds and send the form again.</p>"
+    );
+    let mut response = page_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        "しばらくしてからお試しください / Please try again shortly",
+        &body,
+    );
+    crate::http::set_header(
+        &mut response,
+        header::RETRY_AFTER,
+        &retry_after_seconds.to_string(),
+    );
+    response
 }
 
 /// Lets an allowed origin's script read the answer.
@@ -1119,9 +1392,100 @@ mod tests {
     }
 
     #[test]
+    fn utm_comes_from_a_urls_query_first_of_each_name() {
+        let found = utm_from_url(
+            "https://lp.example.jp/spring?utm_source=ad&x=1&utm_campaign=%E6%98%A5&utm_source=other#top",
+        );
+        assert_eq!(
+            found,
+            [
+                ("utm_source", "ad".to_owned()),
+                ("utm_campaign", "春".to_owned())
+            ]
+        );
+        assert_eq!(
+            utm_from_url("/lp?utm_medium=cpc"),
+            [("utm_medium", "cpc".to_owned())]
+        );
+        assert!(utm_from_url("https://lp.example.jp/").is_empty());
+        assert!(utm_from_url("https://lp.example.jp/?utm_source=a%07b").is_empty());
+        assert!(utm_from_url("https://lp.example.jp/?utm_source=%FF").is_empty());
+        let long = format!("https://lp.example.jp/?utm_term={}", "x".repeat(300));
+        assert_eq!(utm_from_url(&long)[0].1.len(), 200);
+    }
+
+    #[test]
+    fn body_utm_wins_then_the_page_then_the_referer() {
+        let mut submission = Submission {
+            page: Some("https://lp.example.jp/a?utm_source=page&utm_medium=page".into()),
+            ..Submission::default()
+        };
+        submission.utm.insert("utm_source", "body".into());
+        submission.fill_utm_from_urls(Some(
+            "https://lp.example.jp/a?utm_medium=referer&utm_campaign=referer",
+        ));
+        assert_eq!(submission.utm["utm_source"], "body");
+        assert_eq!(submission.utm["utm_medium"], "page");
+        assert_eq!(submission.utm["utm_campaign"], "referer");
+    }
+
+    #[test]
+    fn error_urls_keep_their_query_and_fragment() {
+        let params = [("error", "validation".to_owned())];
+        for (url, expected) in [
+            (
+                "https://lp.example.jp/e",
+                "https://lp.example.jp/e?error=validation",
+            ),
+            (
+                "https://lp.example.jp/e?a=1",
+                "https://lp.example.jp/e?a=1&error=validation",
+            ),
+            (
+                "https://lp.example.jp/e?",
+                "https://lp.example.jp/e?error=validation",
+            ),
+            (
+                "https://lp.example.jp/e#f",
+                "https://lp.example.jp/e?error=validation#f",
+            ),
+        ] {
+            assert_eq!(with_query(url, &params), expected, "case {url}");
+        }
+    }
+
+    #[test]
+    fn a_browser_refusal_escapes_and_encodes_field_names() {
+        let hostile = "<img src=x onerror=alert(1)>";
+        let error = ApiError::Validation(vec![
+            FieldError::new("name", "is required"),
+            FieldError::new(format!("attributes.{hostile}"), "at most 2000 characters"),
+            FieldError::new("name", "is required"),
+        ]);
+        let page = browser_refusal(&error, None).expect("a page");
+        assert_eq!(page.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let html = std::str::from_utf8(page.body()).unwrap();
+        assert!(!html.contains(hostile), "{html}");
+        assert!(
+            html.contains("&lt;img src=x onerror=alert(1)&gt;"),
+            "{html}"
+        );
+        assert!(html.contains("お名前 / Name"), "{html}");
+        let redirect =
+            browser_refusal(&error, Some("https://lp.example.jp/error")).expect("a redirect");
+        assert_eq!(redirect.status(), StatusCode::SEE_OTHER);
+        assert_eq!(
+            redirect.headers()[header::LOCATION],
+            "https://lp.example.jp/error?error=validation&fields=name,%3Cimg+src%3Dx+onerror%3Dalert%281%29%3E"
+        );
+        assert!(browser_refusal(&ApiError::PayloadTooLarge(1), None).is_none());
+    }
+
+    #[test]
     fn settings_validation() {
         let ok = FormSettings {
             thank_you_url: Some("https://lp.example.jp/thanks".into()),
+            error_url: Some("https://lp.example.jp/エラー".into()),
             allowed_origins: vec!["https://LP.example.jp/".into()],
             required_fields: vec!["name".into()],
             tags: vec!["spring".into()],
@@ -1131,6 +1495,15 @@ mod tests {
         .validate()
         .unwrap();
         assert_eq!(ok.allowed_origins, ["https://lp.example.jp"]);
+        assert_eq!(
+            ok.error_url.as_deref(),
+            Some("https://lp.example.jp/%E3%82%A8%E3%83%A9%E3%83%BC")
+        );
+        let bad_error_url = FormSettings {
+            error_url: Some("/relative".into()),
+            ..Default::default()
+        };
+        assert!(bad_error_url.validate().is_err());
         let bad = FormSettings {
             thank_you_url: Some("javascript:alert(1)".into()),
             required_fields: vec!["order_count".into()],

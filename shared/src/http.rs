@@ -265,6 +265,22 @@ pub fn decode_cursor(cursor: &str, expected_parts: usize) -> Result<Vec<String>,
     Ok(parts)
 }
 
+/// `text` made safe inside HTML text and quoted attribute values.
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
@@ -305,6 +321,14 @@ mod tests {
         );
         assert!(decode_cursor("!!!", 2).is_err());
         assert!(decode_cursor(&c, 1).is_err());
+    }
+
+    #[test]
+    fn html_escaping_leaves_no_markup() {
+        assert_eq!(
+            escape_html("<script>alert('x')</script> & \"q\" 山田"),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot; 山田"
+        );
     }
 
     #[test]

@@ -97,7 +97,12 @@ impl Section {
         match self {
             Section::ConsentLog => {
                 "SELECT id, recorded_at AS k, channel, status, reason, form_id, page_url, text_version,
-                        ip_truncated, recorded_at, recorded_by
+                        text_sha256, ip_truncated, recorded_at, recorded_by,
+                        COALESCE(occurred_at, recorded_at) AS occurred_at, source, note,
+                        opt_in_level, order_id,
+                        (SELECT w.value FROM form_settings s, json_each(s.settings, '$.consent_texts') w
+                         WHERE s.form_id = consents.form_id AND w.key = consents.text_version
+                           AND consents.text_sha256 IS NOT NULL) AS wording
                  FROM consents WHERE contact_id = ?1
                    AND (?2 IS NULL OR recorded_at > ?2 OR (recorded_at = ?2 AND id > ?3))
                  ORDER BY recorded_at, id LIMIT ?4"
@@ -168,17 +173,32 @@ pub async fn section_page(
             break;
         }
         let item = match section {
-            Section::ConsentLog => json!({
-                "channel": r.str("channel")?,
-                "status": r.str("status")?,
-                "reason": r.str("reason")?,
-                "form_id": r.opt_str("form_id")?,
-                "page": r.opt_str("page_url")?,
-                "text_version": r.opt_str("text_version")?,
-                "ip_truncated": r.opt_str("ip_truncated")?,
-                "recorded_at": r.str("recorded_at")?,
-                "recorded_by": r.str("recorded_by")?,
-            }),
+            Section::ConsentLog => {
+                let sha256 = r.opt_str("text_sha256")?;
+                // The wording as the form holds it now, only while it is
+                // still the text whose digest was kept.
+                let text = r
+                    .opt_str("wording")?
+                    .filter(|text| sha256 == Some(consent::text_sha256(text).as_str()));
+                json!({
+                    "channel": r.str("channel")?,
+                    "status": r.str("status")?,
+                    "reason": r.str("reason")?,
+                    "source": r.opt_str("source")?,
+                    "note": r.opt_str("note")?,
+                    "form_id": r.opt_str("form_id")?,
+                    "page": r.opt_str("page_url")?,
+                    "order_id": r.opt_str("order_id")?,
+                    "opt_in_level": r.opt_str("opt_in_level")?,
+                    "text_version": r.opt_str("text_version")?,
+                    "text_sha256": sha256,
+                    "text": text,
+                    "ip_truncated": r.opt_str("ip_truncated")?,
+                    "occurred_at": r.str("occurred_at")?,
+                    "recorded_at": r.str("recorded_at")?,
+                    "recorded_by": r.str("recorded_by")?,
+                })
+            }
             Section::Timeline => timeline::entry_json(r)?,
             Section::Orders => crate::purchases::api::load(db, r.str("id")?)
                 .await?
@@ -459,15 +479,11 @@ pub async fn unsubscribe(
     if current["email"]["status"] == "withdrawn" {
         return Ok(());
     }
-    let change = ConsentChange {
-        channel: consent::Channel::Email,
-        status: consent::Status::Withdrawn,
-        reason: consent::Reason::Unsubscribed,
-        form_id: None,
-        page_url: None,
-        text_version: None,
-        ip_truncated: None,
-    };
+    let change = ConsentChange::new(
+        consent::Channel::Email,
+        consent::Status::Withdrawn,
+        consent::Reason::Unsubscribed,
+    );
     let actor = crate::auth::Actor::Unsubscribe.label();
     consent::record(db, contact_id, &change, &actor, now).await?;
     crate::suppression::on_withdrawal(db, suppression_secret, contact_id, change.channel, now)

@@ -4,11 +4,15 @@
 //!
 //! - A withdrawal of email consent suppresses the contact's email; of SMS
 //!   or phone consent, its phone. Erasure suppresses both.
-//! - A staff write (and, as they come, a purchase or an import) never
-//!   grants marketing consent to a suppressed address: 409.
-//! - Only the person's own fresh opt-in (a form with consent; a checkout
-//!   consent when purchases record them) lifts it, after the suppression,
-//!   and the lift is recorded on the row (`lifted_at`, `lifted_by`).
+//! - A staff write never grants marketing consent to a suppressed
+//!   address: 409. A purchase whose shop reports a consent does not
+//!   grant it either (it is skipped; the order still counts), and neither
+//!   will an import.
+//! - Only the person's own fresh opt-in on a form lifts it, after the
+//!   suppression, and the lift is recorded on the row (`lifted_at`,
+//!   `lifted_by`). A shop's "subscribed" is a third party's report of a
+//!   state, whose time Kizuna cannot check, so it never lifts it (see
+//!   `purchases::checkout_consent`).
 //!
 //! The digest is an HMAC keyed with a key derived from
 //! `unsubscribe_secret`, so the table alone does not reveal which

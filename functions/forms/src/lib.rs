@@ -21,17 +21,12 @@ use kizuna::ports::{Db, Kv};
 pub async fn handle<D: Db, K: Kv>(request: Request, ctx: &Ctx<'_, D, K>) -> Response {
     match route(&request, ctx).await {
         Ok(response) => response,
-        Err(error) => {
-            let mut response = error_response(&error);
-            // A browser script on an allowed origin must be able to read
-            // why its form post was refused.
-            if let Some(form_id) = form_post_id(&request) {
-                let origins = forms::cors_origins(ctx, &form_id).await;
-                let origin = kizuna::http::header_str(request.headers(), "origin");
-                forms::apply_cors(&mut response, origin, &origins);
-            }
-            response
-        }
+        // A refused form post: a browser sees a page (or the form's error
+        // URL), and a script on an allowed origin can read why.
+        Err(error) => match form_post_id(&request) {
+            Some(form_id) => forms::refusal(ctx, &form_id, &request, &error).await,
+            None => error_response(&error),
+        },
     }
 }
 

@@ -5,7 +5,10 @@
 //! {"type": "order.paid", "timestamp": "2026-11-22T06:00:00Z",
 //!  "data": {"id": "1001", "number": "#1001", "currency": "JPY",
 //!           "placed_at": "2026-11-22T05:59:00Z", "updated_at": "…",
-//!           "customer": {"id": "C-1", "email": "…", "phone": "…", "name": "…"},
+//!           "customer": {"id": "C-1", "email": "…", "phone": "…", "name": "…",
+//!                        "consents": {"email": {"status": "granted",
+//!                                               "occurred_at": "2026-11-22T05:58:00Z",
+//!                                               "source": "pos_checkout"}}},
 //!           "subtotal": "5000", "shipping": "500", "tax": "500", "discount": "0",
 //!           "total": "6000", "points_used": 0,
 //!           "lines": [{"id": "L1", "sku": "TEA-01", "name": "Green tea", "category": "tea",
@@ -15,12 +18,22 @@
 //!                        "refunded_at": "…"}]}}
 //! ```
 //!
+//! `customer.consents` (optional) holds, per channel (`email`, `sms`,
+//! `phone`, `post`), the buyer's consent as the shop recorded it:
+//! `status` `granted` or `withdrawn` (required), `occurred_at` (when the
+//! person gave or withdrew it; the order's `placed_at` when absent),
+//! `source` (where, default `checkout`) and `opt_in_level`. Kizuna's own
+//! format is strict: an unknown channel or status is a 422, unlike the
+//! states of Shopify and WooCommerce, which Kizuna ignores when it does
+//! not know them.
+//!
 //! Amounts are decimal strings in the order's currency. Types:
 //! `order.created` / `order.updated` (details), `order.paid`,
 //! `order.cancelled`, `order.refunded` (with `data.refunds`). Other types
 //! are acknowledged and ignored, so senders can add types safely.
 
-use super::model::{self, Customer, Event, Line, Order, Refund};
+use super::model::{self, Customer, Event, Line, Order, Refund, ShopConsent};
+use crate::consent::{Channel, Status};
 use crate::error::{ApiError, FieldError};
 use crate::money::Currency;
 use crate::phone::Region;
@@ -65,8 +78,98 @@ pub struct OrderDto {
 #[derive(Debug, Deserialize)]
 struct CustomerDto {
     id: Option<String>,
+    /// Checked field by field by [`consents`], so errors name the field.
+    consents: Option<serde_json::Value>,
     #[serde(flatten)]
     fields: BTreeMap<String, serde_json::Value>,
+}
+
+/// The source a consent without its own is recorded with.
+pub const DEFAULT_CONSENT_SOURCE: &str = "checkout";
+
+/// `customer.consents`: `{"<channel>": {"status", "occurred_at",
+/// "source", "opt_in_level"}}`. Errors name the field.
+fn consents(
+    value: Option<&serde_json::Value>,
+    order_time: OffsetDateTime,
+    errors: &mut Vec<FieldError>,
+) -> Vec<ShopConsent> {
+    use serde_json::Value as Json;
+    let mut out = Vec::new();
+    let object = match value {
+        None | Some(Json::Null) => return out,
+        Some(Json::Object(object)) => object,
+        Some(_) => {
+            errors.push(FieldError::new(
+                "customer.consents",
+                "an object of channel (email, sms, phone, post) to {status, occurred_at, source}",
+            ));
+            return out;
+        }
+    };
+    for (name, consent) in object {
+        let field = format!("customer.consents.{name}");
+        let Ok(channel) = Channel::try_from(name.as_str()) else {
+            errors.push(FieldError::new(
+                &field,
+                "a channel: one of email, sms, phone, post",
+            ));
+            continue;
+        };
+        let Some(consent) = consent.as_object() else {
+            errors.push(FieldError::new(
+                &field,
+                "an object {status, occurred_at, source}",
+            ));
+            continue;
+        };
+        let status = match consent.get("status").and_then(Json::as_str) {
+            Some("granted") => Status::Granted,
+            Some("withdrawn") => Status::Withdrawn,
+            _ => {
+                errors.push(FieldError::new(
+                    format!("{field}.status"),
+                    "one of granted, withdrawn",
+                ));
+                continue;
+            }
+        };
+        let mut text = |key: &str, max: usize| -> Option<String> {
+            match consent.get(key) {
+                None | Some(Json::Null) => None,
+                Some(Json::String(v)) => {
+                    profile::check_text(&format!("{field}.{key}"), v, max, errors)
+                }
+                Some(_) => {
+                    errors.push(FieldError::new(format!("{field}.{key}"), "a string"));
+                    None
+                }
+            }
+        };
+        let source = text("source", 64);
+        let opt_in_level = text("opt_in_level", 64);
+        let occurred_at = match consent.get("occurred_at") {
+            None | Some(Json::Null) => Some(order_time),
+            Some(Json::String(v)) => time_field(&format!("{field}.occurred_at"), Some(v), errors),
+            Some(_) => {
+                errors.push(FieldError::new(
+                    format!("{field}.occurred_at"),
+                    "an RFC 3339 timestamp",
+                ));
+                None
+            }
+        };
+        if let Some(occurred_at) = occurred_at {
+            out.push(ShopConsent {
+                channel,
+                status,
+                occurred_at,
+                opt_in_level,
+                source: source.unwrap_or_else(|| DEFAULT_CONSENT_SOURCE.to_owned()),
+            });
+        }
+    }
+    out
 }
 
 #[derive(Debug, Deserialize)]
@@ -203,6 +306,8 @@ pub fn parse(
             "order.refunded needs at least one refund",
         ));
     }
+    let placed_at =
+        time_field("placed_at", dto.placed_at.as_deref(), &mut errors).unwrap_or(received_at);
     let customer = dto.customer.as_ref().map(|c| {
         let get = |k: &str| c.fields.get(k).and_then(|v| v.as_str());
         let fields: Vec<(&str, Option<&str>)> = [
@@ -223,10 +328,9 @@ pub fn parse(
         Customer {
             external_id: model::text(c.id.as_deref(), 128),
             profile: customer_profile(&fields, region),
+            consents: consents(c.consents.as_ref(), placed_at, &mut errors),
         }
     });
-    let placed_at =
-        time_field("placed_at", dto.placed_at.as_deref(), &mut errors).unwrap_or(received_at);
     let order = Order {
         external_id: dto.id.trim().to_owned(),
         number: model::text(dto.number.as_deref(), 64),

@@ -8,12 +8,16 @@
 //! - `ingest`: applying an event inside the request's transaction:
 //!   customer matching, the order, refunds, counters, timeline. Its
 //!   `apply` is the one call later hooks (points) build on.
+//! - `checkout_consent`: the marketing consent an order reports, recorded
+//!   on the buyer with its proof, never over a later change or the
+//!   suppression list.
 //! - `receivers`: signature checks and event identity per source.
 //! - `receive`: a verified delivery end to end: de-duplication by event
 //!   identity, the deliveries log, the answer.
 //! - `api`: the orders and deliveries read API.
 
 pub mod api;
+pub mod checkout_consent;
 pub mod ingest;
 pub mod kizuna_format;
 pub mod model;

@@ -1,6 +1,7 @@
 //! The source-independent shape of what shops send, and the checks every
 //! event passes before anything is stored.
 
+use crate::consent::{Channel, Status};
 use crate::error::{ApiError, FieldError};
 use crate::money::Currency;
 use crate::profile::Profile;
@@ -64,11 +65,31 @@ impl OrderStatus {
     }
 }
 
-/// Who bought: the shop's customer id and whatever profile came along.
+/// Who bought: the shop's customer id, whatever profile came along, and
+/// the marketing consents the shop reports for the buyer.
 #[derive(Debug, Clone, Default)]
 pub struct Customer {
     pub external_id: Option<String>,
     pub profile: Profile,
+    pub consents: Vec<ShopConsent>,
+}
+
+/// A marketing consent state a shop reports with an order: given at
+/// checkout (or elsewhere, as the shop's record says), or withdrawn. A
+/// state the shop has that is neither (Shopify's `not_subscribed`,
+/// `pending`, an unticked box) is no consent and not mapped at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShopConsent {
+    pub channel: Channel,
+    pub status: Status,
+    /// When the person gave or withdrew it, as the shop says; the order's
+    /// time when the shop gives none.
+    pub occurred_at: OffsetDateTime,
+    /// The shop's opt-in level (`single_opt_in`, `confirmed_opt_in`, …).
+    pub opt_in_level: Option<String>,
+    /// Where: `shopify_checkout`, `woocommerce_checkout`, or what a
+    /// Kizuna-format sender names (`checkout` by default).
+    pub source: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,6 +3,7 @@
 //! answer. A refused payload is logged as `rejected` (without its body)
 //! and stores nothing else.
 
+use super::checkout_consent;
 use super::ingest::{self, Applied};
 use super::model::{Event, Source};
 use crate::Ctx;
@@ -192,6 +193,12 @@ pub async fn receive<D: Db, K: Kv>(
         } else {
             let applied = ingest::apply(ctx.db, delivery.source, &event, now).await?;
             crate::points::orders::on_order(ctx.db, delivery.source, &applied, now, ctx.config.shop_offset).await?;
+            if let (Event::Order(order), Some(contact_id), Some(order_id)) = (&event, &applied.contact_id, &applied.order_id)
+                && !order.customer.consents.is_empty()
+            {
+                let secret = ctx.config.unsubscribe_secret()?;
+                checkout_consent::apply(ctx.db, secret, delivery.source, order, contact_id, order_id, now).await?;
+            }
             (Outcome::Applied, applied)
         };
         log_delivery(ctx.db, delivery, event.order_external_id(), outcome, None, now).await?;

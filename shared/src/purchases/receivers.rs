@@ -133,8 +133,9 @@ pub async fn woocommerce_webhook<D: Db, K: Kv>(
         topic: topic.clone(),
     };
     let region = ctx.config.default_phone_region;
+    let consent_key = ctx.config.woocommerce_consent_meta_key.as_deref();
     receive(ctx, &delivery, |now| {
-        woocommerce::parse(&topic, request.body(), now, region)
+        woocommerce::parse(&topic, request.body(), now, region, consent_key)
     })
     .await
 }

@@ -11,9 +11,15 @@
 //! currency, so for a multi-currency order the shop amount comes from the
 //! refund's own sets (lines, taxes, adjustments), chosen to match what the
 //! transactions paid out.
+//!
+//! Marketing consent: the customer's `email_marketing_consent` and
+//! `sms_marketing_consent` (else, for email, the order's
+//! `buyer_accepts_marketing`), recorded by `checkout_consent` with the
+//! source `shopify_checkout`.
 
 use super::kizuna_format::{customer_profile, time_field};
-use super::model::{self, Customer, Event, Line, Order, Refund};
+use super::model::{self, Customer, Event, Line, Order, Refund, ShopConsent};
+use crate::consent::{Channel, Status};
 use crate::error::{ApiError, FieldError};
 use crate::money::Currency;
 use crate::phone::Region;
@@ -60,6 +66,11 @@ pub struct OrderDto {
     /// Orders placed in test mode (Bogus Gateway) are not sales.
     #[serde(default)]
     test: bool,
+    /// Whether the buyer ticked "email me" at checkout: read only when
+    /// the customer carries no `email_marketing_consent` (API 2025-01 and
+    /// later leave it out of order webhooks). Any JSON, so that a value
+    /// of another type is ignored rather than refusing the order.
+    buyer_accepts_marketing: Option<Json>,
 }
 
 /// An amount in the shop's currency and in the buyer's.
@@ -142,6 +153,78 @@ struct CustomerDto {
     phone: Option<String>,
     first_name: Option<String>,
     last_name: Option<String>,
+    /// `{state, opt_in_level, consent_updated_at}`; any JSON, read by
+    /// [`marketing_consent`], so that an odd value is ignored.
+    email_marketing_consent: Option<Json>,
+    /// `{state, opt_in_level, consent_updated_at, consent_collected_from}`.
+    sms_marketing_consent: Option<Json>,
+}
+
+/// The source Shopify's consent is recorded with.
+pub const CONSENT_SOURCE: &str = "shopify_checkout";
+
+/// A customer's `email_marketing_consent` or `sms_marketing_consent`:
+/// `subscribed` is a grant and `unsubscribed` a withdrawal, at its
+/// `consent_updated_at` (the order's time when it has none). Any other
+/// state (`not_subscribed`, `pending` — a double opt-in not yet
+/// confirmed —, `redacted`, `invalid`, or one Shopify adds later), a
+/// value that is not an object, or a time that does not parse says
+/// nothing Kizuna may act on: it is ignored, and never fails the order.
+fn marketing_consent(
+    channel: Channel,
+    value: Option<&Json>,
+    order_time: OffsetDateTime,
+) -> Option<ShopConsent> {
+    let value = value?.as_object()?;
+    let state = value.get("state")?.as_str()?.trim().to_ascii_lowercase();
+    let status = match state.as_str() {
+        "subscribed" => Status::Granted,
+        "unsubscribed" => Status::Withdrawn,
+        _ => return None,
+    };
+    let occurred_at = match value.get("consent_updated_at") {
+        None | Some(Json::Null) => order_time,
+        Some(Json::String(text)) if text.trim().is_empty() => order_time,
+        Some(Json::String(text)) => crate::timestamp::parse(text)?,
+        Some(_) => return None,
+    };
+    Some(ShopConsent {
+        channel,
+        status,
+        occurred_at,
+        opt_in_level: model::text(value.get("opt_in_level").and_then(Json::as_str), 64),
+        source: CONSENT_SOURCE.to_owned(),
+    })
+}
+
+/// The consents an order reports: the customer's email consent, else a
+/// ticked `buyer_accepts_marketing` (a grant at the order's time; an
+/// unticked box withdraws nothing), and the customer's SMS consent.
+fn order_consents(
+    dto: &OrderDto,
+    customer: Option<&CustomerDto>,
+    order_time: OffsetDateTime,
+) -> Vec<ShopConsent> {
+    let mut consents = Vec::new();
+    match customer.and_then(|c| c.email_marketing_consent.as_ref().filter(|v| !v.is_null())) {
+        Some(email) => consents.extend(marketing_consent(Channel::Email, Some(email), order_time)),
+        None if dto.buyer_accepts_marketing == Some(Json::Bool(true)) => {
+            consents.push(ShopConsent {
+                channel: Channel::Email,
+                status: Status::Granted,
+                occurred_at: order_time,
+                opt_in_level: None,
+                source: CONSENT_SOURCE.to_owned(),
+            });
+        }
+        None => {}
+    }
+    consents.extend(marketing_consent(
+        Channel::Sms,
+        customer.and_then(|c| c.sms_marketing_consent.as_ref()),
+        order_time,
+    ));
+    consents
 }
 
 #[derive(Debug, Deserialize)]
@@ -578,6 +661,7 @@ pub fn parse_order(
             &mut errors,
         ))
         .unwrap_or(received_at);
+    let consents = order_consents(&dto, customer, placed_at);
     let order = Order {
         external_id,
         number: model::text(dto.name.as_deref(), 64),
@@ -624,6 +708,7 @@ pub fn parse_order(
         customer: Customer {
             external_id: customer.and_then(|c| c.id.as_ref()).and_then(id_text),
             profile,
+            consents,
         },
         paid,
         paid_at: paid.then_some(placed_at),

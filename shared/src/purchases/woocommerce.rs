@@ -1,10 +1,15 @@
 //! WooCommerce's webhook payloads (REST API v3 order resource) for the
 //! `order.created`, `order.updated`, `order.deleted` and `order.restored`
 //! topics. Totals are decimal strings; times without an offset are GMT.
+//!
+//! WooCommerce has no standard field for marketing consent: a checkout
+//! plugin keeps it in an order meta entry, whose key the shop names in
+//! the `woocommerce_consent_meta_key` variable (see [`meta_consent`]).
 
 use super::kizuna_format::{customer_profile, time_field};
-use super::model::{self, Customer, Event, Line, Order, Refund};
+use super::model::{self, Customer, Event, Line, Order, Refund, ShopConsent};
 use super::shopify::id_text;
+use crate::consent::{Channel, Status};
 use crate::error::{ApiError, FieldError};
 use crate::money::Currency;
 use crate::phone::Region;
@@ -31,6 +36,47 @@ pub struct OrderDto {
     line_items: Vec<LineDto>,
     #[serde(default)]
     refunds: Vec<RefundDto>,
+    /// `[{id, key, value}]`; any JSON, so that an odd entry is ignored.
+    meta_data: Option<Json>,
+}
+
+/// The source WooCommerce consent is recorded with.
+pub const CONSENT_SOURCE: &str = "woocommerce_checkout";
+
+/// The buyer's email consent from the order meta entry named `key`:
+/// `true`, `1`, `"1"`, `"yes"`, `"true"`, `"on"`, `"subscribed"` or
+/// `"granted"` is a grant, `"unsubscribed"` or `"withdrawn"` a
+/// withdrawal, both at the order's creation time (the checkout). An
+/// unticked box (`"0"`, `"no"`, empty) withdraws nothing, and any other
+/// value is ignored: neither fails the order.
+fn meta_consent(
+    meta_data: Option<&Json>,
+    key: &str,
+    order_time: OffsetDateTime,
+) -> Option<ShopConsent> {
+    let value = meta_data?
+        .as_array()?
+        .iter()
+        .find(|entry| entry.get("key").and_then(Json::as_str) == Some(key))?
+        .get("value")?;
+    let text = match value {
+        Json::Bool(true) => "true".to_owned(),
+        Json::Number(n) => n.to_string(),
+        Json::String(s) => s.trim().to_ascii_lowercase(),
+        _ => return None,
+    };
+    let status = match text.as_str() {
+        "1" | "yes" | "true" | "on" | "subscribed" | "granted" => Status::Granted,
+        "unsubscribed" | "withdrawn" => Status::Withdrawn,
+        _ => return None,
+    };
+    Some(ShopConsent {
+        channel: Channel::Email,
+        status,
+        occurred_at: order_time,
+        opt_in_level: None,
+        source: CONSENT_SOURCE.to_owned(),
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,10 +138,13 @@ pub fn event_id(body: &bytes::Bytes) -> Option<String> {
     Some(format!("{id}@{modified}#{digest}"))
 }
 
+/// Maps an order payload; `consent_meta_key` names the meta entry that
+/// holds the buyer's email consent, if the shop has one.
 pub fn parse_order(
     dto: OrderDto,
     received_at: OffsetDateTime,
     region: Region,
+    consent_meta_key: Option<&str>,
 ) -> Result<Event, ApiError> {
     let mut errors = Vec::new();
     let currency =
@@ -218,6 +267,10 @@ pub fn parse_order(
         customer: Customer {
             external_id: customer_id,
             profile,
+            consents: consent_meta_key
+                .and_then(|key| meta_consent(dto.meta_data.as_ref(), key, placed_at))
+                .into_iter()
+                .collect(),
         },
         paid,
         paid_at: paid_at.or(paid.then_some(placed_at)),
@@ -238,11 +291,15 @@ pub fn parse(
     body: &bytes::Bytes,
     received_at: OffsetDateTime,
     region: Region,
+    consent_meta_key: Option<&str>,
 ) -> Result<Event, ApiError> {
     match topic {
-        "order.created" | "order.updated" | "order.restored" => {
-            parse_order(crate::http::parse_json(body)?, received_at, region)
-        }
+        "order.created" | "order.updated" | "order.restored" => parse_order(
+            crate::http::parse_json(body)?,
+            received_at,
+            region,
+            consent_meta_key,
+        ),
         // A deleted (trashed) order carries only its id; the order and its
         // history stay, as accounting needs them.
         "order.deleted" => Ok(Event::Ignored("deleted orders are kept")),

@@ -1620,6 +1620,87 @@ fn invalid_consent_changes_are_refused_and_store_nothing() {
     assert_eq!(app.table_counts(), counts);
 }
 
+#[test]
+fn staff_consent_keeps_its_source_and_note_beside_a_closed_reason() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "caller@example.jp"}));
+    let path = format!("/v1/contacts/{id}/consents");
+    let change = json!({
+        "channel": "email", "status": "granted", "reason": "manual",
+        "source": "電話（お客様相談室）",
+        "note": "通話で口頭にて同意。担当: 佐藤",
+    });
+
+    // Act
+    let response = app.send_json("POST", WRITE_KEY, &path, &change);
+    let export = app.get(ADMIN_KEY, &format!("/v1/contacts/{id}/export"));
+
+    // Assert
+    assert_eq!(response.status, 201, "{}", response.text());
+    let email = response.json()["consents"]["email"].clone();
+    assert_eq!(email["reason"], "manual");
+    assert_eq!(email["source"], "電話（お客様相談室）");
+    assert_eq!(email["note"], "通話で口頭にて同意。担当: 佐藤");
+    assert_eq!(
+        email["occurred_at"], email["recorded_at"],
+        "given as recorded"
+    );
+    assert_eq!(fetch(&app, &id)["consents"]["email"], email);
+    assert_eq!(export.status, 200, "{}", export.text());
+    let logged = &export.json()["consent_log"][0];
+    assert_eq!(logged["source"], "電話（お客様相談室）");
+    assert_eq!(logged["note"], "通話で口頭にて同意。担当: 佐藤");
+}
+
+#[test]
+fn a_staff_consent_source_or_note_out_of_bounds_is_422_and_the_reason_stays_closed() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "bounds@example.jp"}));
+    let path = format!("/v1/contacts/{id}/consents");
+    let counts = app.table_counts();
+    let grant = |extra: Json| {
+        let mut body = json!({"channel": "email", "status": "granted"});
+        body.as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().expect("object").clone());
+        body
+    };
+    let cases = [
+        (
+            "a source of 101 characters",
+            grant(json!({"source": "あ".repeat(101)})),
+            "source",
+        ),
+        (
+            "a source with a control character",
+            grant(json!({"source": "電話\u{7}"})),
+            "source",
+        ),
+        (
+            "a note of 1,001 characters",
+            grant(json!({"note": "x".repeat(1001)})),
+            "note",
+        ),
+        (
+            "a free-text reason",
+            grant(json!({"reason": "電話で同意"})),
+            "reason",
+        ),
+    ];
+
+    for (case, body, field) in cases {
+        // Act
+        let response = app.send_json("POST", WRITE_KEY, &path, &body);
+
+        // Assert
+        let problem = response.assert_problem(422, case);
+        assert_eq!(error_fields(&problem), [field], "case {case}");
+    }
+    assert_eq!(app.table_counts(), counts);
+}
+
 // ---------------------------------------------------------------------------
 // One-click unsubscribe
 // ---------------------------------------------------------------------------
@@ -2743,4 +2824,162 @@ fn an_occurred_at_beyond_the_calendar_is_422_not_a_crash() {
     let problem = response.assert_problem(422, "year 10000 in UTC");
     assert_eq!(problem["errors"][0]["field"], "occurred_at");
     assert_eq!(app.table_counts(), counts);
+}
+
+// ---------------------------------------------------------------------------
+// Raw bytes on the wire
+// ---------------------------------------------------------------------------
+
+/// Sends `request` as it is on a fresh connection to `url` and reads the
+/// answer until the server closes: (status line, headers, body).
+fn raw_exchange(url: &str, request: &[u8]) -> (String, String, String) {
+    use std::io::{Read as _, Write as _};
+    let addr = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    // A server that never answers fails the test instead of hanging it.
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("read timeout");
+    stream.write_all(request).expect("send");
+    let mut answer = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut answer) {
+        assert!(
+            !answer.is_empty(),
+            "no answer before the connection ended: {e}"
+        );
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (
+        status.to_owned(),
+        headers.to_ascii_lowercase(),
+        body.to_owned(),
+    )
+}
+
+#[test]
+fn raw_japanese_in_a_query_string_gets_a_400_that_says_to_percent_encode() {
+    // Arrange
+    let app = TestApp::new();
+    app.create_contact(&json!({"email": "yamada@example.jp", "family_name_kana": "やまだ"}));
+    let served = app.serve(2);
+    let request = format!(
+        "GET /v1/contacts?q=やまだ HTTP/1.1\r\nHost: kizuna\r\n\
+         Authorization: Bearer {READ_KEY}\r\nConnection: close\r\n\r\n"
+    );
+
+    // Act: the bytes curl sends for `curl "$BASE/v1/contacts?q=やまだ"`.
+    let (status, headers, body) = raw_exchange(&served.url(), request.as_bytes());
+    served.stop();
+
+    // Assert: an answer, never silence. Spin's HTTP server refuses the
+    // request with a bare 400 before any component runs; the native host
+    // says what to do.
+    assert!(
+        status.starts_with("HTTP/1.1 400"),
+        "{status}\n{headers}\n{body}"
+    );
+    if !app.under_spin() {
+        assert!(
+            headers.contains("content-type: application/problem+json"),
+            "{headers}"
+        );
+        let problem: Json = serde_json::from_str(&body).expect("a problem document");
+        assert_eq!(problem["status"], 400);
+        let detail = problem["detail"].as_str().expect("detail");
+        assert!(
+            detail.contains("percent-encode") && detail.contains("--data-urlencode"),
+            "{detail}"
+        );
+    }
+    // Percent-encoded, the same search answers.
+    let found = app.get(READ_KEY, "/v1/contacts?q=%E3%82%84%E3%81%BE%E3%81%A0");
+    assert_eq!(found.status, 200, "{}", found.text());
+    assert_eq!(found.json()["items"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn the_native_server_keeps_connections_and_reads_chunked_and_continued_bodies() {
+    // Arrange: two requests on one connection, the second with a chunked
+    // body sent after `100 Continue`, as curl sends a large upload.
+    let app = TestApp::new();
+    let served = app.serve(2);
+    let contact = json!({"email": "chunked@example.jp", "name": "山田 太郎"}).to_string();
+    let (first, rest) = contact.as_bytes().split_at(10);
+    let mut request = format!(
+        "GET /healthz HTTP/1.1\r\nHost: kizuna\r\n\r\n\
+         POST /v1/contacts HTTP/1.1\r\nHost: kizuna\r\nAuthorization: Bearer {WRITE_KEY}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\
+         Expect: 100-continue\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in [first, rest] {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+
+    // Act
+    let (status, _, answer) = raw_exchange(&served.url(), &request);
+    served.stop();
+
+    // Assert: the health answer, then (after any 100 Continue) a 201.
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}\n{answer}");
+    let statuses: Vec<&str> = answer
+        .split("\r\n")
+        .filter(|line| line.starts_with("HTTP/1.1 "))
+        .filter(|line| !line.starts_with("HTTP/1.1 100"))
+        .collect();
+    assert_eq!(statuses.len(), 1, "{answer}");
+    assert!(statuses[0].starts_with("HTTP/1.1 201"), "{answer}");
+    assert_eq!(
+        app.count("SELECT count(*) FROM contacts WHERE email = 'chunked@example.jp'"),
+        1
+    );
+}
+
+#[test]
+fn a_body_over_the_limit_gets_its_413_while_the_client_is_still_sending() {
+    if skip_under_spin("tests the native server's own framing") {
+        return;
+    }
+    use std::io::{Read as _, Write as _};
+    // Arrange: a 4 MiB body, four times what any route reads.
+    let app = TestApp::new();
+    let served = app.serve(2);
+    let body = vec![b'x'; 4 << 20];
+    let mut stream =
+        std::net::TcpStream::connect(served.url().trim_start_matches("http://")).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("read timeout");
+    let head = format!(
+        "POST /v1/contacts HTTP/1.1\r\nHost: kizuna\r\nAuthorization: Bearer {WRITE_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+
+    // Act: send while the answer comes back.
+    let mut sender = stream.try_clone().expect("clone");
+    let sending = std::thread::spawn(move || {
+        let sent = sender
+            .write_all(head.as_bytes())
+            .and_then(|()| sender.write_all(&body));
+        sent.is_ok()
+    });
+    let mut answer = Vec::new();
+    let read = stream.read_to_end(&mut answer);
+    let all_sent = sending.join().expect("sender");
+    served.stop();
+
+    // Assert: the answer arrives whole, before the connection ends.
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "read {read:?}, sent all {all_sent}: {answer}"
+    );
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert_eq!(app.count("SELECT count(*) FROM contacts"), 0);
 }

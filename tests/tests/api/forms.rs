@@ -103,7 +103,8 @@ fn stored(app: &TestApp) -> Vec<(String, i64)> {
     counts
 }
 
-/// A form post with explicit headers.
+/// A form post with explicit headers. The default `Accept` (a browser's
+/// for a urlencoded body, a script's for JSON) gives way to one in `extra`.
 fn post(
     app: &TestApp,
     form_id: &str,
@@ -114,6 +115,12 @@ fn post(
     let mut headers: Vec<(&str, &str)> = vec![("x-forwarded-for", IP), ("referer", REFERER)];
     if let Some(content_type) = content_type {
         headers.push(("content-type", content_type));
+    }
+    if let Some(content_type) = content_type
+        && !extra
+            .iter()
+            .any(|(name, _)| name.eq_ignore_ascii_case("accept"))
+    {
         headers.push((
             "accept",
             if content_type == JSON {
@@ -196,6 +203,30 @@ fn form_entries(app: &TestApp, id: &str) -> Vec<Json> {
         .filter(|e| e["kind"] == "form_submitted")
         .cloned()
         .collect()
+}
+
+/// Asserts the page a browser gets for a refused post: `status`, HTML,
+/// each of `fields` named as the form named it; returns the page.
+fn assert_refusal_page(
+    response: &TestResponse,
+    status: u16,
+    fields: &[&str],
+    case: &str,
+) -> String {
+    assert_eq!(response.status, status, "case {case}: {}", response.text());
+    assert_eq!(
+        response.header("content-type"),
+        Some("text/html; charset=utf-8"),
+        "case {case}"
+    );
+    let page = response.text();
+    for field in fields {
+        assert!(
+            page.contains(&format!("<code>{field}</code>")),
+            "case {case}: the page does not name {field}: {page}"
+        );
+    }
+    page
 }
 
 fn error_fields(problem: &Json) -> Vec<String> {
@@ -526,27 +557,40 @@ fn bad_input_gets_a_problem_document_and_stores_nothing() {
     started(&app);
 
     for case in bad_inputs() {
-        let before = stored(&app);
+        for accept in ["application/problem+json", "text/html"] {
+            let name = format!("{} (Accept: {accept})", case.case);
+            let before = stored(&app);
 
-        // Act
-        let response = post(&app, case.form_id, case.content_type, &[], case.body);
-
-        // Assert
-        let problem = response.assert_problem(case.status, case.case);
-        let fields = error_fields(&problem);
-        for field in case.fields {
-            assert!(
-                fields.iter().any(|f| f == field),
-                "case {}: errors {fields:?} lack {field}",
-                case.case
+            // Act
+            let response = post(
+                &app,
+                case.form_id,
+                case.content_type,
+                &[("accept", accept)],
+                case.body.clone(),
             );
+
+            // Assert: a browser sees a page naming the fields of a 422;
+            // every other refusal, and any script, the problem document.
+            if accept == "text/html" && case.status == 422 {
+                let fields: Vec<&str> = case
+                    .fields
+                    .iter()
+                    .map(|f| f.strip_prefix("attributes.").unwrap_or(f))
+                    .collect();
+                assert_refusal_page(&response, 422, &fields, &name);
+            } else {
+                let problem = response.assert_problem(case.status, &name);
+                let fields = error_fields(&problem);
+                for field in case.fields {
+                    assert!(
+                        fields.iter().any(|f| f == field),
+                        "case {name}: errors {fields:?} lack {field}"
+                    );
+                }
+            }
+            assert_eq!(stored(&app), before, "case {name}: something was stored");
         }
-        assert_eq!(
-            stored(&app),
-            before,
-            "case {}: something was stored",
-            case.case
-        );
     }
 }
 
@@ -583,7 +627,13 @@ fn fifty_extra_fields_are_kept_and_fifty_one_are_refused() {
 
     // Act
     let fifty = app.post_form("lp", &body("fifty@example.jp", 50), IP);
-    let fifty_one = app.post_form("lp", &body("fifty-one@example.jp", 51), IP);
+    let fifty_one = post(
+        &app,
+        "lp",
+        Some(FORM),
+        &[("accept", "application/problem+json")],
+        body("fifty-one@example.jp", 51),
+    );
 
     // Assert
     assert_eq!(fifty.status, 200, "{}", fifty.text());
@@ -1184,8 +1234,12 @@ fn the_eleventh_submission_in_a_minute_from_one_ip_to_one_form_is_refused() {
     // Act
     let refused = app.post_form("lp", &body("11"), IP);
 
-    // Assert
-    refused.assert_problem(429, "11th submission");
+    // Assert: the browser is told when to try again.
+    let page = assert_refusal_page(&refused, 429, &[], "11th submission");
+    assert!(
+        page.contains("60 秒") && page.contains("60 seconds"),
+        "{page}"
+    );
     assert_eq!(refused.header("retry-after"), Some("60"));
     assert_eq!(stored(&app), before, "the refused submission was stored");
     assert_eq!(
@@ -1205,7 +1259,7 @@ fn the_eleventh_submission_in_a_minute_from_one_ip_to_one_form_is_refused() {
 
     app.clock.advance(time::Duration::seconds(30));
     let still_refused = app.post_form("lp", &body("half-minute"), IP);
-    still_refused.assert_problem(429, "30 s later");
+    assert_refusal_page(&still_refused, 429, &[], "30 s later");
     assert_eq!(still_refused.header("retry-after"), Some("30"));
 
     app.clock.advance(time::Duration::seconds(31));
@@ -1366,7 +1420,7 @@ fn a_redirect_answer_always_carries_a_location_header() {
                 failures.push(format!("case {case}: 303 with Location {location:?}"))
             }
             _ => {
-                response.assert_problem(422, case);
+                assert_refusal_page(&response, 422, &["_redirect"], case);
                 assert_eq!(stored(&app), before, "case {case}");
             }
         }
@@ -1424,6 +1478,7 @@ fn form_settings_round_trip() {
         "spring",
         &json!({
             "thank_you_url": "https://lp.example.jp/thanks",
+            "error_url": "https://lp.example.jp/form-error?lang=ja",
             "allowed_origins": ["https://Shop.Example.com/"],
             "required_fields": ["name"],
             "tags": ["spring-2026"],
@@ -1441,6 +1496,7 @@ fn form_settings_round_trip() {
         "updated_by": "key:forms",
         "settings": {
             "thank_you_url": "https://lp.example.jp/thanks",
+            "error_url": "https://lp.example.jp/form-error?lang=ja",
             "allowed_origins": ["https://shop.example.com"],
             "required_fields": ["name"],
             "tags": ["spring-2026"],
@@ -1554,6 +1610,20 @@ fn invalid_form_settings_are_refused_and_change_nothing() {
             json!({"thank_you_url": "/thanks"}).to_string(),
             422,
             &["thank_you_url"],
+        ),
+        (
+            "relative error_url",
+            Some(JSON),
+            json!({"error_url": "/error"}).to_string(),
+            422,
+            &["error_url"],
+        ),
+        (
+            "javascript: error_url",
+            Some(JSON),
+            json!({"error_url": "javascript:x"}).to_string(),
+            422,
+            &["error_url"],
         ),
         (
             "unknown required field",
@@ -1707,8 +1777,7 @@ fn settings_allowed_origins_make_a_redirect_to_that_origin_acceptable() {
         own_form.header("location"),
         Some("https://shop.example.com/thanks")
     );
-    let problem = other_form.assert_problem(422, "another form's origin");
-    assert_eq!(error_fields(&problem), ["_redirect"]);
+    assert_refusal_page(&other_form, 422, &["_redirect"], "another form's origin");
     assert_eq!(app.count("SELECT count(*) FROM contacts"), 1);
 }
 
@@ -1768,6 +1837,64 @@ fn a_form_without_configured_wording_keeps_no_posted_version() {
     let email = &contact_by_email(&app, "noversion@example.jp")["consents"]["email"];
     assert_eq!(email["status"], "granted");
     assert_eq!(email["text_version"], Json::Null);
+}
+
+/// SHA-256 of "メールマガジンを受け取る" (UTF-8), computed apart from Kizuna.
+const V3_WORDING_SHA256: &str = "b434fb2823e2b6d0c51430d6377a333d8c9d95b23a9bc795f561d205dd20c699";
+
+#[test]
+fn a_form_consent_keeps_the_digest_of_the_wording_the_person_saw() {
+    // Arrange
+    let app = TestApp::new();
+    configure(
+        &app,
+        "spring",
+        &json!({"consent_text_version": "v3",
+                "consent_texts": {"v2": "メールでお知らせを受け取る（旧）", "v3": "メールマガジンを受け取る"}}),
+    );
+    configure(&app, "label-only", &json!({"consent_text_version": "v1"}));
+
+    // Act
+    let response = app.post_form("spring", "email=wording%40example.jp&consent_email=on", IP);
+    let label_only = app.post_form(
+        "label-only",
+        "email=label%40example.jp&consent_email=on",
+        IP,
+    );
+
+    // Assert: the digest with the record, the wording in the export.
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(label_only.status, 200, "{}", label_only.text());
+    let contact = contact_by_email(&app, "wording@example.jp");
+    let email = &contact["consents"]["email"];
+    assert_eq!(email["text_version"], "v3");
+    assert_eq!(email["text_sha256"], V3_WORDING_SHA256);
+    let id = contact["id"].as_str().expect("id").to_owned();
+    let export = |app: &TestApp| {
+        let response = app.get(ADMIN_KEY, &format!("/v1/contacts/{id}/export"));
+        assert_eq!(response.status, 200, "{}", response.text());
+        response.json()["consent_log"][0].clone()
+    };
+    let logged = export(&app);
+    assert_eq!(logged["text_version"], "v3");
+    assert_eq!(logged["text_sha256"], V3_WORDING_SHA256);
+    assert_eq!(logged["text"], "メールマガジンを受け取る");
+    let label = &contact_by_email(&app, "label@example.jp")["consents"]["email"];
+    assert_eq!(label["text_version"], "v1");
+    assert_eq!(label["text_sha256"], Json::Null, "no wording, no digest");
+
+    // Act: the shop rewrites v3's wording in place.
+    configure(
+        &app,
+        "spring",
+        &json!({"consent_text_version": "v3", "consent_texts": {"v3": "お得な情報を受け取る"}}),
+    );
+
+    // Assert: the record still proves what was seen; the export no longer
+    // shows a text that is not the one the digest names.
+    let logged = export(&app);
+    assert_eq!(logged["text_sha256"], V3_WORDING_SHA256);
+    assert_eq!(logged["text"], Json::Null);
 }
 
 // ---------------------------------------------------------------------------
@@ -1897,8 +2024,7 @@ fn form_settings_survive_the_loss_of_the_key_value_store() {
         saved["updated_at"].as_str().expect("updated_at")
     );
     assert_eq!(updated_by, "key:forms");
-    let problem = without_name.assert_problem(422, "required name");
-    assert_eq!(error_fields(&problem), ["name"]);
+    assert_refusal_page(&without_name, 422, &["name"], "required name");
     assert_eq!(with_name.status, 303, "{}", with_name.text());
     assert_eq!(
         with_name.header("location"),
@@ -1933,8 +2059,7 @@ fn settings_an_earlier_release_kept_in_the_key_value_store_are_honoured_and_move
     let read = app.get(FORMS_KEY, "/v1/forms/spring/settings");
 
     // Assert: honoured by the first post, and in the table from then on.
-    let problem = without_name.assert_problem(422, "required name");
-    assert_eq!(error_fields(&problem), ["name"]);
+    assert_refusal_page(&without_name, 422, &["name"], "required name");
     assert_eq!(with_name.status, 303, "{}", with_name.text());
     assert_eq!(
         with_name.header("location"),
@@ -1946,6 +2071,7 @@ fn settings_an_earlier_release_kept_in_the_key_value_store_are_honoured_and_move
     );
     let expected_settings = json!({
         "thank_you_url": "https://lp.example.jp/legacy-thanks",
+        "error_url": null,
         "allowed_origins": [],
         "required_fields": ["name"],
         "tags": ["legacy"],
@@ -2625,4 +2751,336 @@ fn one_ipv6_subscriber_line_is_one_client() {
     // Assert
     assert!(answers[..10].iter().all(|s| *s == 202), "{answers:?}");
     assert_eq!(answers[10], 429);
+}
+
+// ---------------------------------------------------------------------------
+// UTM from the landing page's URL
+// ---------------------------------------------------------------------------
+
+/// A browser's urlencoded post with `referer` (or none).
+fn post_with_referer(app: &TestApp, body: &str, referer: Option<&str>) -> TestResponse {
+    let mut headers = vec![
+        ("content-type", FORM),
+        ("accept", "text/html"),
+        ("x-forwarded-for", IP),
+    ];
+    if let Some(referer) = referer {
+        headers.push(("referer", referer));
+    }
+    app.request("POST", "/v1/forms/spring", &headers, body.to_owned())
+}
+
+#[test]
+fn utm_missing_from_the_body_comes_from_the_page_field_then_the_referer() {
+    // Arrange
+    let app = TestApp::new();
+    let page = "https://lp.example.jp/spring?utm_source=page&utm_campaign=%E6%98%A5%E3%81%AE%E6%96%B0%E8%8C%B6";
+    let referer =
+        "https://lp.example.jp/spring?utm_source=referer&utm_medium=referer-medium&utm_term=tea";
+    let cases = [
+        (
+            "page field, then the Referer for what it lacks",
+            "utm-page@example.jp",
+            form_body(&[("email", "utm-page@example.jp"), ("page", page)]),
+            Some(referer),
+            json!({
+                "utm_source": "page",
+                "utm_campaign": "春の新茶",
+                "utm_medium": "referer-medium",
+                "utm_term": "tea",
+            }),
+        ),
+        (
+            "the Referer alone",
+            "utm-referer@example.jp",
+            form_body(&[("email", "utm-referer@example.jp")]),
+            Some(referer),
+            json!({"utm_source": "referer", "utm_medium": "referer-medium", "utm_term": "tea"}),
+        ),
+        (
+            "body values win, key by key",
+            "utm-body@example.jp",
+            form_body(&[
+                ("email", "utm-body@example.jp"),
+                ("utm_source", "body"),
+                ("utm_content", "banner"),
+                ("page", page),
+            ]),
+            Some(referer),
+            json!({
+                "utm_source": "body",
+                "utm_content": "banner",
+                "utm_campaign": "春の新茶",
+                "utm_medium": "referer-medium",
+                "utm_term": "tea",
+            }),
+        ),
+        (
+            "an origin-only Referer (the browser default cross-origin) carries none",
+            "utm-origin@example.jp",
+            form_body(&[("email", "utm-origin@example.jp")]),
+            Some("https://lp.example.jp/"),
+            json!({}),
+        ),
+    ];
+    for (case, email, body, referer, expected) in cases {
+        // Act
+        let response = post_with_referer(&app, &body, referer);
+
+        // Assert: on the first touch and on the timeline entry.
+        assert_eq!(response.status, 200, "case {case}: {}", response.text());
+        let contact = contact_by_email(&app, email);
+        let first_utm = &contact["first_touch"]["utm"];
+        if expected == json!({}) {
+            assert!(
+                first_utm.is_null() || *first_utm == json!({}),
+                "case {case}: {first_utm}"
+            );
+        } else {
+            assert_eq!(*first_utm, expected, "case {case}");
+        }
+        let entries = form_entries(&app, contact["id"].as_str().expect("id"));
+        assert_eq!(entries[0]["data"]["utm"], expected, "case {case}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What a browser sees when its post is refused
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_browser_refused_for_its_fields_sees_a_page_naming_them_in_japanese_and_english() {
+    // Arrange
+    let app = TestApp::new();
+    configure(
+        &app,
+        "spring",
+        &json!({"required_fields": ["name", "consent_email"]}),
+    );
+    started(&app);
+    let before = stored(&app);
+    let body = form_body(&[("company", "茶舗やまだ")]);
+
+    // Act
+    let browser = post(
+        &app,
+        "spring",
+        Some(FORM),
+        &[("origin", LP_ORIGIN)],
+        body.clone(),
+    );
+    let script = post(
+        &app,
+        "spring",
+        Some(FORM),
+        &[("accept", "application/json")],
+        body.clone(),
+    );
+    let fetch_default = post(&app, "spring", Some(FORM), &[("accept", "*/*")], body);
+
+    // Assert
+    let page = assert_refusal_page(
+        &browser,
+        422,
+        &["email", "name", "consent_email"],
+        "browser",
+    );
+    for text in [
+        "入力内容をご確認ください",
+        "Please check the form",
+        "メールアドレス / Email",
+        "メールアドレスか電話番号のどちらかをご入力ください",
+        "an email or a phone number is required",
+        "お名前 / Name",
+        "必須項目です",
+        "メール配信への同意 / Consent to email",
+        "同意のチェックが必要です",
+    ] {
+        assert!(page.contains(text), "the page lacks {text:?}: {page}");
+    }
+    assert_eq!(
+        browser.header("access-control-allow-origin"),
+        Some(LP_ORIGIN)
+    );
+    for (case, response) in [("script", &script), ("Accept: */*", &fetch_default)] {
+        let problem = response.assert_problem(422, case);
+        assert_eq!(
+            error_fields(&problem),
+            ["email", "name", "consent_email"],
+            "case {case}"
+        );
+    }
+    assert_eq!(stored(&app), before, "a refused post stored something");
+}
+
+#[test]
+fn a_rate_limited_browser_sees_a_page_saying_when_to_try_again() {
+    // Arrange: the form's ten posts this minute are used.
+    let app = TestApp::new();
+    app.clear_of_minute_boundary();
+    for i in 0..10 {
+        let response = app.post_form_json("lp", &json!({"email": format!("r{i}@example.jp")}), IP);
+        assert_eq!(response.status, 202, "post {i}: {}", response.text());
+    }
+    let before = stored(&app);
+
+    // Act
+    let browser = app.post_form("lp", "email=r10%40example.jp", IP);
+    let script = app.post_form_json("lp", &json!({"email": "r10@example.jp"}), IP);
+
+    // Assert
+    let page = assert_refusal_page(&browser, 429, &[], "browser");
+    let retry_after = browser
+        .header("retry-after")
+        .expect("a Retry-After header")
+        .to_owned();
+    for text in [
+        format!("{retry_after} 秒ほど待ってから"),
+        format!("wait {retry_after} seconds"),
+        "しばらくしてからもう一度お試しください".to_owned(),
+    ] {
+        assert!(page.contains(&text), "the page lacks {text:?}: {page}");
+    }
+    if !app.under_spin() {
+        assert_eq!(retry_after, "60");
+    }
+    script.assert_problem(429, "script");
+    assert_eq!(stored(&app), before, "a refused post stored something");
+}
+
+#[test]
+fn a_form_with_an_error_url_sends_a_refused_browser_there_with_the_reason() {
+    // Arrange
+    let app = TestApp::new();
+    app.clear_of_minute_boundary();
+    configure(
+        &app,
+        "spring",
+        &json!({
+            "required_fields": ["name"],
+            "error_url": "https://lp.example.jp/お問い合わせ/error?lang=ja#form",
+        }),
+    );
+    let error_page = "https://lp.example.jp/%E3%81%8A%E5%95%8F%E3%81%84%E5%90%88%E3%82%8F%E3%81%9B/error?lang=ja";
+
+    // Act: fields missing, then a _redirect elsewhere, then too many posts.
+    let missing = post(
+        &app,
+        "spring",
+        Some(FORM),
+        &[],
+        form_body(&[("company", "x")]),
+    );
+    let bad_redirect = post(
+        &app,
+        "spring",
+        Some(FORM),
+        &[],
+        form_body(&[
+            ("email", "er@example.jp"),
+            ("name", "山田"),
+            ("_redirect", "https://evil.example.net/"),
+        ]),
+    );
+    let script = post(
+        &app,
+        "spring",
+        Some(FORM),
+        &[("accept", "application/problem+json")],
+        form_body(&[("company", "x")]),
+    );
+    for i in 0..10 {
+        let response = app.post_form_json(
+            "spring",
+            &json!({"email": format!("er{i}@example.jp"), "name": "山田"}),
+            IP,
+        );
+        assert_eq!(response.status, 202, "post {i}: {}", response.text());
+    }
+    let limited = post(
+        &app,
+        "spring",
+        Some(FORM),
+        &[],
+        form_body(&[("email", "er10@example.jp"), ("name", "山田")]),
+    );
+
+    // Assert: the form's own query and fragment kept, the reason added.
+    for (case, response, query) in [
+        (
+            "missing fields",
+            &missing,
+            "error=validation&fields=email,name",
+        ),
+        (
+            "bad _redirect",
+            &bad_redirect,
+            "error=validation&fields=_redirect",
+        ),
+    ] {
+        assert_eq!(response.status, 303, "case {case}: {}", response.text());
+        assert_eq!(
+            response.header("location"),
+            Some(format!("{error_page}&{query}#form").as_str()),
+            "case {case}"
+        );
+    }
+    assert_eq!(limited.status, 303, "rate limited: {}", limited.text());
+    let location = limited.header("location").expect("a Location");
+    let seconds = location
+        .strip_prefix(&format!("{error_page}&error=rate_limited&retry_after="))
+        .and_then(|rest| rest.strip_suffix("#form"))
+        .unwrap_or_else(|| panic!("rate limited: {location}"));
+    assert!(
+        seconds.parse::<u64>().is_ok_and(|s| (1..=60).contains(&s)),
+        "{location}"
+    );
+    if !app.under_spin() {
+        assert_eq!(seconds, "60");
+    }
+    assert_eq!(
+        error_fields(&script.assert_problem(422, "script")),
+        ["email", "name"]
+    );
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM contacts WHERE email IN ('er@example.jp', 'er10@example.jp')"
+        ),
+        0
+    );
+}
+
+#[test]
+fn a_hostile_field_name_is_escaped_on_the_page_and_encoded_in_the_error_url() {
+    // Arrange: an extra field whose value is too long names the field.
+    let app = TestApp::new();
+    configure(
+        &app,
+        "with-error-url",
+        &json!({"error_url": "https://lp.example.jp/error"}),
+    );
+    let hostile = "<script>alert('x')</script>";
+    let body = form_body(&[("email", "xss@example.jp"), (hostile, &"x".repeat(1001))]);
+
+    // Act
+    let page = post(&app, "plain", Some(FORM), &[], body.clone());
+    let redirected = post(&app, "with-error-url", Some(FORM), &[], body);
+
+    // Assert
+    let html = assert_refusal_page(
+        &page,
+        422,
+        &["&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"],
+        "hostile name",
+    );
+    assert!(!html.contains(hostile), "{html}");
+    assert!(!html.contains("<script"), "{html}");
+    assert_eq!(redirected.status, 303, "{}", redirected.text());
+    assert_eq!(
+        redirected.header("location"),
+        Some(
+            "https://lp.example.jp/error?error=validation&fields=%3Cscript%3Ealert%28%27x%27%29%3C%2Fscript%3E"
+        )
+    );
+    assert_eq!(app.count("SELECT count(*) FROM contacts"), 0);
 }

@@ -3732,3 +3732,502 @@ fn an_order_of_the_most_lines_keeps_every_line_in_order_and_an_update_replaces_t
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(app.count("SELECT count(*) FROM order_lines"), 3);
 }
+
+// ---------------------------------------------------------------------------
+// Marketing consent given (or withdrawn) at checkout
+// ---------------------------------------------------------------------------
+
+/// The app's clock `days` ago, as a shop would write it.
+fn days_ago(app: &TestApp, days: f64) -> String {
+    kizuna::timestamp::format(app.now() - time::Duration::seconds_f64(days * 86_400.0))
+}
+
+/// Hanako's address in the consent fixture (`order_paid_discount_code`).
+const CONSENT_EMAIL: &str = "hanako.sato@example.jp";
+
+/// The discount-code fixture as order `order_id`, placed half a day ago,
+/// with the customer's email consent in `state` since `at` (`None`: the
+/// shop gives no time) and no SMS consent.
+fn shopify_consent_order(app: &TestApp, order_id: i64, state: &str, at: Option<&str>) -> Json {
+    let mut body = shopify_fixture("order_paid_discount_code");
+    body["id"] = json!(order_id);
+    body["processed_at"] = json!(days_ago(app, 0.5));
+    body["created_at"] = json!(days_ago(app, 0.5));
+    body["customer"]["email_marketing_consent"] =
+        json!({"state": state, "opt_in_level": "single_opt_in", "consent_updated_at": at});
+    body
+}
+
+/// The current consents of the contact with `email`, through the API.
+fn consents_of(app: &TestApp, email: &str) -> Json {
+    let response = app.get(
+        READ_KEY,
+        &format!("/v1/contacts?email={}", email.replace('@', "%40")),
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let id = response.json()["items"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a contact with {email}: {}", response.text()))
+        .to_owned();
+    contact(app, &id)["consents"].clone()
+}
+
+fn staff_consent(app: &TestApp, contact_id: &str, body: &Json) -> TestResponse {
+    app.send_json(
+        "POST",
+        WRITE_KEY,
+        &format!("/v1/contacts/{contact_id}/consents"),
+        body,
+    )
+}
+
+#[test]
+fn a_shopify_checkout_consent_is_recorded_with_its_source_and_the_persons_time() {
+    // Arrange: email consent given two days ago; SMS ticked at this
+    // checkout (no time of its own: the order's).
+    let app = TestApp::new();
+    let given = days_ago(&app, 2.0);
+    let mut body = shopify_consent_order(&app, 5820410600001, "subscribed", Some(&given));
+    body["customer"]["sms_marketing_consent"] = json!({
+        "state": "subscribed", "opt_in_level": "confirmed_opt_in",
+        "consent_updated_at": null, "consent_collected_from": "SHOPIFY"});
+
+    // Act
+    let order_id = applied(
+        &post_shopify(&app, "orders/paid", "ev-consent-1", &body),
+        "order with consent",
+    )
+    .expect("order id");
+
+    // Assert
+    let contact = contact_of(&app, &order(&app, &order_id));
+    let email = &contact["consents"]["email"];
+    assert_eq!(email["status"], "granted", "{email}");
+    assert_eq!(email["reason"], "checkout");
+    assert_eq!(email["source"], "shopify_checkout");
+    assert_eq!(email["opt_in_level"], "single_opt_in");
+    assert_eq!(email["order_id"], order_id.as_str());
+    assert_eq!(email["occurred_at"], given.as_str(), "the person's time");
+    let recorded_at = email["recorded_at"].as_str().expect("recorded_at");
+    assert!(recorded_at > given.as_str(), "Kizuna's own time: {email}");
+    let sms = &contact["consents"]["sms"];
+    assert_eq!(sms["status"], "granted", "{sms}");
+    assert_eq!(sms["opt_in_level"], "confirmed_opt_in");
+    assert_eq!(sms["occurred_at"], body["processed_at"], "the order's time");
+    let id = contact["id"].as_str().expect("id");
+    assert_eq!(count_kind(&timeline_kinds(&app, id), "consent_granted"), 2);
+    let export = app.get(ADMIN_KEY, &format!("/v1/contacts/{id}/export"));
+    assert_eq!(export.status, 200, "{}", export.text());
+    let log = export.json()["consent_log"].clone();
+    assert_eq!(log.as_array().map(Vec::len), Some(2), "{log}");
+    assert_eq!(log[0]["source"], "shopify_checkout");
+    assert_eq!(log[0]["recorded_by"], "webhook:shopify");
+}
+
+#[test]
+fn a_shopify_unsubscribed_state_is_a_withdrawal_that_suppresses_the_address() {
+    // Arrange: subscribed three days ago, at an earlier order.
+    let app = TestApp::new();
+    let first = shopify_consent_order(
+        &app,
+        5820410600002,
+        "subscribed",
+        Some(&days_ago(&app, 3.0)),
+    );
+    applied(
+        &post_shopify(&app, "orders/paid", "ev-consent-2a", &first),
+        "first order",
+    );
+    assert_eq!(
+        consents_of(&app, CONSENT_EMAIL)["email"]["status"],
+        "granted"
+    );
+    let withdrawn_at = days_ago(&app, 1.0);
+    let second = shopify_consent_order(&app, 5820410600003, "unsubscribed", Some(&withdrawn_at));
+
+    // Act
+    let order_id = applied(
+        &post_shopify(&app, "orders/paid", "ev-consent-2b", &second),
+        "second order",
+    )
+    .expect("order id");
+
+    // Assert
+    let contact = contact_of(&app, &order(&app, &order_id));
+    let email = &contact["consents"]["email"];
+    assert_eq!(email["status"], "withdrawn", "{email}");
+    assert_eq!(email["reason"], "unsubscribed");
+    assert_eq!(email["source"], "shopify_checkout");
+    assert_eq!(email["occurred_at"], withdrawn_at.as_str());
+    assert_eq!(
+        app.count("SELECT count(*) FROM suppressions WHERE kind = 'email' AND lifted_at IS NULL"),
+        1,
+        "a withdrawal suppresses the address"
+    );
+    let regrant = staff_consent(
+        &app,
+        contact["id"].as_str().expect("id"),
+        &json!({"channel": "email", "status": "granted"}),
+    );
+    regrant.assert_problem(409, "staff cannot re-grant a suppressed address");
+}
+
+#[test]
+fn a_checkout_consent_not_newer_than_the_contacts_latest_change_changes_nothing() {
+    struct Case {
+        name: &'static str,
+        /// The staff change recorded now, before the order.
+        before: Option<&'static str>,
+        /// The shop's state, a day old.
+        state: &'static str,
+        expected: &'static str,
+    }
+    let cases = [
+        Case {
+            name: "a grant older than a withdrawal",
+            before: Some("withdrawn"),
+            state: "subscribed",
+            expected: "withdrawn",
+        },
+        Case {
+            name: "a withdrawal older than a grant",
+            before: Some("granted"),
+            state: "unsubscribed",
+            expected: "granted",
+        },
+    ];
+    for case in cases {
+        // Arrange
+        let app = TestApp::new();
+        let id = app.create_contact(&json!({"email": CONSENT_EMAIL}));
+        if let Some(status) = case.before {
+            let response = staff_consent(&app, &id, &json!({"channel": "email", "status": status}));
+            assert_eq!(response.status, 201, "{}: {}", case.name, response.text());
+        }
+        let consents = app.count("SELECT count(*) FROM consents");
+        let suppressions = app.count("SELECT count(*) FROM suppressions");
+        let body =
+            shopify_consent_order(&app, 5820410600004, case.state, Some(&days_ago(&app, 1.0)));
+
+        // Act
+        let response = post_shopify(&app, "orders/paid", "ev-consent-3", &body);
+
+        // Assert
+        applied(&response, case.name);
+        assert_eq!(
+            contact(&app, &id)["consents"]["email"]["status"],
+            case.expected,
+            "case {}",
+            case.name
+        );
+        assert_eq!(
+            app.count("SELECT count(*) FROM consents"),
+            consents,
+            "case {}",
+            case.name
+        );
+        assert_eq!(
+            app.count("SELECT count(*) FROM suppressions"),
+            suppressions,
+            "case {}",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn the_same_checkout_consent_in_later_events_of_the_order_is_recorded_once() {
+    // Arrange
+    let app = TestApp::new();
+    let body = shopify_consent_order(
+        &app,
+        5820410600005,
+        "subscribed",
+        Some(&days_ago(&app, 1.0)),
+    );
+
+    // Act: orders/create, orders/paid and orders/updated carry the same state.
+    for (topic, event) in [
+        ("orders/create", "ev-consent-4a"),
+        ("orders/paid", "ev-consent-4b"),
+        ("orders/updated", "ev-consent-4c"),
+    ] {
+        applied(&post_shopify(&app, topic, event, &body), topic);
+    }
+
+    // Assert
+    assert_eq!(app.count("SELECT count(*) FROM consents"), 1);
+    assert_eq!(
+        consents_of(&app, CONSENT_EMAIL)["email"]["status"],
+        "granted"
+    );
+}
+
+#[test]
+fn a_purchase_never_grants_consent_to_a_suppressed_address() {
+    // Arrange: the person was erased, which suppresses their email.
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": CONSENT_EMAIL}));
+    let erased = app.request(
+        "DELETE",
+        &format!("/v1/contacts/{id}"),
+        &[("authorization", &format!("Bearer {ADMIN_KEY}"))],
+        "",
+    );
+    assert_eq!(erased.status, 200, "{}", erased.text());
+    let body = shopify_consent_order(&app, 5820410600006, "subscribed", None);
+
+    // Act: the same address buys again, the box ticked.
+    let order_id = applied(
+        &post_shopify(&app, "orders/paid", "ev-consent-5", &body),
+        "order after erasure",
+    )
+    .expect("order id");
+
+    // Assert: the order and a new contact are stored; no consent, and
+    // the suppression stands.
+    let contact = contact_of(&app, &order(&app, &order_id));
+    assert_eq!(contact["email"], CONSENT_EMAIL);
+    assert_eq!(contact["consents"], json!({}));
+    assert_eq!(app.count("SELECT count(*) FROM consents"), 0);
+    assert_eq!(
+        app.count("SELECT count(*) FROM suppressions WHERE lifted_at IS NULL"),
+        1
+    );
+}
+
+#[test]
+fn a_purchase_after_a_withdrawal_does_not_lift_the_suppression() {
+    if skip_under_spin("needs the manual clock") {
+        return;
+    }
+    // Arrange: withdrawn now; a day later a checkout says "subscribed"
+    // half a day ago, after the withdrawal.
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": CONSENT_EMAIL}));
+    let response = staff_consent(
+        &app,
+        &id,
+        &json!({"channel": "email", "status": "withdrawn", "reason": "complaint"}),
+    );
+    assert_eq!(response.status, 201, "{}", response.text());
+    minutes(&app, 24 * 60);
+    let body = shopify_consent_order(
+        &app,
+        5820410600007,
+        "subscribed",
+        Some(&days_ago(&app, 0.5)),
+    );
+
+    // Act
+    applied(
+        &post_shopify(&app, "orders/paid", "ev-consent-6", &body),
+        "order",
+    );
+
+    // Assert
+    let email = &contact(&app, &id)["consents"]["email"];
+    assert_eq!(email["status"], "withdrawn", "{email}");
+    assert_eq!(email["reason"], "complaint");
+    assert_eq!(
+        app.count("SELECT count(*) FROM suppressions WHERE lifted_at IS NULL"),
+        1
+    );
+}
+
+#[test]
+fn a_shopify_consent_state_kizuna_does_not_know_is_ignored_and_grants_nothing() {
+    let cases: [(&str, Json); 7] = [
+        ("not subscribed", json!({"state": "not_subscribed"})),
+        (
+            "a double opt-in not yet confirmed",
+            json!({"state": "pending"}),
+        ),
+        ("redacted", json!({"state": "redacted"})),
+        (
+            "a state Shopify adds later",
+            json!({"state": "subscribed_twice"}),
+        ),
+        ("a state that is not text", json!({"state": 1})),
+        (
+            "a time that does not parse",
+            json!({"state": "subscribed", "consent_updated_at": "yesterday"}),
+        ),
+        ("not an object", json!("subscribed")),
+    ];
+    for (n, (case, consent)) in cases.into_iter().enumerate() {
+        // Arrange: buyer_accepts_marketing is true in the fixture, but the
+        // customer's own consent object rules.
+        let app = TestApp::new();
+        let mut body = shopify_fixture("order_paid_discount_code");
+        body["customer"]["email_marketing_consent"] = consent;
+        body["customer"]["sms_marketing_consent"] = json!({"state": "weird"});
+
+        // Act
+        let response = post_shopify(&app, "orders/paid", &format!("ev-odd-{n}"), &body);
+
+        // Assert
+        applied(&response, case);
+        assert_eq!(app.count("SELECT count(*) FROM orders"), 1, "case {case}");
+        assert_eq!(app.count("SELECT count(*) FROM consents"), 0, "case {case}");
+    }
+}
+
+#[test]
+fn without_a_consent_object_a_ticked_buyer_accepts_marketing_grants_email_at_the_orders_time() {
+    for (accepts, expected) in [(json!(true), Some("granted")), (json!(false), None)] {
+        // Arrange: the 2025-01 shape, without the customer's consent objects.
+        let app = TestApp::new();
+        let mut body = shopify_consent_order(&app, 5820410600008, "subscribed", None);
+        let customer = body["customer"].as_object_mut().expect("customer");
+        customer.remove("email_marketing_consent");
+        customer.remove("sms_marketing_consent");
+        body["buyer_accepts_marketing"] = accepts.clone();
+
+        // Act
+        let order_id = applied(
+            &post_shopify(&app, "orders/paid", "ev-accepts", &body),
+            "order",
+        )
+        .expect("order id");
+
+        // Assert
+        let email = contact_of(&app, &order(&app, &order_id))["consents"]["email"].clone();
+        assert_eq!(
+            email["status"].as_str(),
+            expected,
+            "accepts {accepts}: {email}"
+        );
+        if expected.is_some() {
+            assert_eq!(email["occurred_at"], body["processed_at"]);
+            assert_eq!(email["source"], "shopify_checkout");
+            assert_eq!(email["opt_in_level"], Json::Null);
+        }
+    }
+}
+
+#[test]
+fn woocommerce_consent_is_read_from_the_configured_order_meta_key() {
+    const KEY: &str = "_kizuna_newsletter";
+    let cases: [(&str, Option<&str>, Json, Option<&str>); 5] = [
+        ("a ticked box", Some(KEY), json!("yes"), Some("granted")),
+        (
+            "a ticked box as a number",
+            Some(KEY),
+            json!(1),
+            Some("granted"),
+        ),
+        ("an unticked box", Some(KEY), json!("0"), None),
+        (
+            "unsubscribed",
+            Some(KEY),
+            json!("unsubscribed"),
+            Some("withdrawn"),
+        ),
+        ("no key configured", None, json!("yes"), None),
+    ];
+    for (case, key, value, expected) in cases {
+        // Arrange
+        let app = match key {
+            Some(key) => TestApp::with_variables(&[("woocommerce_consent_meta_key", key)]),
+            None => TestApp::new(),
+        };
+        let mut body = woo_order();
+        body["meta_data"] = json!([
+            {"id": 900, "key": "_billing_kana", "value": "スズキ"},
+            {"id": 901, "key": KEY, "value": value},
+        ]);
+
+        // Act
+        let order_id =
+            applied(&post_woo(&app, "order.created", "d-consent", &body), case).expect("order id");
+
+        // Assert
+        let email = contact_of(&app, &order(&app, &order_id))["consents"]["email"].clone();
+        assert_eq!(email["status"].as_str(), expected, "case {case}: {email}");
+        if expected.is_some() {
+            assert_eq!(email["source"], "woocommerce_checkout", "case {case}");
+            assert_eq!(
+                email["occurred_at"], "2026-11-22T02:40:00.000000Z",
+                "case {case}: the checkout's time"
+            );
+        }
+    }
+}
+
+#[test]
+fn kizuna_format_customer_consents_are_recorded_as_sent() {
+    // Arrange
+    let app = TestApp::new();
+    let placed_at = days_ago(&app, 0.25);
+    let given = days_ago(&app, 0.5);
+    let mut event = kizuna_event("order.paid");
+    event["data"]["placed_at"] = json!(placed_at);
+    event["data"]["customer"]["consents"] = json!({
+        "email": {"status": "granted", "occurred_at": given, "source": "pos_checkout",
+                  "opt_in_level": "confirmed_opt_in"},
+        "sms": {"status": "withdrawn"},
+    });
+
+    // Act
+    let order_id = applied(&post_kizuna(&app, "msg_consent", &event), "order").expect("order id");
+
+    // Assert
+    let consents = contact_of(&app, &order(&app, &order_id))["consents"].clone();
+    assert_eq!(consents["email"]["status"], "granted", "{consents}");
+    assert_eq!(consents["email"]["source"], "pos_checkout");
+    assert_eq!(consents["email"]["reason"], "checkout");
+    assert_eq!(consents["email"]["occurred_at"], given.as_str());
+    assert_eq!(consents["email"]["opt_in_level"], "confirmed_opt_in");
+    assert_eq!(consents["sms"]["status"], "withdrawn");
+    assert_eq!(consents["sms"]["source"], "checkout", "the default source");
+    assert_eq!(consents["sms"]["occurred_at"], placed_at.as_str());
+    assert_eq!(
+        app.count("SELECT count(*) FROM suppressions WHERE kind = 'phone'"),
+        1,
+        "an SMS withdrawal suppresses the phone"
+    );
+}
+
+#[test]
+fn malformed_kizuna_format_consents_are_422_and_store_nothing() {
+    let app = TestApp::new();
+    migrate(&app);
+    let cases = [
+        ("not an object", json!(["email"]), "customer.consents"),
+        (
+            "an unknown channel",
+            json!({"fax": {"status": "granted"}}),
+            "customer.consents.fax",
+        ),
+        (
+            "an unknown status",
+            json!({"email": {"status": "maybe"}}),
+            "customer.consents.email.status",
+        ),
+        (
+            "a time that does not parse",
+            json!({"email": {"status": "granted", "occurred_at": "yesterday"}}),
+            "customer.consents.email.occurred_at",
+        ),
+        (
+            "a source that is not text",
+            json!({"email": {"status": "granted", "source": 7}}),
+            "customer.consents.email.source",
+        ),
+    ];
+    for (n, (case, consents, field)) in cases.into_iter().enumerate() {
+        // Arrange
+        let before = stored(&app);
+        let mut event = kizuna_event("order.paid");
+        event["data"]["customer"]["consents"] = consents;
+
+        // Act
+        let response = post_kizuna(&app, &format!("msg_bad_consent_{n}"), &event);
+
+        // Assert
+        let problem = response.assert_problem(422, case);
+        assert_eq!(error_fields(&problem), [field], "case {case}");
+        assert_only_logged(&app, &before, case);
+    }
+}

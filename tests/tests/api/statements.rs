@@ -9,6 +9,20 @@ use serde_json::{Value as Json, json};
 
 /// A Kizuna-format order of five lines for `email`, signed now.
 fn five_line_order(app: &TestApp, n: u32, email: &str) -> TestResponse {
+    app.post_kizuna_event(
+        &format!("msg_{n}"),
+        five_line_event(n, email).to_string().into_bytes(),
+    )
+}
+
+/// The same order, its buyer ticking "email me" at checkout.
+fn five_line_order_with_consent(app: &TestApp, n: u32, email: &str) -> TestResponse {
+    let mut event = five_line_event(n, email);
+    event["data"]["customer"]["consents"] = json!({"email": {"status": "granted"}});
+    app.post_kizuna_event(&format!("msg_{n}"), event.to_string().into_bytes())
+}
+
+fn five_line_event(n: u32, email: &str) -> Json {
     let lines: Vec<Json> = (1..=5)
         .map(|i| {
             json!({"id": format!("L{i}"), "sku": format!("TEA-{i}"), "name": "煎茶",
@@ -16,7 +30,7 @@ fn five_line_order(app: &TestApp, n: u32, email: &str) -> TestResponse {
                    "total": "1000", "discount": "0", "tax": "80"})
         })
         .collect();
-    let event = json!({
+    json!({
         "type": "order.paid",
         "timestamp": "2026-11-22T02:59:30Z",
         "data": {
@@ -26,8 +40,7 @@ fn five_line_order(app: &TestApp, n: u32, email: &str) -> TestResponse {
             "subtotal": "5000", "shipping": "0", "tax": "400", "discount": "0",
             "total": "5400", "points_used": 0, "lines": lines, "refunds": []
         }
-    });
-    app.post_kizuna_event(&format!("msg_{n}"), event.to_string().into_bytes())
+    })
 }
 
 /// Runs `request` and returns (status, statements).
@@ -85,8 +98,21 @@ fn the_frequent_writes_stay_within_their_statement_budgets() {
         )
     });
     assert_eq!(status, 201);
+    let (status, consent_order_statements) = counted(&app, || {
+        five_line_order_with_consent(&app, 3, "buyer3@example.jp")
+    });
+    assert_eq!(status, 200);
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM consents x JOIN contacts c ON c.id = x.contact_id
+             WHERE c.email = 'buyer3@example.jp' AND x.source = 'checkout'"
+        ),
+        1,
+        "the checkout consent is recorded"
+    );
     println!(
-        "statements: form post {form_statements}, order webhook (5 lines, earning) {order_statements}, redeem {redeem_statements}"
+        "statements: form post {form_statements}, order webhook (5 lines, earning) {order_statements}, \
+         with a checkout consent {consent_order_statements}, redeem {redeem_statements}"
     );
     // Before issue 9 these were 24 (a form post with consent), 43 and 20,
     // five of them the pragmas and the schema check of a new connection.
@@ -94,6 +120,13 @@ fn the_frequent_writes_stay_within_their_statement_budgets() {
     // from the key-value store (a cache that may be lost) to SQLite.
     assert!(form_statements <= 12, "form post: {form_statements}");
     assert!(order_statements <= 24, "order webhook: {order_statements}");
+    // A checkout consent adds three: one read of the buyer's addresses,
+    // latest consent per channel and suppression, then the consent row
+    // and its timeline entry (a withdrawal adds the suppression).
+    assert!(
+        consent_order_statements <= order_statements + 3,
+        "order webhook with a checkout consent: {consent_order_statements}"
+    );
     assert!(redeem_statements <= 13, "redeem: {redeem_statements}");
 }
 
