@@ -173,6 +173,18 @@ impl FormSettings {
         if self.consent_texts.len() > 20 {
             errors.push(FieldError::new("consent_texts", "at most 20 versions"));
         }
+        // With wording on file, its keys are the versions a form may
+        // show: a current version without wording would record consents
+        // that no text proves.
+        if let Some(version) = &self.consent_text_version
+            && !self.consent_texts.is_empty()
+            && !self.consent_texts.contains_key(version)
+        {
+            errors.push(FieldError::new(
+                "consent_text_version",
+                "must name one of the versions in consent_texts",
+            ));
+        }
         for (version, text) in &self.consent_texts {
             if version.is_empty() || version.len() > 64 || text.is_empty() || text.len() > 10_000 {
                 errors.push(FieldError::new(
@@ -1490,7 +1502,11 @@ mod tests {
             required_fields: vec!["name".into()],
             tags: vec!["spring".into()],
             consent_text_version: Some("v3".into()),
-            consent_texts: [("v2".to_owned(), "旧文言".to_owned())].into(),
+            consent_texts: [
+                ("v2".to_owned(), "旧文言".to_owned()),
+                ("v3".to_owned(), "メールマガジンを受け取る".to_owned()),
+            ]
+            .into(),
         }
         .validate()
         .unwrap();
@@ -1510,5 +1526,27 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.validate().is_err());
+        let unproved = FormSettings {
+            consent_text_version: Some("v4".into()),
+            consent_texts: [("v3".to_owned(), "メールマガジンを受け取る".to_owned())].into(),
+            ..Default::default()
+        };
+        match unproved.validate() {
+            Err(ApiError::Validation(errors)) => {
+                assert!(
+                    errors.iter().any(|e| e.field == "consent_text_version"),
+                    "{errors:?}"
+                );
+            }
+            other => panic!("a current version without wording is refused: {other:?}"),
+        }
+        let label_only = FormSettings {
+            consent_text_version: Some("v1".into()),
+            ..Default::default()
+        };
+        assert!(
+            label_only.validate().is_ok(),
+            "no wording on file: any label"
+        );
     }
 }

@@ -1991,7 +1991,7 @@ fn form_settings_survive_the_loss_of_the_key_value_store() {
             "required_fields": ["name"],
             "tags": ["spring-2026"],
             "consent_text_version": "v3",
-            "consent_texts": {"v2": "旧文言"},
+            "consent_texts": {"v2": "旧文言", "v3": "メールマガジンを受け取る"},
         }),
     );
     let saved = app.get(FORMS_KEY, "/v1/forms/spring/settings");
