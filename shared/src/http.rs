@@ -74,6 +74,18 @@ pub fn error_response(error: &ApiError) -> Response {
         .expect("static headers are valid")
 }
 
+/// A copy of `request` (method, target, version, headers, body), for a
+/// request that runs again (`pool::Pool::run`). Extensions are not
+/// copied: nothing in Kizuna sets them.
+pub fn duplicate(request: &Request) -> Request {
+    let mut copy = http::Request::new(request.body().clone());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
 /// The media type of the body, lower-cased, without parameters.
 pub fn media_type(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;

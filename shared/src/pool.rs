@@ -94,6 +94,30 @@ impl<C: Db> Pool<C> {
         Ok(Lease::new(connection, backend, true, writers))
     }
 
+    /// Runs one request's `work` on a leased connection and returns its
+    /// answer with the lease (give it back with [`Pool::give_back`]). When
+    /// the database failed the request before any of it was stored
+    /// ([`Lease::may_run_again`]: libSQL took the write lock back from
+    /// its transaction, or a restarted server forgot the pooled stream),
+    /// the work runs once more on a fresh connection, so a caller sees a
+    /// 503 only when the second try fails too.
+    pub async fn run<T>(
+        &self,
+        open: impl AsyncFn() -> anyhow::Result<C>,
+        work: impl AsyncFn(&Lease<C>) -> T,
+    ) -> anyhow::Result<(T, Lease<C>)> {
+        let lease = self.lease(async || open().await).await?;
+        let answer = work(&lease).await;
+        if !lease.may_run_again() {
+            return Ok((answer, lease));
+        }
+        // Closed, and the pool's other connections with it.
+        self.give_back(lease);
+        let lease = self.lease(async || open().await).await?;
+        let answer = work(&lease).await;
+        Ok((answer, lease))
+    }
+
     fn take_idle(&self) -> Option<(C, Backend)> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         // The newest first: the oldest are the likeliest to have expired,
@@ -139,6 +163,15 @@ pub struct Lease<C> {
     backend: Backend,
     in_transaction: Cell<bool>,
     spoiled: Cell<bool>,
+    /// Successful `COMMIT`s, and whether a write ran outside any
+    /// transaction (autocommitted): either means part of the request is
+    /// stored, so it may not run again.
+    commits: Cell<u32>,
+    wrote_outside: Cell<bool>,
+    /// Set when a `COMMIT`, or a write outside a transaction, failed as
+    /// unavailable: the server may have applied it before the answer
+    /// was lost.
+    uncertain: Cell<bool>,
     /// Set when the database could not serve a statement: the server
     /// went away or ended streams, so the pool's other idle connections
     /// are likely dead too.
@@ -176,6 +209,9 @@ impl<C: Db> Lease<C> {
             spoiled: Cell::new(false),
             abandoned: Cell::new(false),
             unavailable: Cell::new(false),
+            commits: Cell::new(0),
+            wrote_outside: Cell::new(false),
+            uncertain: Cell::new(false),
             statements: Cell::new(0),
             waited: Cell::new(Duration::ZERO),
             locked_at: Cell::new(None),
@@ -202,6 +238,18 @@ impl<C: Db> Lease<C> {
     /// `ROLLBACK`.
     pub fn lock_time(&self) -> Duration {
         self.held.get()
+    }
+
+    /// True when the database failed the request (ended its transaction,
+    /// forgot its stream, went away) before any of it was stored: no
+    /// `COMMIT` succeeded, nothing was written outside a transaction, and
+    /// no write's fate is unknown. Such a request may run again, whole,
+    /// on a fresh connection.
+    pub fn may_run_again(&self) -> bool {
+        self.unavailable.get()
+            && self.commits.get() == 0
+            && !self.wrote_outside.get()
+            && !self.uncertain.get()
     }
 
     /// Whether the connection was opened (and prepared) for this request
@@ -248,6 +296,22 @@ impl<C: Db> Lease<C> {
             ("total", stages.total, None),
         ])
     }
+}
+
+/// `COMMIT` or `END`.
+fn is_commit(sql: &str) -> bool {
+    let verb = sql.split_whitespace().next().unwrap_or("");
+    verb.eq_ignore_ascii_case("COMMIT") || verb.eq_ignore_ascii_case("END")
+}
+
+/// A statement that may change data (a `WITH` may end in a write).
+fn is_write(sql: &str) -> bool {
+    let verb = sql.split_whitespace().next().unwrap_or("");
+    [
+        "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH", "CREATE", "DROP", "ALTER",
+    ]
+    .iter()
+    .any(|w| verb.eq_ignore_ascii_case(w))
 }
 
 /// What a statement does to the connection's transaction state.
@@ -310,9 +374,20 @@ impl<C: Db> Db for Lease<C> {
         }
         // A stream the server ended (or a server that went away) is not
         // trusted again, in a transaction or not.
+        let writes = is_write(sql);
         if matches!(result, Err(DbError::Unavailable(_))) {
             self.spoiled.set(true);
             self.unavailable.set(true);
+            if is_commit(sql) || (writes && !self.in_transaction.get()) {
+                self.uncertain.set(true);
+            }
+        }
+        if result.is_ok() {
+            if is_commit(sql) {
+                self.commits.set(self.commits.get() + 1);
+            } else if writes && !self.in_transaction.get() {
+                self.wrote_outside.set(true);
+            }
         }
         match (&result, effect) {
             (Ok(_), Effect::BeginsWriting) => {
@@ -578,6 +653,66 @@ mod tests {
         assert!(matches!(run(&two, "SELECT"), Err(DbError::Unavailable(_))));
         pool.give_back(two);
         assert_eq!(pool.idle_count(), 0, "neither connection is kept");
+    }
+
+    #[test]
+    fn a_request_the_server_failed_before_storing_anything_runs_again() {
+        let pool = Pool::new();
+        let ran = Rc::new(RefCell::new(Vec::new()));
+        let tries = Cell::new(0);
+        let opened = Cell::new(0);
+        let (answer, lease) = block_on(pool.run(
+            async || {
+                opened.set(opened.get() + 1);
+                let fake = Fake {
+                    ran: Rc::clone(&ran),
+                    ..Fake::default()
+                };
+                if opened.get() == 1 {
+                    fake.gone.borrow_mut().push("UPDATE one");
+                }
+                Ok(fake)
+            },
+            async |db: &Lease<Fake>| {
+                tries.set(tries.get() + 1);
+                crate::db::transaction(db, async || {
+                    db.execute("UPDATE one", &[]).await?;
+                    Ok::<_, anyhow::Error>(())
+                })
+                .await
+                .is_ok()
+            },
+        ))
+        .expect("a lease");
+        assert!(answer, "the second try succeeded");
+        assert_eq!(tries.get(), 2);
+        assert!(!lease.may_run_again());
+    }
+
+    #[test]
+    fn a_request_that_stored_something_never_runs_again() {
+        for stored_first in ["COMMIT", "INSERT outside"] {
+            let pool = Pool::new();
+            let ran = Rc::new(RefCell::new(Vec::new()));
+            let lease = lease(&pool, &ran);
+            if stored_first == "COMMIT" {
+                run(&lease, "BEGIN IMMEDIATE").expect("begin");
+                run(&lease, "COMMIT").expect("commit");
+            } else {
+                run(&lease, "INSERT INTO t VALUES (1)").expect("autocommit");
+            }
+            lease.connection.gone.borrow_mut().push("BEGIN IMMEDIATE");
+            assert!(run(&lease, "BEGIN IMMEDIATE").is_err());
+            assert!(!lease.may_run_again(), "{stored_first}");
+        }
+        // A COMMIT whose answer was lost may have been applied.
+        let pool = Pool::new();
+        let ran = Rc::new(RefCell::new(Vec::new()));
+        let lease = lease(&pool, &ran);
+        lease.connection.gone.borrow_mut().push("COMMIT");
+        run(&lease, "BEGIN IMMEDIATE").expect("begin");
+        assert!(run(&lease, "COMMIT").is_err());
+        assert!(!lease.may_run_again(), "a lost COMMIT is uncertain");
     }
 
     #[test]

@@ -156,7 +156,7 @@ pub async fn serve<F>(
     handler: F,
 ) -> http::Response<spin_sdk::http::FullBody<bytes::Bytes>>
 where
-    F: AsyncFnOnce(
+    F: AsyncFn(
         crate::http::Request,
         &crate::Ctx<'_, Lease<SpinDb>, SpinKv>,
     ) -> crate::http::Response,
@@ -193,15 +193,20 @@ where
             .await?;
         let settings_read = started.elapsed();
         let pool = POOL.with(Rc::clone);
-        let db = pool.lease(SpinDb::open_default).await?;
-        let leased = started.elapsed();
-        let ctx = crate::Ctx {
-            db: &db,
-            kv: &SpinKv,
-            clock: &crate::ports::SystemClock,
-            config: &config,
-        };
-        let mut response = handler(request, &ctx).await;
+        let leased = std::cell::Cell::new(settings_read);
+        let (mut response, db) = pool
+            .run(SpinDb::open_default, async |db: &Lease<SpinDb>| {
+                leased.set(started.elapsed());
+                let ctx = crate::Ctx {
+                    db,
+                    kv: &SpinKv,
+                    clock: &crate::ports::SystemClock,
+                    config: &config,
+                };
+                handler(crate::http::duplicate(&request), &ctx).await
+            })
+            .await?;
+        let leased = leased.get();
         if config.server_timing {
             let stages = crate::pool::Stages {
                 read,

@@ -173,21 +173,29 @@ impl Host {
             })
             .await?;
         let settings_read = started.elapsed();
-        let db = instance
-            .pool
-            .lease(async || RusqliteDb::open(&self.database_path()))
-            .await?;
-        let leased = started.elapsed();
         let kv = LazySqliteKv::new(self.kv_path());
-        let ctx = kizuna::Ctx {
-            db: &db,
-            kv: &kv,
-            clock: self.clock.as_ref(),
-            config: &config,
-        };
-        let mut response = call_component(&component.id, request, &ctx)
-            .await
-            .with_context(|| format!("no handler registered for component {}", component.id));
+        let leased = std::cell::Cell::new(settings_read);
+        let (mut response, db) = instance
+            .pool
+            .run(
+                async || RusqliteDb::open(&self.database_path()),
+                async |db: &kizuna::pool::Lease<RusqliteDb>| {
+                    leased.set(started.elapsed());
+                    let ctx = kizuna::Ctx {
+                        db,
+                        kv: &kv,
+                        clock: self.clock.as_ref(),
+                        config: &config,
+                    };
+                    call_component(&component.id, kizuna::http::duplicate(&request), &ctx)
+                        .await
+                        .with_context(|| {
+                            format!("no handler registered for component {}", component.id)
+                        })
+                },
+            )
+            .await?;
+        let leased = leased.get();
         if let Ok(response) = &mut response
             && config.server_timing
         {

@@ -524,6 +524,18 @@ impl Drop for TestApp {
             for line in tail.iter().rev() {
                 eprintln!("{line}");
             }
+            // What the components wrote to stderr (`unexpected error: …`).
+            let logs = self.dir.path().join("logs");
+            for entry in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(10).collect();
+                if !tail.is_empty() {
+                    eprintln!("--- {}, last lines:", entry.path().display());
+                    for line in tail.iter().rev() {
+                        eprintln!("{line}");
+                    }
+                }
+            }
         }
         if let Some(backing) = &self.backing {
             let log = backing.sqld.log_text();
