@@ -58,9 +58,7 @@ impl Sqld {
     /// Starts sqld with its data under `dir` and waits until it answers.
     pub fn start(dir: &Path) -> anyhow::Result<Sqld> {
         std::fs::create_dir_all(dir).context("failed to create sqld's folder")?;
-        let mut last_error = None;
-        // The port can be taken between choosing and binding it.
-        for attempt in 0..5 {
+        on_free_ports(|attempt| {
             let sqld = Sqld {
                 child: Mutex::new(None),
                 addr: free_loopback_port()?,
@@ -68,20 +66,12 @@ impl Sqld {
                 data: dir.join("data"),
                 log: dir.join(format!("sqld-{attempt}.log")),
             };
-            match sqld.run() {
-                Ok(()) => return Ok(sqld),
-                Err(e) => last_error = Some(e),
-            }
-        }
-        Err(last_error.expect("at least one attempt"))
+            sqld.run().map(|()| sqld)
+        })
     }
 
     fn run(&self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .context("failed to open sqld's log")?;
+        let log = append_to(&self.log)?;
         let child = Command::new(sqld_binary())
             .arg("--db-path")
             .arg(&self.data)
@@ -176,27 +166,18 @@ impl Redis {
     /// restart empties it, which is the point of the fault tests).
     pub fn start(dir: &Path) -> anyhow::Result<Redis> {
         std::fs::create_dir_all(dir).context("failed to create Redis' folder")?;
-        let mut last_error = None;
-        for attempt in 0..5 {
+        on_free_ports(|attempt| {
             let redis = Redis {
                 child: Mutex::new(None),
                 addr: free_loopback_port()?,
                 log: dir.join(format!("redis-{attempt}.log")),
             };
-            match redis.run() {
-                Ok(()) => return Ok(redis),
-                Err(e) => last_error = Some(e),
-            }
-        }
-        Err(last_error.expect("at least one attempt"))
+            redis.run().map(|()| redis)
+        })
     }
 
     fn run(&self) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .context("failed to open Redis' log")?;
+        let log = append_to(&self.log)?;
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(self.addr.port().to_string())
@@ -374,6 +355,29 @@ fn read_reply(reader: &mut impl std::io::BufRead) -> anyhow::Result<Reply> {
     }
 }
 
+/// Starts a server with `start(attempt)`, again (up to five times) if it
+/// fails: a free port can be taken between choosing it and the server
+/// binding it, when many tests start servers at once.
+fn on_free_ports<T>(start: impl Fn(u32) -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let mut last_error = None;
+    for attempt in 0..5 {
+        match start(attempt) {
+            Ok(server) => return Ok(server),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.expect("at least one attempt"))
+}
+
+/// A server's log file, appended to across restarts.
+fn append_to(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("failed to open {}", path.display()))
+}
+
 /// The exit status of a server that stopped by itself.
 fn exit_status(child: &Mutex<Option<Child>>) -> anyhow::Result<Option<std::process::ExitStatus>> {
     match child.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
@@ -393,12 +397,14 @@ fn kill_and_reap(mut child: Child) {
     }
 }
 
-fn free_loopback_port() -> anyhow::Result<SocketAddr> {
+/// A loopback port free at the moment of asking.
+pub(crate) fn free_loopback_port() -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").context("no free loopback port")?;
     listener.local_addr().context("no local address")
 }
 
-fn http_get_ok(addr: SocketAddr, path: &str) -> bool {
+/// True when `GET path` answers 200.
+pub(crate) fn http_get_ok(addr: SocketAddr, path: &str) -> bool {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;
     };

@@ -7,8 +7,7 @@
 //! `cargo build --release --target wasm32-wasip2 -p kizuna-…`).
 
 use anyhow::{Context as _, bail};
-use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -108,7 +107,7 @@ impl SpinApp {
         runtime_config: Option<&Path>,
         log: &Path,
     ) -> anyhow::Result<SpinApp> {
-        let addr = free_loopback_port()?;
+        let addr = crate::servers::free_loopback_port()?;
         let log_file = std::fs::File::create(log).context("failed to create Spin's log")?;
         let mut command = Command::new(spin_binary());
         command
@@ -212,28 +211,7 @@ fn group_alive(group: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn free_loopback_port() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("no free loopback port")?;
-    listener.local_addr().context("no local address")
-}
-
 /// Spin's own health route answers once the app is loaded.
 fn answers_http(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    if stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .is_err()
-    {
-        return false;
-    }
-    let request = format!(
-        "GET /.well-known/spin/health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    );
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+    crate::servers::http_get_ok(addr, "/.well-known/spin/health")
 }
