@@ -97,6 +97,22 @@ async fn prepare_once(db: &impl Db) -> anyhow::Result<Backend> {
     Ok(backend)
 }
 
+/// What `GET /healthz` reports: the database answered just now (one
+/// statement, so a pooled connection to a server that went away fails
+/// here and the probe gets a 503), which engine serves it, and its schema
+/// version beside this build's. Nothing secret.
+pub async fn health(db: &impl Db) -> anyhow::Result<serde_json::Value> {
+    let version = user_version(db).await?;
+    Ok(serde_json::json!({
+        "status": "ok",
+        "database": {
+            "backend": db.backend().as_str(),
+            "schema_version": version,
+            "build_schema_version": SCHEMA_VERSION,
+        },
+    }))
+}
+
 async fn user_version(db: &impl Db) -> anyhow::Result<i64> {
     let rows = db
         .execute("PRAGMA user_version", &[])

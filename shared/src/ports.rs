@@ -232,6 +232,16 @@ pub enum Backend {
     Libsql,
 }
 
+impl Backend {
+    /// How answers name it (`/healthz`, the erasure answer).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::SqliteFile => "sqlite_file",
+            Backend::Libsql => "libsql",
+        }
+    }
+}
+
 /// The SQL database. One value is one connection, opened per request.
 #[allow(async_fn_in_trait)] // components are single-threaded; the native host blocks per thread
 pub trait Db {

@@ -34,7 +34,7 @@ use time::OffsetDateTime;
 pub fn storage_residue(backend: crate::ports::Backend, checkpointed: bool) -> Json {
     match backend {
         crate::ports::Backend::SqliteFile => json!({
-            "backend": "sqlite_file",
+            "backend": backend.as_str(),
             "freed_pages_zeroed": true,
             "wal_checkpointed": checkpointed,
             "note": if checkpointed {
@@ -44,7 +44,7 @@ pub fn storage_residue(backend: crate::ports::Backend, checkpointed: bool) -> Js
             },
         }),
         crate::ports::Backend::Libsql => json!({
-            "backend": "libsql",
+            "backend": backend.as_str(),
             "freed_pages_zeroed": false,
             "wal_checkpointed": false,
             "note": "the erased values are gone from every query; the libSQL server keeps old page images in its log until its next checkpoint, and in its backups and snapshots for as long as it keeps them",

@@ -39,12 +39,11 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
             .ok_or_else(contacts_api::not_found)
     };
     match segments.as_slice() {
-        // Liveness for load balancers: no key, no secrets; reaching here
-        // means the database opened and is migrated.
+        // Readiness for load balancers: no key, no secrets.
         ["healthz"] => match *method {
             Method::GET => Ok(kizuna::http::json_response(
                 http::StatusCode::OK,
-                &serde_json::json!({"status": "ok"}),
+                &kizuna::db::health(ctx.db).await?,
             )),
             _ => Err(ApiError::MethodNotAllowed("GET")),
         },

@@ -2983,3 +2983,35 @@ fn a_body_over_the_limit_gets_its_413_while_the_client_is_still_sending() {
     assert!(answer.contains("connection: close"), "{answer}");
     assert_eq!(app.count("SELECT count(*) FROM contacts"), 0);
 }
+
+/// `GET /healthz` asks the database (one statement) and says which
+/// engine serves it and its schema version, with no key and no secret.
+#[test]
+fn health_reports_the_database_engine_and_schema_version_without_secrets() {
+    // Arrange
+    let app = TestApp::new();
+
+    // Act
+    let health = app.request("GET", "/healthz", &[], Bytes::new());
+
+    // Assert
+    assert_eq!(health.status, 200, "{}", health.text());
+    let body = health.json();
+    assert_eq!(body["status"], "ok");
+    let backend = if app.on_libsql() {
+        "libsql"
+    } else {
+        "sqlite_file"
+    };
+    assert_eq!(body["database"]["backend"], backend, "{body}");
+    let version = kizuna::db::SCHEMA_VERSION;
+    assert_eq!(body["database"]["schema_version"], version, "{body}");
+    assert_eq!(body["database"]["build_schema_version"], version, "{body}");
+    let text = health.text();
+    for secret in [UNSUBSCRIBE_SECRET, ADMIN_KEY, "whsec_"] {
+        assert!(!text.contains(secret), "{text}");
+    }
+    if let Some(statements) = app.statements_of_last_request() {
+        assert_eq!(statements, 1, "the database is asked, once");
+    }
+}

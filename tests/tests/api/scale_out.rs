@@ -389,3 +389,25 @@ fn losing_redis_loses_nothing_but_cache() {
         assert_eq!(tagged, 1, "lead {n} tagged");
     }
 }
+
+#[test]
+fn health_answers_503_while_sqld_is_down_and_200_once_it_is_back() {
+    if !kizuna_tests::servers::libsql_mode() {
+        eprintln!("skipped: runs on sqld and Redis only (KIZUNA_TEST_BACKEND=libsql)");
+        return;
+    }
+    // Arrange: a pooled connection to the running server.
+    let app = TestApp::new();
+    assert_eq!(app.get(READ_KEY, "/healthz").status, 200);
+    let sqld = &app.backing.as_ref().expect("sqld").sqld;
+
+    // Act and assert: down, then back.
+    sqld.stop();
+    let down = app.get(READ_KEY, "/healthz");
+    assert_eq!(down.status, 503, "{}", down.text());
+    assert_eq!(down.header("retry-after"), Some("2"));
+    sqld.restart().expect("sqld started again");
+    let up = app.get(READ_KEY, "/healthz");
+    assert_eq!(up.status, 200, "{}", up.text());
+    assert_eq!(up.json()["database"]["backend"], "libsql");
+}
