@@ -839,6 +839,23 @@ pub fn log_errors(state: &Path) -> Vec<String> {
     lines
 }
 
+/// Prints what a server's logs held: `clean` when nothing, else the
+/// count (with `detail`, e.g. how many are unexpected errors) and the
+/// first `first` lines.
+pub fn print_log_findings(what: &str, clean: &str, detail: &str, lines: &[String], first: usize) {
+    if lines.is_empty() {
+        println!("{what}: {clean}");
+        return;
+    }
+    println!(
+        "{what}: {} lines with errors or warnings{detail} (first {first}):",
+        lines.len()
+    );
+    for line in lines.iter().take(first) {
+        println!("  {line}");
+    }
+}
+
 /// Whether a scenario or phase called `name` runs under `--only TEXT`
 /// (`None`: everything runs).
 pub fn selected(only: Option<&str>, name: &str) -> bool {

@@ -66,7 +66,8 @@ use kizuna_tests::datagen::{self, Spec};
 use kizuna_tests::load;
 use kizuna_tests::scenarios::{
     Bench, HEADER, Kind, RULE, Row, Target, Timing, agent, build, call, fixtures, log_errors,
-    median, migrate, points_program_on, read_only, selected, time_requests, variables,
+    median, migrate, points_program_on, print_log_findings, read_only, selected, time_requests,
+    variables,
 };
 use kizuna_tests::servers::{Backing, STRONG_DURABILITY};
 use kizuna_tests::spin::SpinApp;
@@ -389,33 +390,21 @@ fn run(options: &Options, dir: &Path) -> anyhow::Result<()> {
         .filter(|l| l.contains("unexpected error"))
         .count();
     println!();
-    if errors.is_empty() {
-        println!("Spin logs: no errors, warnings, panics or traps");
-    } else {
-        println!(
-            "Spin logs: {} lines with errors or warnings, {unexpected} of them `unexpected error` (first 20):",
-            errors.len()
-        );
-        for line in errors.iter().take(20) {
-            println!("  {line}");
-        }
-    }
-    let sqld_log = backing.sqld.log_text();
-    let sqld_errors: Vec<&str> = sqld_log
+    print_log_findings(
+        "Spin logs",
+        "no errors, warnings, panics or traps",
+        &format!(", {unexpected} of them `unexpected error`"),
+        &errors,
+        20,
+    );
+    let sqld_errors: Vec<String> = backing
+        .sqld
+        .log_text()
         .lines()
         .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+        .map(str::to_owned)
         .collect();
-    if sqld_errors.is_empty() {
-        println!("sqld log: no errors or warnings");
-    } else {
-        println!(
-            "sqld log: {} lines with errors or warnings (first 10):",
-            sqld_errors.len()
-        );
-        for line in sqld_errors.iter().take(10) {
-            println!("  {line}");
-        }
-    }
+    print_log_findings("sqld log", "no errors or warnings", "", &sqld_errors, 10);
 
     // Spin first, then the servers under it.
     drop(libsql_apps);

@@ -64,8 +64,8 @@ use kizuna_tests::datagen::{self, Spec};
 use kizuna_tests::load::{self, Load, LoadResult, Request};
 use kizuna_tests::scenarios::{
     Bench, Family, Fixtures, HEADER, Kind, RULE, Row, Target, build, create_segment, fixtures,
-    log_errors, median, migrate, missing_orders, points_program_on, selected, stored_count,
-    time_requests, variables,
+    log_errors, median, migrate, missing_orders, points_program_on, print_log_findings, selected,
+    stored_count, time_requests, variables,
 };
 use kizuna_tests::spin::{SpinApp, workspace_root};
 use std::path::{Path, PathBuf};
@@ -305,17 +305,13 @@ fn run(options: &Options, dir: &Path) -> anyhow::Result<()> {
         .flat_map(|state| log_errors(state))
         .collect();
     println!();
-    if errors.is_empty() {
-        println!("Spin logs: no errors, warnings, panics or traps");
-    } else {
-        println!(
-            "Spin logs: {} lines with errors or warnings (first 20):",
-            errors.len()
-        );
-        for line in errors.iter().take(20) {
-            println!("  {line}");
-        }
-    }
+    print_log_findings(
+        "Spin logs",
+        "no errors, warnings, panics or traps",
+        "",
+        &errors,
+        20,
+    );
     drop(million_app);
     drop(baselines);
     drop(kizuna);

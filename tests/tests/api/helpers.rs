@@ -114,6 +114,17 @@ fn test_agent() -> ureq::Agent {
         .into()
 }
 
+/// True when this run does not keep Spin's data on sqld and Redis, for
+/// tests that need them (two processes on one sqld, its faults); prints
+/// why the calling test does not run.
+pub fn skip_unless_libsql() -> bool {
+    let skip = !libsql_mode();
+    if skip {
+        eprintln!("skipped: runs on sqld and Redis only (KIZUNA_TEST_BACKEND=libsql)");
+    }
+    skip
+}
+
 /// The variables every test app starts with.
 fn base_variables() -> Vec<(String, String)> {
     [

@@ -80,8 +80,7 @@ fn balance(app: &TestApp, id: &str) -> Json {
 
 #[test]
 fn two_spin_processes_on_one_sqld_keep_one_record_per_person_and_exact_points() {
-    if !kizuna_tests::servers::libsql_mode() {
-        eprintln!("skipped: runs on sqld and Redis only (KIZUNA_TEST_BACKEND=libsql)");
+    if skip_unless_libsql() {
         return;
     }
     // Arrange: two processes on one sqld and Redis; the points program
@@ -281,8 +280,7 @@ fn assert_leads_whole(app: &TestApp, prefix: &str, answers: &[(String, u16)]) ->
 
 #[test]
 fn a_sqld_restart_under_load_loses_no_answered_lead_and_half_writes_none() {
-    if !kizuna_tests::servers::libsql_mode() {
-        eprintln!("skipped: runs on sqld and Redis only (KIZUNA_TEST_BACKEND=libsql)");
+    if skip_unless_libsql() {
         return;
     }
     // Arrange
@@ -340,8 +338,7 @@ fn a_sqld_restart_under_load_loses_no_answered_lead_and_half_writes_none() {
 
 #[test]
 fn losing_redis_loses_nothing_but_cache() {
-    if !kizuna_tests::servers::libsql_mode() {
-        eprintln!("skipped: runs on sqld and Redis only (KIZUNA_TEST_BACKEND=libsql)");
+    if skip_unless_libsql() {
         return;
     }
     // Arrange: a form whose settings require a name and tag its leads.
@@ -392,8 +389,7 @@ fn losing_redis_loses_nothing_but_cache() {
 
 #[test]
 fn health_answers_503_while_sqld_is_down_and_200_once_it_is_back() {
-    if !kizuna_tests::servers::libsql_mode() {
-        eprintln!("skipped: runs on sqld and Redis only (KIZUNA_TEST_BACKEND=libsql)");
+    if skip_unless_libsql() {
         return;
     }
     // Arrange: a pooled connection to the running server.
