@@ -259,7 +259,7 @@ pub async fn list<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
     request: &Request,
 ) -> Result<Response, ApiError> {
-    let pairs = crate::http::query_pairs(request);
+    let pairs = crate::http::query_pairs(request, &["limit", "cursor", "email", "phone", "q"])?;
     let limit = page_limit(&pairs)?;
     let after = match query_param(&pairs, "cursor") {
         Some(c) => Some(decode_cursor(c, 1)?.remove(0)),
@@ -579,7 +579,7 @@ pub async fn timeline_page(
     id: &str,
     request: &Request,
 ) -> Result<Response, ApiError> {
-    let pairs = crate::http::query_pairs(request);
+    let pairs = crate::http::query_pairs(request, &["limit", "cursor"])?;
     let limit = page_limit(&pairs)?;
     require_contact(db, id).await?;
     let page = timeline::page(db, id, limit, query_param(&pairs, "cursor")).await?;
@@ -686,8 +686,7 @@ pub async fn export<D: Db, K: Kv>(
     request: &Request,
 ) -> Result<Response, ApiError> {
     use crate::privacy::{EXPORT_PAGE_MAX, Section};
-    let pairs = crate::http::query_pairs(request);
-    crate::http::only_params(&pairs, &["limit", "section", "cursor"])?;
+    let pairs = crate::http::query_pairs(request, &["limit", "section", "cursor"])?;
     let limit = crate::http::limit_between(&pairs, EXPORT_PAGE_MAX, EXPORT_PAGE_MAX)?;
     let section = query_param(&pairs, "section")
         .map(Section::parse)

@@ -174,8 +174,53 @@ fn shorten(message: &str) -> String {
     message.chars().take(200).collect()
 }
 
-/// The query string's pairs, percent-decoded.
-pub fn query_pairs(request: &Request) -> Vec<(String, String)> {
+/// Query parameters every route takes besides its own: `tz` chooses the
+/// zone of the answer's timestamps (`answer_zone`).
+pub const COMMON_QUERY_PARAMS: &[&str] = &["tz"];
+
+/// The query string's pairs, percent-decoded, for a route that takes the
+/// parameters `accepted` (and [`COMMON_QUERY_PARAMS`]). A parameter it
+/// does not take, or one given twice, is a 422 naming it: a misspelt
+/// filter must not answer as if it had filtered.
+pub fn query_pairs(
+    request: &Request,
+    accepted: &[&str],
+) -> Result<Vec<(String, String)>, ApiError> {
+    let pairs = all_query_pairs(request);
+    let mut errors = Vec::new();
+    for (index, (name, _)) in pairs.iter().enumerate() {
+        let takes =
+            accepted.contains(&name.as_str()) || COMMON_QUERY_PARAMS.contains(&name.as_str());
+        let message = if !takes {
+            let mut names: Vec<&str> = accepted
+                .iter()
+                .chain(COMMON_QUERY_PARAMS)
+                .copied()
+                .collect();
+            names.sort_unstable();
+            format!(
+                "not a parameter of this route, which takes: {}",
+                names.join(", ")
+            )
+        } else if pairs[..index].iter().any(|(earlier, _)| earlier == name) {
+            "given more than once".to_owned()
+        } else {
+            continue;
+        };
+        if !errors.iter().any(|e: &FieldError| &e.field == name) {
+            errors.push(FieldError::new(name.clone(), message));
+        }
+    }
+    if errors.is_empty() {
+        Ok(pairs)
+    } else {
+        Err(ApiError::Validation(errors))
+    }
+}
+
+/// Every pair of the query string, unchecked: for public pages whose links
+/// pass through mail tools and browsers that add their own (`utm_*`).
+pub fn all_query_pairs(request: &Request) -> Vec<(String, String)> {
     request
         .uri()
         .query()
@@ -246,18 +291,6 @@ pub fn limit_between(
                 format!("must be a whole number from 1 to {max}"),
             )),
         },
-    }
-}
-
-/// Refuses a query parameter the route does not take (422), so that a
-/// misspelt one is not silently ignored.
-pub fn only_params(pairs: &[(String, String)], known: &[&str]) -> Result<(), ApiError> {
-    match pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
-        Some((name, _)) => Err(ApiError::invalid(
-            name.clone(),
-            "not a parameter of this route",
-        )),
-        None => Ok(()),
     }
 }
 

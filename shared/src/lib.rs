@@ -13,6 +13,7 @@
 //! - `email`, `phone`, `profile`, `text`, `timestamp`, `ids`: values that
 //!   parse, and the profile built from them.
 //! - `shop_time`: the shop's time zone and its day and month boundaries.
+//! - `answer_zone`: `?tz=shop`, answers with the shop's offset.
 //! - `contact`, `consent`, `timeline`, `tags`: the customer record.
 //! - `forms`: public lead capture, form settings, rate limits, CORS.
 //! - `contacts_api`: the staff-facing contact use cases.
@@ -21,6 +22,7 @@
 //!   person's own opt-in lifts.
 //! - `idempotency`: replaying a retried write's first answer.
 
+pub mod answer_zone;
 pub mod auth;
 pub mod client_addr;
 pub mod config;

@@ -498,7 +498,7 @@ pub fn unsubscribe_page<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
     request: &Request,
 ) -> Result<Response, ApiError> {
-    let query = crate::http::query_pairs(request);
+    let query = crate::http::all_query_pairs(request);
     let token = crate::http::query_param(&query, "token").unwrap_or("");
     if verify_unsubscribe_token(ctx.config.unsubscribe_secret()?, token).is_none() {
         return Ok(crate::forms::html_response(
@@ -527,7 +527,7 @@ pub async fn unsubscribe_request<D: Db, K: Kv>(
     request: &Request,
 ) -> Result<Response, ApiError> {
     crate::http::check_size(request.body(), crate::forms::FORM_BODY_LIMIT)?;
-    let query = crate::http::query_pairs(request);
+    let query = crate::http::all_query_pairs(request);
     let mut token = crate::http::query_param(&query, "token").map(str::to_owned);
     if token.is_none() && !request.body().is_empty() {
         token = crate::forms::read_fields(request)?

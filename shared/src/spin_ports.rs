@@ -192,6 +192,10 @@ where
             })
             .await?;
         let settings_read = started.elapsed();
+        let zone = match crate::answer_zone::asked(&request, config.shop_offset) {
+            Ok(zone) => zone,
+            Err(error) => return anyhow::Ok(error_response(&error)),
+        };
         let pool = POOL.with(Rc::clone);
         let leased = std::cell::Cell::new(settings_read);
         let (mut response, db) = pool
@@ -219,7 +223,10 @@ where
                 .insert("server-timing", db.server_timing(&stages));
         }
         pool.give_back(db);
-        anyhow::Ok(response)
+        anyhow::Ok(match zone {
+            Some(offset) => crate::answer_zone::rewrite(response, offset),
+            None => response,
+        })
     }
     .await
     .unwrap_or_else(|cause| error_response(&ApiError::Unexpected(cause)));

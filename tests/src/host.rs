@@ -173,6 +173,10 @@ impl Host {
             })
             .await?;
         let settings_read = started.elapsed();
+        let zone = match kizuna::answer_zone::asked(&request, config.shop_offset) {
+            Ok(zone) => zone,
+            Err(error) => return Ok(error_response(&error)),
+        };
         let kv = LazySqliteKv::new(self.kv_path());
         let leased = std::cell::Cell::new(settings_read);
         let (mut response, db) = instance
@@ -213,7 +217,10 @@ impl Host {
         self.last_statements
             .store(db.statements(), std::sync::atomic::Ordering::Relaxed);
         instance.pool.give_back(db);
-        response
+        response.map(|response| match zone {
+            Some(offset) => kizuna::answer_zone::rewrite(response, offset),
+            None => response,
+        })
     }
 
     /// How many SQL statements the last request ran (each one a host call

@@ -163,7 +163,7 @@ pub async fn ledger_page(
     request: &Request,
 ) -> Result<Response, ApiError> {
     let contact = live_contact(db, contact).await?;
-    let pairs = query_pairs(request);
+    let pairs = query_pairs(request, &["limit", "cursor"])?;
     let limit = page_limit(&pairs)?;
     let before: Option<i64> = match query_param(&pairs, "cursor") {
         Some(c) => Some(

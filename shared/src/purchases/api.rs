@@ -106,7 +106,7 @@ pub async fn load(db: &impl Db, id: &str) -> anyhow::Result<Option<Json>> {
 
 /// `GET /v1/orders?contact_id=…`: newest first, keyed by (placed_at, id).
 pub async fn list(db: &impl Db, request: &Request) -> Result<Response, ApiError> {
-    let pairs = query_pairs(request);
+    let pairs = query_pairs(request, &["limit", "cursor", "contact_id"])?;
     let limit = page_limit(&pairs)?;
     let contact_id = match query_param(&pairs, "contact_id") {
         Some(text) => Some(
@@ -158,7 +158,7 @@ pub async fn list(db: &impl Db, request: &Request) -> Result<Response, ApiError>
 
 /// `GET /v1/webhook-deliveries?outcome=&source=`: newest first.
 pub async fn deliveries(db: &impl Db, request: &Request) -> Result<Response, ApiError> {
-    let pairs = query_pairs(request);
+    let pairs = query_pairs(request, &["limit", "cursor", "outcome", "source"])?;
     let limit = page_limit(&pairs)?;
     let outcome = query_param(&pairs, "outcome");
     if let Some(o) = outcome

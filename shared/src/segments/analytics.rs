@@ -789,7 +789,8 @@ pub async fn cross_sell<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
     request: &Request,
 ) -> Result<Response, ApiError> {
-    let (basis, item, limit) = cross_sell_query(&query_pairs(request))?;
+    let (basis, item, limit) =
+        cross_sell_query(&query_pairs(request, &["sku", "category", "limit"])?)?;
     let now = timestamp::format(ctx.clock.now());
     let rows = ctx
         .db

@@ -215,7 +215,7 @@ pub async fn preview<D: Db, K: Kv>(
     }
     let node = definition_of(&body, ctx.config.shop_offset)?;
     let purpose = parse_purpose(body.get("purpose"))?;
-    let pairs = query_pairs(request);
+    let pairs = query_pairs(request, &["limit", "fields"])?;
     let limit = page_size(&pairs, false)?;
     let fields = allowed_fields(query_param(&pairs, "fields"), may_export)?;
     let (env, computed_at) = env(ctx, &node).await?;
@@ -541,7 +541,7 @@ pub async fn members<D: Db, K: Kv>(
     request: &Request,
     may_export: impl FnOnce() -> Result<(), ApiError>,
 ) -> Result<Response, ApiError> {
-    let pairs = query_pairs(request);
+    let pairs = query_pairs(request, &["limit", "cursor", "fields", "format", "bom"])?;
     let csv = query_param(&pairs, "format") == Some("csv")
         || header_str(request.headers(), "accept")
             .is_some_and(|a| a.to_ascii_lowercase().contains("text/csv"));

@@ -49,8 +49,7 @@ pub async fn changes<D: Db, K: Kv>(
     id: &str,
     request: &Request,
 ) -> Result<Response, ApiError> {
-    let pairs = query_pairs(request);
-    crate::http::only_params(&pairs, &["since", "cursor", "limit"])?;
+    let pairs = query_pairs(request, &["since", "cursor", "limit"])?;
     let limit = crate::http::limit_between(&pairs, PAGE_DEFAULT, PAGE_MAX)?;
     let (segment, compiled, env, _) = super::api::compiled_segment(ctx, id).await?;
     let segment_id = segment["id"].as_str().unwrap_or_default().to_owned();

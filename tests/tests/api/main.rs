@@ -1,6 +1,7 @@
 //! End-to-end suites: every request goes through the native host, routed
 //! by `spin.toml` to the component's own `handle`, over a fresh database.
 
+mod answers;
 mod contacts;
 mod forms;
 mod helpers;
