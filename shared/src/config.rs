@@ -63,6 +63,11 @@ pub const SEGMENTS_VARIABLES: &[&str] = &[
     "server_timing",
 ];
 
+/// `public_base_url` when the variable is not set: `spin up`'s own
+/// address, right for trying Kizuna on one machine and wrong in any link
+/// a customer receives.
+pub const DEFAULT_PUBLIC_BASE_URL: &str = "http://127.0.0.1:3000";
+
 /// Settings for one request. A component reads only its own variables
 /// (see `spin.toml`); settings of other components stay at their empty
 /// values and the code that needs one asks for it through an accessor
@@ -105,6 +110,33 @@ pub struct Config {
 }
 
 impl Config {
+    /// Why links built on `public_base_url` would not reach a customer
+    /// (it is still the default, or names this machine), or `None`. Said
+    /// with every unsubscribe link issued, and logged once per instance.
+    pub fn public_base_url_warning(&self) -> Option<String> {
+        let host = self
+            .public_base_url
+            .split_once("://")
+            .map_or("", |(_, rest)| rest)
+            .split(['/', '?', '#'])
+            .next()
+            .unwrap_or_default();
+        let host = host.rsplit_once('@').map_or(host, |(_, host)| host);
+        let name = match host.strip_prefix('[') {
+            Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+            None => host.split(':').next().unwrap_or_default(),
+        };
+        let local = name.eq_ignore_ascii_case("localhost")
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+        local.then(|| {
+            format!(
+                "public_base_url is {}, which only this machine can open: set the variable to the address customers reach Kizuna at before sending unsubscribe links",
+                self.public_base_url
+            )
+        })
+    }
     pub fn from_variables(vars: &BTreeMap<String, String>) -> anyhow::Result<Config> {
         let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
         let api_keys = ApiKeys::parse(get("api_keys").context("variable `api_keys` is not set")?)?;
@@ -133,7 +165,7 @@ impl Config {
         let trusted_proxies = TrustedProxies::parse(get("trusted_proxies").unwrap_or(""))
             .map_err(|e| anyhow::anyhow!("variable `trusted_proxies`: {e}"))?;
         let public_base_url = get("public_base_url")
-            .unwrap_or("http://127.0.0.1:3000")
+            .unwrap_or(DEFAULT_PUBLIC_BASE_URL)
             .trim_end_matches('/')
             .to_owned();
         let shop_currency = Currency::parse(get("shop_currency").unwrap_or("JPY"))
@@ -230,6 +262,38 @@ pub fn redirect_url(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_base_url_only_this_machine_opens_is_warned_of() {
+        let with = |url: Option<&str>| {
+            let mut variables = std::collections::BTreeMap::new();
+            variables.insert("api_keys".to_owned(), "[]".to_owned());
+            if let Some(url) = url {
+                variables.insert("public_base_url".to_owned(), url.to_owned());
+            }
+            Config::from_variables(&variables)
+                .unwrap()
+                .public_base_url_warning()
+        };
+        let warning = with(None).expect("the default is warned of");
+        assert!(warning.contains("http://127.0.0.1:3000"), "{warning}");
+        for local in [
+            "http://localhost:3000",
+            "http://LOCALHOST",
+            "http://[::1]:3000/",
+            "http://0.0.0.0:80",
+            "http://user@127.0.0.2:3000",
+        ] {
+            assert!(with(Some(local)).is_some(), "{local}");
+        }
+        for public in [
+            "https://crm.example.jp",
+            "https://127.0.0.1.example.jp",
+            "https://crm.example.jp:8443/kizuna",
+        ] {
+            assert_eq!(with(Some(public)), None, "{public}");
+        }
+    }
 
     #[test]
     fn redirect_urls_are_header_safe() {

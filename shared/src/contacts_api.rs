@@ -671,10 +671,11 @@ pub async fn unsubscribe_link<D: Db, K: Kv>(
         "{}/v1/forms/unsubscribe?token={token}",
         ctx.config.public_base_url
     );
-    Ok(json_response(
-        StatusCode::OK,
-        &json!({ "contact_id": id, "token": token, "url": url, "method": "POST" }),
-    ))
+    let mut answer = json!({ "contact_id": id, "token": token, "url": url, "method": "POST" });
+    if let Some(warning) = ctx.config.public_base_url_warning() {
+        answer["warning"] = warning.into();
+    }
+    Ok(json_response(StatusCode::OK, &answer))
 }
 
 /// `GET /v1/contacts/{id}/export[?limit=]`: the whole record, its growing

@@ -3015,3 +3015,31 @@ fn health_reports_the_database_engine_and_schema_version_without_secrets() {
         assert_eq!(statements, 1, "the database is asked, once");
     }
 }
+
+#[test]
+fn an_unsubscribe_link_on_a_local_base_url_says_it_will_not_reach_anyone() {
+    let app = TestApp::with_variables(&[("public_base_url", "http://127.0.0.1:3000")]);
+    let id = app.create_contact(&json!({"email": "hanako@example.jp"}));
+    let link = app.get(READ_KEY, &format!("/v1/contacts/{id}/unsubscribe-link"));
+    assert_eq!(link.status, 200, "{}", link.text());
+    let link = link.json();
+    assert!(
+        link["url"]
+            .as_str()
+            .is_some_and(|url| url.starts_with("http://127.0.0.1:3000/v1/forms/unsubscribe?token=")),
+        "{link}"
+    );
+    let warning = link["warning"].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("public_base_url") && warning.contains("http://127.0.0.1:3000"),
+        "{link}"
+    );
+
+    // The suite's own base URL is a real one: no warning.
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "hanako@example.jp"}));
+    let link = app
+        .get(READ_KEY, &format!("/v1/contacts/{id}/unsubscribe-link"))
+        .json();
+    assert!(link.get("warning").is_none(), "{link}");
+}
