@@ -720,10 +720,13 @@ pub async fn erase<D: Db, K: Kv>(
     id: &str,
 ) -> Result<Response, ApiError> {
     let now = ctx.clock.now();
-    let erased_at = transaction(ctx.db, async || -> Result<Option<String>, ApiError> {
-        let secret = ctx.config.unsubscribe_secret()?;
-        Ok(crate::privacy::erase(ctx.db, secret, id, &actor.label(), now).await?)
-    })
+    let erased = transaction(
+        ctx.db,
+        async || -> Result<Option<crate::privacy::Erased>, ApiError> {
+            let secret = ctx.config.unsubscribe_secret()?;
+            Ok(crate::privacy::erase(ctx.db, secret, id, &actor.label(), now).await?)
+        },
+    )
     .await?
     .ok_or_else(not_found)?;
     let checkpointed = crate::db::checkpoint_truncate(ctx.db)
@@ -735,6 +738,9 @@ pub async fn erase<D: Db, K: Kv>(
     let residue = crate::privacy::storage_residue(ctx.db.backend(), checkpointed);
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "contact_id": id, "erased": true, "erased_at": erased_at, "storage": residue }),
+        &json!({
+            "contact_id": id, "erased": true, "erased_at": erased.erased_at,
+            "points_forfeited": erased.points_forfeited, "storage": residue,
+        }),
     ))
 }

@@ -317,25 +317,49 @@ pub async fn export<D: Db, K: Kv>(
     Ok(Some(document))
 }
 
+/// What an erasure did, for its answer.
+#[derive(Debug, Clone)]
+pub struct Erased {
+    pub erased_at: String,
+    /// `{"available": n, "pending": n}`: the points no one can redeem any
+    /// more. `null` when a retry finds an erasure recorded before the
+    /// count was kept.
+    pub points_forfeited: Json,
+}
+
 /// Removes the person's data for good, inside the caller's transaction.
-/// Returns when the contact was erased (now, or by an earlier request: a
-/// retried erasure changes nothing), or `None` when there is no contact.
+/// Returns what the erasure did (now, or an earlier request: a retried
+/// erasure changes nothing and answers from the `erasures` record), or
+/// `None` when there is no contact.
 pub async fn erase(
     db: &impl Db,
     suppression_secret: &[u8],
     id: &str,
     actor: &str,
     now: OffsetDateTime,
-) -> anyhow::Result<Option<String>> {
+) -> anyhow::Result<Option<Erased>> {
     let rows = db
-        .execute("SELECT erased_at FROM contacts WHERE id = ?1", &[id.into()])
+        .execute(
+            "SELECT c.erased_at,
+                    (SELECT json_extract(erased, '$.points_forfeited') FROM erasures
+                     WHERE contact_id = c.id ORDER BY erased_at LIMIT 1) AS points_forfeited
+             FROM contacts c WHERE c.id = ?1",
+            &[id.into()],
+        )
         .await
         .context("failed to read a contact")?;
     let Some(row) = rows.first() else {
         return Ok(None);
     };
     if let Some(erased_at) = row.opt_str("erased_at")? {
-        return Ok(Some(erased_at.to_owned()));
+        let points_forfeited = match row.opt_str("points_forfeited")? {
+            Some(text) => serde_json::from_str(text).context("stored points forfeited")?,
+            None => Json::Null,
+        };
+        return Ok(Some(Erased {
+            erased_at: erased_at.to_owned(),
+            points_forfeited,
+        }));
     }
     let count = |sql: &'static str| async move {
         let rows = db
@@ -406,7 +430,8 @@ pub async fn erase(
     }
     // No one can redeem an erased contact's points: they are forfeited,
     // so they leave the liability report.
-    crate::points::ledger::forfeit_all(db, id, actor, now).await?;
+    let forfeited = crate::points::ledger::forfeit_all(db, id, actor, now).await?;
+    let points_forfeited = serde_json::to_value(forfeited).context("points forfeited")?;
     db.execute(
         "UPDATE contacts SET erased_at = ?2, updated_at = ?2, updated_by = ?3 WHERE id = ?1",
         &[id.into(), at.as_str().into(), actor.into()],
@@ -422,6 +447,7 @@ pub async fn erase(
         "saved_answers": "retired: a retry answers 410",
         "consent_records_deleted": consents,
         "tags_deleted": tags,
+        "points_forfeited": points_forfeited,
     });
     db.execute(
         "INSERT INTO erasures (id, contact_id, erased_at, erased_by, erased) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -429,7 +455,10 @@ pub async fn erase(
     )
     .await
     .context("failed to record the erasure")?;
-    Ok(Some(at))
+    Ok(Some(Erased {
+        erased_at: at,
+        points_forfeited,
+    }))
 }
 
 const UNSUBSCRIBE_CONTEXT: &[u8] = b"kizuna-unsubscribe-v1";

@@ -35,7 +35,11 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
                 let actor = authorize(Scope::PointsAdmin)?;
                 api::put_program(ctx, &actor, request).await
             }
-            _ => Err(ApiError::MethodNotAllowed("GET, PUT")),
+            Method::PATCH => {
+                let actor = authorize(Scope::PointsAdmin)?;
+                api::patch_program(ctx, &actor, request).await
+            }
+            _ => Err(ApiError::MethodNotAllowed("GET, PUT, PATCH")),
         },
         ["v1", "points", "liability"] => match *method {
             Method::GET => {

@@ -140,19 +140,35 @@ fn validated<T>(errors: Vec<FieldError>, value: T) -> Result<T, ApiError> {
     }
 }
 
-/// `GET /v1/points/{contact_id}`.
+/// `GET /v1/points/{contact_id}`: the balance, then the unexpired lots
+/// soonest-expiring first (at most [`ledger::LOTS_LISTED`]) and a summary
+/// of those not listed, read in one statement so that the parts add up.
 pub async fn balance<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
     contact: &str,
 ) -> Result<Response, ApiError> {
     let contact = ContactId::parse(contact).ok_or_else(not_found)?;
-    let balance = ledger::balance_of_live_contact(ctx.db, contact.as_str(), ctx.clock.now())
+    let contact = contact.as_str();
+    let now = ctx.clock.now();
+    let (balance, lots) = ledger::balance_and_lots_of_live_contact(ctx.db, contact, now)
         .await?
         .ok_or_else(not_found)?;
-    let contact = contact.as_str();
+    let listed = |status: &str| -> i64 {
+        lots.iter()
+            .filter(|lot| lot["status"] == status)
+            .filter_map(|lot| lot["points"].as_i64())
+            .sum()
+    };
+    let not_listed = json!({
+        "lots": balance.open_lots - i64::try_from(lots.len()).unwrap_or(i64::MAX),
+        "available": balance.available - listed("available"),
+        "pending": balance.pending - listed("pending"),
+    });
     let mut body = serde_json::to_value(&balance).context("balance")?;
     body["contact_id"] = contact.into();
-    body["as_of"] = timestamp::format(ctx.clock.now()).into();
+    body["as_of"] = timestamp::format(now).into();
+    body["lots"] = lots.into();
+    body["lots_not_listed"] = not_listed;
     Ok(json_response(StatusCode::OK, &body))
 }
 
@@ -312,9 +328,17 @@ pub async fn redeem<D: Db, K: Kv>(
         let entry_id =
             ledger::redeem(ctx.db, &contact, points, reason.as_deref(), order_ref.as_deref(), &actor.label(), now).await?;
         let balance = ledger::balance(ctx.db, &contact, now).await?;
+        // What the till takes off the bill, at the program's point value
+        // now; a replay answers the value of the first redemption.
+        let value_minor = points.saturating_mul(i64::from(program.rules.point_value_minor));
         Ok(WriteAnswer {
             status: StatusCode::CREATED,
-            body: json!({ "entry_id": entry_id, "contact_id": contact, "points": points, "balance": balance }),
+            body: json!({
+                "entry_id": entry_id, "contact_id": contact, "points": points,
+                "value_minor": value_minor, "currency": ctx.config.shop_currency.code(),
+                "point_value_minor": program.rules.point_value_minor, "program_version": program.version,
+                "balance": balance,
+            }),
             contact_id: Some(contact),
         })
     })
@@ -428,10 +452,40 @@ pub async fn put_program<D: Db, K: Kv>(
     actor: &Actor,
     request: &Request,
 ) -> Result<Response, ApiError> {
-    let rules: Rules = crate::http::read_json(request)?;
+    let settings: Map<String, Json> = crate::http::read_json(request)?;
+    let rules = Rules::from_settings(&Json::Object(settings))?;
     rules.validate()?;
     let now = ctx.clock.now();
     let saved = transaction(ctx.db, async || -> Result<program::Program, ApiError> {
+        Ok(program::save(ctx.db, &rules, &actor.label(), now).await?)
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &saved))
+}
+
+/// `PATCH /v1/points/program`: a merge patch of the rules in force (see
+/// [`Rules::patched`]), validated as a `PUT` is and stored as the next
+/// version, so adding a campaign leaves expiry and multipliers as they
+/// are. Read, merge and save run in one write transaction: two patches at
+/// once both land, one on top of the other.
+pub async fn patch_program<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    actor: &Actor,
+    request: &Request,
+) -> Result<Response, ApiError> {
+    use crate::http::{API_BODY_LIMIT, check_size, media_type, parse_json, read_json};
+    // RFC 7396's own media type, or plain JSON as every other write takes.
+    let patch: Map<String, Json> =
+        if media_type(request.headers()).as_deref() == Some("application/merge-patch+json") {
+            check_size(request.body(), API_BODY_LIMIT)?;
+            parse_json(request.body())?
+        } else {
+            read_json(request)?
+        };
+    let now = ctx.clock.now();
+    let saved = transaction(ctx.db, async || -> Result<program::Program, ApiError> {
+        let rules = program::current(ctx.db).await?.rules.patched(&patch)?;
+        rules.validate()?;
         Ok(program::save(ctx.db, &rules, &actor.label(), now).await?)
     })
     .await?;

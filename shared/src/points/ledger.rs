@@ -542,21 +542,33 @@ pub async fn expire_due(
     Ok(rows.len())
 }
 
+/// The points a contact lost on erasure.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Forfeited {
+    pub available: i64,
+    pub pending: i64,
+}
+
 /// Closes every open lot of a contact with an `expire` entry, as on
-/// erasure, when no one can redeem them any more.
+/// erasure, when no one can redeem them any more; returns what was still
+/// available or pending. Lots already past their expiry are written as
+/// expired first: those points were lost to time, not to the erasure.
 pub async fn forfeit_all(
     db: &impl Db,
     contact_id: &str,
     actor: &str,
     now: OffsetDateTime,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Forfeited> {
+    expire_due(db, Some(contact_id), actor, now).await?;
     let rows = db
         .execute(
-            "SELECT id, entry_id, remaining FROM points_lots WHERE contact_id = ?1 AND remaining > 0 ORDER BY id",
-            &[contact_id.into()],
+            "SELECT id, entry_id, remaining, available_at <= ?2 AS available FROM points_lots
+             WHERE contact_id = ?1 AND remaining > 0 ORDER BY id",
+            &[contact_id.into(), timestamp::format(now).into()],
         )
         .await
         .context("failed to read lots to forfeit")?;
+    let mut forfeited = Forfeited::default();
     for row in rows.iter() {
         let remaining = row.i64("remaining")?;
         take_from_lot(db, row.str("id")?, remaining).await?;
@@ -566,8 +578,90 @@ pub async fn forfeit_all(
             ..NewEntry::new(Kind::Expire, -remaining)
         };
         append(db, contact_id, &entry, actor, now).await?;
+        if row.i64("available")? != 0 {
+            forfeited.available += remaining;
+        } else {
+            forfeited.pending += remaining;
+        }
     }
-    Ok(())
+    Ok(forfeited)
+}
+
+/// The most lots `GET /v1/points/{id}` lists; the rest are summarised
+/// (count, available and pending points). A contact earning once per
+/// order rarely holds more, and the balance above the list stays exact
+/// whatever the count.
+pub const LOTS_LISTED: usize = 50;
+
+/// The balance of a live contact and its first [`LOTS_LISTED`] unexpired
+/// lots with points left, soonest-expiring first (never-expiring last;
+/// at one instant, the sooner available first): the order they expire
+/// in, and for available ones the order redemptions spend them in. One
+/// statement, so the list and the sums agree without a snapshot.
+///
+/// Each lot is a JSON object as the answer shows it, built by SQLite:
+/// `entry_id` (the credit that opened it), `kind`, `points` (left),
+/// `original`, `status` (`available`, or `pending` until `available_at`),
+/// `created_at`, `available_at`, `expires_at` (null: never). (Objects
+/// rather than a struct: the points component stays smaller without
+/// another serde type, and nothing but the answer reads them.)
+pub async fn balance_and_lots_of_live_contact(
+    db: &impl Db,
+    contact_id: &str,
+    now: OffsetDateTime,
+) -> anyhow::Result<Option<(Balance, Vec<serde_json::Value>)>> {
+    let [at, horizon] = balance_params(now);
+    let rows = db
+        .execute(
+            &format!(
+                "WITH b AS ({BALANCE_SQL})
+                 SELECT b.*, (SELECT json_group_array(json_object(
+                         'entry_id', x.entry_id, 'kind', x.kind, 'points', x.remaining,
+                         'original', x.original,
+                         'status', CASE WHEN x.available_at <= ?2 THEN 'available' ELSE 'pending' END,
+                         'created_at', x.created_at, 'available_at', x.available_at,
+                         'expires_at', x.expires_at))
+                     FROM (SELECT l.*, e.kind FROM points_lots l JOIN points_entries e ON e.id = l.entry_id
+                           WHERE l.contact_id = ?1 AND l.remaining > 0
+                             AND (l.expires_at IS NULL OR l.expires_at > ?2)
+                           ORDER BY l.expires_at IS NULL, l.expires_at, l.available_at, l.entry_id
+                           LIMIT ?4) AS x) AS lots_json
+                 FROM b"
+            ),
+            &[
+                contact_id.into(),
+                at,
+                horizon,
+                i64::try_from(LOTS_LISTED).unwrap_or(i64::MAX).into(),
+            ],
+        )
+        .await
+        .context("failed to read a points balance and its lots")?;
+    let row = rows.first().context("balance row")?;
+    if row.i64("live_contact")? == 0 {
+        return Ok(None);
+    }
+    let lots: serde_json::Value =
+        serde_json::from_str(row.str("lots_json")?).context("listed lots")?;
+    let serde_json::Value::Array(mut lots) = lots else {
+        anyhow::bail!("listed lots are not a JSON array");
+    };
+    // SQLite aggregates in the subquery's order in practice, not by
+    // promise: the same order again. Stored timestamps have one fixed
+    // width, so their text sorts as their time.
+    lots.sort_by(|a, b| {
+        let key = |lot: &serde_json::Value| {
+            let text = |field: &str| lot[field].as_str().map(str::to_owned);
+            (
+                lot["expires_at"].is_null(),
+                text("expires_at"),
+                text("available_at"),
+                text("entry_id"),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    Ok(Some((balance_from_row(row)?, lots)))
 }
 
 /// A contact's points as one screen shows them.
@@ -578,8 +672,14 @@ pub struct Balance {
     /// When the next pending points become available.
     pub next_available_at: Option<String>,
     pub expiring_within_30_days: i64,
-    /// The earliest expiry among the points expiring within 30 days.
+    /// When the next unexpired points expire, however far ahead (`None`:
+    /// none expire). It once looked only 30 days ahead, beside
+    /// `expiring_within_30_days`, so under the default 365-day expiry it
+    /// was null until the last month of a lot's life.
     pub expiring_earliest_at: Option<String>,
+    /// The points that expire at `expiring_earliest_at` (the lots ending
+    /// at that instant, available or pending).
+    pub expiring_earliest_points: i64,
     pub lifetime_earned: i64,
     pub redeemed: i64,
     pub expired: i64,
@@ -589,6 +689,10 @@ pub struct Balance {
     /// The ledger's running sum: available + pending - debt, plus any
     /// expired points not yet written as `expire` entries.
     pub ledger_balance: i64,
+    /// How many unexpired lots hold points, for the lot listing's summary
+    /// of the lots it leaves out; not part of the answer's balance.
+    #[serde(skip)]
+    pub open_lots: i64,
 }
 
 /// Reads the balance at `now`, from lots (indexed) and the account row.
@@ -597,34 +701,31 @@ pub async fn balance(
     contact_id: &str,
     now: OffsetDateTime,
 ) -> anyhow::Result<Balance> {
-    Ok(read_balance(db, contact_id, now).await?.0)
+    let [at, horizon] = balance_params(now);
+    let rows = db
+        .execute(BALANCE_SQL, &[contact_id.into(), at, horizon])
+        .await
+        .context("failed to read a points balance")?;
+    balance_from_row(rows.first().context("balance row")?)
 }
 
-/// The balance of a contact that exists and is not erased, else `None`:
-/// one statement, so it needs no snapshot around it.
-pub async fn balance_of_live_contact(
-    db: &impl Db,
-    contact_id: &str,
-    now: OffsetDateTime,
-) -> anyhow::Result<Option<Balance>> {
-    let (balance, live) = read_balance(db, contact_id, now).await?;
-    Ok(live.then_some(balance))
-}
-
-/// The balance, and whether the contact is live.
 /// A contact's balance as one row: the lots' sums, the account row
 /// beside them (absent before the first entry), and whether the contact
 /// is live. Parameters: `?1` the contact id, then [`balance_params`].
 /// Other reads embed it (`WITH b AS (…)`) to answer in one statement.
 pub const BALANCE_SQL: &str = "
     SELECT l.*, a.balance, a.debt, a.earned, a.redeemed, a.expired, a.reversed, a.adjusted,
+           (SELECT COALESCE(SUM(remaining), 0) FROM points_lots
+            WHERE contact_id = ?1 AND remaining > 0 AND expires_at = l.expiring_earliest_at)
+               AS expiring_earliest_points,
            EXISTS (SELECT 1 FROM contacts WHERE id = ?1 AND erased_at IS NULL) AS live_contact
     FROM (SELECT
       COALESCE(SUM(CASE WHEN live AND available_at <= ?2 THEN remaining END), 0) AS available,
       COALESCE(SUM(CASE WHEN live AND available_at > ?2 THEN remaining END), 0) AS pending,
       MIN(CASE WHEN live AND available_at > ?2 THEN available_at END) AS next_available_at,
       COALESCE(SUM(CASE WHEN live AND expires_at <= ?3 THEN remaining END), 0) AS expiring,
-      MIN(CASE WHEN live AND expires_at <= ?3 THEN expires_at END) AS expiring_earliest_at,
+      MIN(CASE WHEN live THEN expires_at END) AS expiring_earliest_at,
+      COUNT(CASE WHEN live THEN 1 END) AS open_lots,
       COALESCE(SUM(CASE WHEN NOT live THEN remaining END), 0) AS unswept
     FROM (SELECT *, (expires_at IS NULL OR expires_at > ?2) AS live FROM points_lots
           WHERE contact_id = ?1 AND remaining > 0)) AS l
@@ -648,6 +749,7 @@ pub fn balance_from_row(row: crate::ports::Row<'_>) -> anyhow::Result<Balance> {
         next_available_at: row.opt_str("next_available_at")?.map(str::to_owned),
         expiring_within_30_days: row.i64("expiring")?,
         expiring_earliest_at: row.opt_str("expiring_earliest_at")?.map(str::to_owned),
+        expiring_earliest_points: row.i64("expiring_earliest_points")?,
         lifetime_earned: get("earned")?,
         redeemed: get("redeemed")?,
         // Expired but not yet written as `expire` entries: expired all the same.
@@ -656,20 +758,6 @@ pub fn balance_from_row(row: crate::ports::Row<'_>) -> anyhow::Result<Balance> {
         adjusted: get("adjusted")?,
         debt: get("debt")?,
         ledger_balance: get("balance")?,
+        open_lots: row.i64("open_lots")?,
     })
-}
-
-/// The balance, and whether the contact is live.
-async fn read_balance(
-    db: &impl Db,
-    contact_id: &str,
-    now: OffsetDateTime,
-) -> anyhow::Result<(Balance, bool)> {
-    let [at, horizon] = balance_params(now);
-    let rows = db
-        .execute(BALANCE_SQL, &[contact_id.into(), at, horizon])
-        .await
-        .context("failed to read a points balance")?;
-    let row = rows.first().context("balance row")?;
-    Ok((balance_from_row(row)?, row.i64("live_contact")? != 0))
 }

@@ -1,5 +1,5 @@
-//! Program rules, versioned: each `PUT` stores a new version and each
-//! earn entry records the version that computed it.
+//! Program rules, versioned: each `PUT` or `PATCH` stores a new version
+//! and each earn entry records the version that computed it.
 //!
 //! Earn calculation, in one documented order:
 //! 1. The base is the order's `subtotal` (before tax and shipping) or its
@@ -166,7 +166,96 @@ impl Default for Rules {
     }
 }
 
+/// The settings a program has, as `Rules` serialises them: the fields a
+/// `PATCH` may name.
+pub const FIELDS: &[&str] = &[
+    "earn_rate",
+    "earn_base",
+    "sku_multipliers",
+    "category_multipliers",
+    "campaigns",
+    "pending_days",
+    "expiry",
+    "min_redeem",
+    "point_value_minor",
+];
+
+/// Applies a JSON merge patch (RFC 7396) to `target`: objects merge key
+/// by key, `null` removes a key, anything else replaces.
+fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    use serde_json::Value;
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    if let Value::Object(target) = target {
+        for (key, value) in patch {
+            if value.is_null() {
+                target.remove(key);
+            } else {
+                merge(target.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
 impl Rules {
+    /// These rules with a merge patch applied (`PATCH /v1/points/program`):
+    /// what the patch leaves out stays, `null` puts a setting back to its
+    /// default, multiplier maps merge SKU by SKU, and `campaigns` (a list)
+    /// is replaced whole. `expiry` is one choice of policy, so it too is
+    /// replaced whole: merging `{"policy": "never"}` into a
+    /// `days_after_earn` expiry would keep a `days` that `never` lacks.
+    /// Unknown settings are refused, all of them named; the result still
+    /// has to pass [`Rules::validate`].
+    pub fn patched(
+        &self,
+        patch: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Rules, ApiError> {
+        let unknown: Vec<FieldError> = patch
+            .keys()
+            .filter(|key| !FIELDS.contains(&key.as_str()))
+            .map(|key| FieldError::new(key.clone(), "unknown field"))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ApiError::Validation(unknown));
+        }
+        // Through text, with the serialiser `save` already uses: a
+        // `to_value` of the rules would add its own copy of that code to
+        // the component.
+        let mut rules: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(self).context("rules")?)
+                .context("rules")?;
+        for (key, value) in patch {
+            match (key.as_str(), value, rules.as_object_mut()) {
+                (_, serde_json::Value::Null, Some(object)) => {
+                    object.remove(key);
+                }
+                ("expiry", whole, Some(object)) => {
+                    object.insert(key.clone(), whole.clone());
+                }
+                (_, value, Some(object)) => {
+                    merge(
+                        object.entry(key.clone()).or_insert(serde_json::Value::Null),
+                        value,
+                    );
+                }
+                (_, _, None) => return Err(anyhow::anyhow!("rules serialise to an object").into()),
+            }
+        }
+        Rules::from_settings(&rules)
+    }
+
+    /// The rules a `PUT` body or a patched program holds, through one
+    /// parser, so that a bad value is the same 422 naming the same field
+    /// either way (and the component holds one copy of that parser).
+    pub fn from_settings(settings: &serde_json::Value) -> Result<Rules, ApiError> {
+        crate::http::parse_json(&bytes::Bytes::from(settings.to_string()))
+    }
+
     pub fn validate(&self) -> Result<(), ApiError> {
         let mut errors = Vec::new();
         if !(1..=1_000_000).contains(&self.earn_rate.points)
@@ -516,6 +605,47 @@ mod tests {
         );
         r.expiry = Expiry::Never;
         assert_eq!(r.expires_at(earned, tokyo), None);
+    }
+
+    #[test]
+    fn a_patch_may_name_every_setting_and_only_those() {
+        let defaults = serde_json::to_value(Rules::default()).unwrap();
+        let mut settings: Vec<&str> = defaults
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut fields = FIELDS.to_vec();
+        settings.sort_unstable();
+        fields.sort_unstable();
+        assert_eq!(settings, fields);
+    }
+
+    #[test]
+    fn a_patch_merges_maps_replaces_lists_and_the_expiry_and_null_restores_defaults() {
+        let before = rules(serde_json::json!({
+            "sku_multipliers": {"A": 2, "B": 3},
+            "campaigns": [{"name": "x", "starts_at": "2026-11-01T00:00:00Z", "ends_at": "2026-12-01T00:00:00Z", "multiplier": 2}],
+            "expiry": {"policy": "end_of_month_after", "months": 6},
+            "min_redeem": 100
+        }));
+        let patch = serde_json::json!({
+            "sku_multipliers": {"B": null, "C": 1.5},
+            "campaigns": [],
+            "expiry": {"policy": "days_after_earn", "days": 90},
+            "min_redeem": null
+        });
+        let after = before.patched(patch.as_object().unwrap()).unwrap();
+        assert_eq!(
+            after,
+            rules(serde_json::json!({
+                "sku_multipliers": {"A": 2, "C": 1.5},
+                "expiry": {"policy": "days_after_earn", "days": 90}
+            }))
+        );
+        let empty = serde_json::Map::new();
+        assert_eq!(before.patched(&empty).unwrap(), before);
     }
 
     #[test]

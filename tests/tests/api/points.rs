@@ -2,8 +2,10 @@
 //! cancel, liability and the expiry sweep, end to end through the native
 //! host; earning from Shopify-shaped order webhooks (earn, repeats,
 //! partial refunds, cancels, points-paid orders, debt); concurrency over
-//! real HTTP; boundaries with the manual clock; bad input and auth. Every
-//! test checks the answer and what was (or was not) stored.
+//! real HTTP; boundaries with the manual clock; bad input and auth; the
+//! next expiry and the lot list, a redemption's value, program patches and
+//! what erasure forfeits. Every test checks the answer and what was (or
+//! was not) stored.
 
 use crate::helpers::*;
 use bytes::Bytes;
@@ -2338,6 +2340,12 @@ fn points_routes_need_a_key_with_the_right_scope() {
     let routes: Vec<(&str, String, String, &str)> = vec![
         ("GET", "/v1/points/program".into(), String::new(), ""),
         ("PUT", "/v1/points/program".into(), "{}".into(), POINTS_KEY),
+        (
+            "PATCH",
+            "/v1/points/program".into(),
+            "{}".into(),
+            POINTS_KEY,
+        ),
         ("GET", "/v1/points/liability".into(), String::new(), ""),
         (
             "POST",
@@ -2909,4 +2917,558 @@ fn the_sweep_closes_a_backlog_larger_than_one_batch_a_batch_per_call() {
         i64::try_from(lots).unwrap()
     );
     assert_ledger_invariants(&app, "after a sweep over several batches");
+}
+
+// ---------------------------------------------------------------------------
+// Visibility: the next expiry, the lots, a redemption's value, PATCH of
+// the program, what erasure forfeits
+// ---------------------------------------------------------------------------
+
+/// `PATCH /v1/points/program` with `content_type`, as the admin.
+fn patch_program_as(app: &TestApp, content_type: &str, body: impl Into<Bytes>) -> TestResponse {
+    call(
+        app,
+        "PATCH",
+        "/v1/points/program",
+        Some(POINTS_ADMIN_KEY),
+        Some(content_type),
+        None,
+        body,
+    )
+}
+
+/// `PATCH /v1/points/program`, which must succeed; returns the program.
+fn patch_program(app: &TestApp, patch: &Json) -> Json {
+    let response = patch_program_as(app, "application/json", patch.to_string());
+    assert_eq!(response.status, 200, "PATCH {patch}: {}", response.text());
+    response.json()
+}
+
+/// A lot as the balance lists it, reduced to what a test compares:
+/// (entry id, status, points, expires_at).
+fn lot_summary(balance: &Json) -> Vec<(String, String, i64, Json)> {
+    balance["lots"]
+        .as_array()
+        .expect("lots")
+        .iter()
+        .map(|lot| {
+            (
+                lot["entry_id"].as_str().expect("entry id").to_owned(),
+                lot["status"].as_str().expect("status").to_owned(),
+                lot["points"].as_i64().expect("points"),
+                lot["expires_at"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn entry_id(answer: &Json) -> String {
+    answer["entry_id"].as_str().expect("entry id").to_owned()
+}
+
+#[test]
+fn the_balance_names_the_next_expiry_however_far_ahead_and_lists_each_lot() {
+    if skip_under_spin("needs the manual clock") {
+        return;
+    }
+    // Arrange: the default program (valid 365 days) and one award.
+    let app = TestApp::new();
+    let id = new_contact(&app, "lots@example.jp");
+    let t0 = start_time();
+    let first = award(&app, &id, 100);
+
+    // Act
+    let b = balance(&app, &id);
+
+    // Assert: the reported case, every point a year from its expiry, names
+    // that expiry (it was null: it looked only 30 days ahead).
+    assert_eq!(b["expiring_within_30_days"], 0);
+    assert_eq!(b["expiring_earliest_at"], at(t0 + Duration::days(365)));
+    assert_eq!(b["expiring_earliest_points"], 100);
+    assert_eq!(
+        b["lots"],
+        json!([{
+            "entry_id": first["entry_id"], "kind": "earn", "points": 100, "original": 100,
+            "status": "available", "created_at": at(t0), "available_at": at(t0),
+            "expires_at": at(t0 + Duration::days(365)),
+        }])
+    );
+    assert_eq!(
+        b["lots_not_listed"],
+        json!({"lots": 0, "available": 0, "pending": 0})
+    );
+
+    // A day later: a short-lived gift, a pending award and a goodwill
+    // adjustment; the last two end at the same instant.
+    app.clock.advance(Duration::days(1));
+    let t1 = t0 + Duration::days(1);
+    let gift = award_with(
+        &app,
+        &json!({"contact_id": id, "points": 40, "reason": "gift",
+                "expires_at": at(t0 + Duration::days(10))}),
+    );
+    let review = award_with(
+        &app,
+        &json!({"contact_id": id, "points": 30, "reason": "review",
+                "available_at": at(t1 + Duration::days(5))}),
+    );
+    let goodwill = adjust(
+        &app,
+        &json!({"contact_id": id, "points": 5, "reason": "goodwill"}),
+    );
+    assert_eq!(goodwill.status, 201, "{}", goodwill.text());
+    let goodwill = goodwill.json();
+    let year_after = |t: OffsetDateTime| json!(at(t + Duration::days(365)));
+
+    let b = balance(&app, &id);
+    assert_eq!(
+        (b["available"].clone(), b["pending"].clone()),
+        (json!(145), json!(30))
+    );
+    assert_eq!(b["expiring_earliest_at"], at(t0 + Duration::days(10)));
+    assert_eq!(b["expiring_earliest_points"], 40);
+    assert_eq!(b["expiring_within_30_days"], 40);
+    assert_eq!(
+        lot_summary(&b),
+        [
+            (
+                entry_id(&gift),
+                "available".into(),
+                40,
+                json!(at(t0 + Duration::days(10)))
+            ),
+            (entry_id(&first), "available".into(), 100, year_after(t0)),
+            (entry_id(&goodwill), "available".into(), 5, year_after(t1)),
+            (entry_id(&review), "pending".into(), 30, year_after(t1)),
+        ],
+        "soonest-expiring first; at one instant, the sooner available first"
+    );
+    let pending_lot = &b["lots"][3];
+    assert_eq!(pending_lot["available_at"], at(t1 + Duration::days(5)));
+    assert_eq!(pending_lot["kind"], "earn");
+    assert_eq!(b["lots"][2]["kind"], "adjust");
+
+    // Once the gift has expired the next expiry is a year out again.
+    app.clock.advance(Duration::days(9));
+    let b = balance(&app, &id);
+    assert_eq!(b["expiring_earliest_at"], year_after(t0));
+    assert_eq!(b["expiring_earliest_points"], 100);
+    assert_eq!(b["expiring_within_30_days"], 0);
+    assert_eq!(b["lots"].as_array().map(Vec::len), Some(3));
+
+    // The amount expiring at the next expiry sums the lots ending then.
+    app.clock.advance(Duration::days(355));
+    let b = balance(&app, &id);
+    assert_eq!(b["expiring_earliest_at"], year_after(t1));
+    assert_eq!(b["expiring_earliest_points"], 35);
+    assert_eq!(
+        lot_summary(&b)
+            .iter()
+            .map(|(_, status, points, _)| (status.as_str(), *points))
+            .collect::<Vec<_>>(),
+        [("available", 5), ("available", 30)]
+    );
+
+    // Nothing left: no expiry, no lots.
+    app.clock.advance(Duration::days(1));
+    let b = balance(&app, &id);
+    assert!(b["expiring_earliest_at"].is_null(), "{b}");
+    assert_eq!(b["expiring_earliest_points"], 0);
+    assert_eq!(b["lots"], json!([]));
+    assert_eq!(b["expired"], 175);
+    assert_ledger_invariants(&app, "after every lot expired");
+}
+
+#[test]
+fn the_lot_list_is_bounded_and_summarises_the_lots_it_leaves_out() {
+    // Arrange: two more available lots than the list holds, each expiring
+    // a day after the one before, and a pending lot that expires last.
+    let app = TestApp::new();
+    let id = new_contact(&app, "many-lots@example.jp");
+    let listed = kizuna::points::ledger::LOTS_LISTED;
+    let now = app.now();
+    for n in 1..=listed + 2 {
+        award_with(
+            &app,
+            &json!({"contact_id": id, "points": n, "reason": "stamp card",
+                    "expires_at": at(now + Duration::days(i64::try_from(n).unwrap()))}),
+        );
+    }
+    award_with(
+        &app,
+        &json!({"contact_id": id, "points": 1000, "reason": "preorder",
+                "available_at": at(now + Duration::days(1)),
+                "expires_at": at(now + Duration::days(400))}),
+    );
+
+    // Act
+    let b = balance(&app, &id);
+
+    // Assert
+    let lots = lot_summary(&b);
+    assert_eq!(lots.len(), listed);
+    assert_eq!(lots[0].3, json!(at(now + Duration::days(1))));
+    assert_eq!(
+        lots[listed - 1].3,
+        json!(at(now + Duration::days(i64::try_from(listed).unwrap())))
+    );
+    assert!(lots.iter().all(|(_, status, _, _)| status == "available"));
+    let listed_points: i64 = lots.iter().map(|(_, _, points, _)| points).sum();
+    let n = i64::try_from(listed).unwrap();
+    assert_eq!(listed_points, n * (n + 1) / 2);
+    assert_eq!(
+        b["lots_not_listed"],
+        json!({"lots": 3, "available": (n + 1) + (n + 2), "pending": 1000})
+    );
+    assert_eq!(
+        b["available"].as_i64().unwrap(),
+        listed_points + b["lots_not_listed"]["available"].as_i64().unwrap()
+    );
+    assert_eq!(b["pending"], 1000);
+}
+
+#[test]
+fn a_redemption_answers_the_yen_value_of_its_points() {
+    // Arrange: a point is worth ¥2 at checkout.
+    let app = TestApp::new();
+    put_program(&app, &json!({"point_value_minor": 2}));
+    let id = new_contact(&app, "value@example.jp");
+    award(&app, &id, 500);
+    let body = json!({"contact_id": id, "points": 300, "order_ref": "1001"});
+
+    // Act
+    let first = redeem_ok(&app, "value-1001", &body);
+    let replay = redeem_ok(&app, "value-1001", &body);
+
+    // Assert
+    assert_eq!(first["points"], 300);
+    assert_eq!(first["value_minor"], 600);
+    assert_eq!(first["currency"], "JPY");
+    assert_eq!(first["point_value_minor"], 2);
+    assert_eq!(first["program_version"], 1);
+    assert_eq!(first["balance"]["available"], 200);
+    assert_eq!(replay, first, "a replay answers the first redemption");
+    assert_eq!(
+        app.count("SELECT count(*) FROM points_entries WHERE kind = 'redeem'"),
+        1
+    );
+
+    // The default program: a point is ¥1.
+    put_program(&app, &json!({}));
+    let second = redeem_ok(&app, "value-1002", &json!({"contact_id": id, "points": 50}));
+    assert_eq!(second["value_minor"], 50);
+    assert_eq!(second["point_value_minor"], 1);
+}
+
+#[test]
+fn a_program_patch_changes_only_what_it_names_and_stores_the_next_version() {
+    // Arrange
+    let app = TestApp::new();
+    let id = new_contact(&app, "patch@example.jp");
+    let v1 = put_program(
+        &app,
+        &json!({
+            "earn_rate": {"points": 2, "per_minor": 100},
+            "sku_multipliers": {"TEA-GOLD": 3, "TEA-OLD": 2},
+            "category_multipliers": {"tea": 1.5},
+            "pending_days": 14, "expiry": {"policy": "end_of_month_after", "months": 12},
+            "min_redeem": 100, "point_value_minor": 1,
+        }),
+    );
+    let campaign = json!({"name": "新茶 5x", "starts_at": "2027-05-01T00:00:00+09:00",
+                          "ends_at": "2027-05-08T00:00:00+09:00", "multiplier": 5});
+
+    // Act: adding a campaign
+    let v2 = patch_program(&app, &json!({ "campaigns": [campaign] }));
+
+    // Assert: everything else as it was
+    assert_eq!(v2["version"], 2);
+    assert_eq!(v2["created_by"], "key:points-admin");
+    let mut expected = v1["rules"].clone();
+    expected["campaigns"] = json!([{
+        "name": "新茶 5x", "starts_at": "2027-05-01T00:00:00+09:00",
+        "ends_at": "2027-05-08T00:00:00+09:00", "multiplier": 5, "tag": null,
+    }]);
+    assert_eq!(v2["rules"], expected);
+    assert_eq!(program(&app), v2);
+
+    // Act: maps merge key by key, null restores a default, the expiry is
+    // replaced whole; RFC 7396's media type is taken too.
+    let response = patch_program_as(
+        &app,
+        "application/merge-patch+json",
+        json!({
+            "sku_multipliers": {"TEA-NEW": 2, "TEA-OLD": null},
+            "earn_rate": {"per_minor": 200},
+            "expiry": {"policy": "never"},
+            "pending_days": null,
+        })
+        .to_string(),
+    );
+
+    // Assert
+    assert_eq!(response.status, 200, "{}", response.text());
+    let v3 = response.json();
+    assert_eq!(v3["version"], 3);
+    let mut expected = v2["rules"].clone();
+    expected["sku_multipliers"] = json!({"TEA-GOLD": 3, "TEA-NEW": 2});
+    expected["earn_rate"] = json!({"points": 2, "per_minor": 200});
+    expected["expiry"] = json!({"policy": "never"});
+    expected["pending_days"] = json!(0);
+    assert_eq!(v3["rules"], expected);
+    assert_eq!(program(&app), v3);
+    assert_eq!(app.count("SELECT count(*) FROM points_programs"), 3);
+    let stored: String = app
+        .db()
+        .query_row(
+            "SELECT rules FROM points_programs WHERE version = 3",
+            [],
+            |r| r.get(0),
+        )
+        .expect("version 3 stored");
+    assert_eq!(serde_json::from_str::<Json>(&stored).unwrap(), expected);
+
+    // An empty patch is a new version of the same rules, as a PUT is.
+    let v4 = patch_program(&app, &json!({}));
+    assert_eq!(
+        (v4["version"].clone(), v4["rules"].clone()),
+        (json!(4), expected)
+    );
+
+    // Earning records the version in force.
+    let awarded = award(&app, &id, 10);
+    let entry = ledger(&app, &id).into_iter().next().expect("the award");
+    assert_eq!(entry["id"], awarded["entry_id"]);
+    assert_eq!(entry["program_version"], 4);
+}
+
+#[test]
+fn bad_program_patches_are_refused_and_change_nothing() {
+    // Arrange
+    let app = TestApp::new();
+    put_program(
+        &app,
+        &json!({"pending_days": 7, "expiry": {"policy": "days_after_earn", "days": 30},
+                "category_multipliers": {"tea": 2}}),
+    );
+    let rules = program(&app)["rules"].clone();
+    let before = points_counts(&app);
+    let json_type = "application/json";
+    // (case, content type, body, status, the fields the problem names)
+    let cases: Vec<(&str, &str, String, u16, &[&str])> = vec![
+        (
+            "unknown settings, each named, even one set to null",
+            json_type,
+            json!({"bonus": 1, "round": null, "min_redeem": 5}).to_string(),
+            422,
+            &["bonus", "round"],
+        ),
+        (
+            "unknown field inside the earn rate",
+            json_type,
+            json!({"earn_rate": {"round": "up"}}).to_string(),
+            422,
+            &["round"],
+        ),
+        (
+            "the merged rules fail validation: pending as long as the expiry",
+            json_type,
+            json!({"pending_days": 30}).to_string(),
+            422,
+            &["pending_days"],
+        ),
+        (
+            "the merged rules fail validation: an expiry shorter than the pending days",
+            json_type,
+            json!({"expiry": {"policy": "days_after_earn", "days": 7}}).to_string(),
+            422,
+            &["pending_days"],
+        ),
+        (
+            "the expiry is replaced whole, so it needs its policy",
+            json_type,
+            json!({"expiry": {"days": 60}}).to_string(),
+            422,
+            &[],
+        ),
+        (
+            "zero multiplier",
+            json_type,
+            json!({"category_multipliers": {"tea": 0}}).to_string(),
+            422,
+            &[],
+        ),
+        (
+            "a campaign without its dates",
+            json_type,
+            json!({"campaigns": [{"name": "x", "multiplier": 2}]}).to_string(),
+            422,
+            &[],
+        ),
+        ("a list, not an object", json_type, "[]".into(), 422, &[]),
+        ("a number, not an object", json_type, "5".into(), 422, &[]),
+        ("not JSON", json_type, "{".into(), 400, &[]),
+        ("an empty body", json_type, String::new(), 400, &[]),
+        (
+            "not JSON under the merge-patch type",
+            "application/merge-patch+json",
+            "{\"min_redeem\":".into(),
+            400,
+            &[],
+        ),
+        (
+            "a form body",
+            "application/x-www-form-urlencoded",
+            "min_redeem=5".into(),
+            415,
+            &[],
+        ),
+    ];
+
+    for (case, content_type, body, status, fields) in cases {
+        // Act
+        let response = patch_program_as(&app, content_type, body);
+
+        // Assert
+        let problem = response.assert_problem(status, case);
+        if status == 422 {
+            let named: Vec<&str> = problem["errors"]
+                .as_array()
+                .expect("errors")
+                .iter()
+                .filter_map(|e| e["field"].as_str())
+                .collect();
+            assert!(!named.is_empty(), "case {case}: names a field: {problem}");
+            if !fields.is_empty() {
+                assert_eq!(named, fields, "case {case}: {problem}");
+            }
+        }
+        let current = program(&app);
+        assert_eq!(current["version"], 1, "case {case}");
+        assert_eq!(current["rules"], rules, "case {case}");
+        assert_eq!(points_counts(&app), before, "case {case}");
+    }
+
+    // Only the points:admin scope may patch.
+    let response = call(
+        &app,
+        "PATCH",
+        "/v1/points/program",
+        Some(POINTS_KEY),
+        Some(json_type),
+        None,
+        json!({"min_redeem": 5}).to_string(),
+    );
+    response.assert_problem(403, "a points key without points:admin");
+    assert_eq!(points_counts(&app), before);
+}
+
+#[test]
+fn the_erasure_answer_says_how_many_points_it_forfeited() {
+    if skip_under_spin("needs the manual clock") {
+        return;
+    }
+    // Arrange: available, pending, and already expired points.
+    let app = TestApp::new();
+    let id = new_contact(&app, "forfeit@example.jp");
+    let other = new_contact(&app, "stays@example.jp");
+    let t0 = start_time();
+    award(&app, &id, 100);
+    award(&app, &other, 70);
+    award_with(
+        &app,
+        &json!({"contact_id": id, "points": 30, "reason": "review",
+                "available_at": at(t0 + Duration::days(30))}),
+    );
+    award_with(
+        &app,
+        &json!({"contact_id": id, "points": 20, "reason": "trial",
+                "expires_at": at(t0 + Duration::days(1))}),
+    );
+    app.clock.advance(Duration::days(2));
+    let erase = || {
+        app.request(
+            "DELETE",
+            &format!("/v1/contacts/{id}"),
+            &[("authorization", &bearer(ADMIN_KEY))],
+            "",
+        )
+    };
+
+    // Act
+    let erased = erase();
+
+    // Assert: the answer, the ledger, the erasure record
+    assert_eq!(erased.status, 200, "{}", erased.text());
+    let answer = erased.json();
+    assert_eq!(
+        answer["points_forfeited"],
+        json!({"available": 100, "pending": 30})
+    );
+    let expiries: Vec<(i64, Option<String>)> = {
+        let db = app.db();
+        let mut statement = db
+            .prepare(
+                "SELECT points, reason FROM points_entries
+                 WHERE contact_id = ?1 AND kind = 'expire' ORDER BY seq",
+            )
+            .expect("query");
+        statement
+            .query_map([&id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    assert_eq!(
+        expiries,
+        [
+            (-20, Some("expired".to_owned())),
+            (-100, Some("forfeited on erasure".to_owned())),
+            (-30, Some("forfeited on erasure".to_owned())),
+        ],
+        "points past their expiry were lost to time, not to the erasure"
+    );
+    let recorded: String = app
+        .db()
+        .query_row(
+            "SELECT json_extract(erased, '$.points_forfeited') FROM erasures WHERE contact_id = ?1",
+            [&id],
+            |r| r.get(0),
+        )
+        .expect("the erasure record");
+    assert_eq!(
+        serde_json::from_str::<Json>(&recorded).unwrap(),
+        json!({"available": 100, "pending": 30})
+    );
+    let liability = app.get(POINTS_KEY, "/v1/points/liability").json();
+    assert_eq!(
+        liability["available"]["points"], 70,
+        "only the other contact's"
+    );
+    assert_eq!(liability["pending"]["points"], 0);
+    app.get(POINTS_KEY, &format!("/v1/points/{id}"))
+        .assert_problem(404, "an erased contact has no balance");
+    assert_ledger_invariants(&app, "after the erasure");
+
+    // A retry answers the same count and writes nothing.
+    let entries = app.count("SELECT count(*) FROM points_entries");
+    let again = erase();
+    assert_eq!(again.status, 200, "{}", again.text());
+    assert_eq!(again.json()["points_forfeited"], answer["points_forfeited"]);
+    assert_eq!(again.json()["erased_at"], answer["erased_at"]);
+    assert_eq!(app.count("SELECT count(*) FROM points_entries"), entries);
+
+    // A contact without points forfeits none.
+    let empty = new_contact(&app, "no-points@example.jp");
+    let response = app.request(
+        "DELETE",
+        &format!("/v1/contacts/{empty}"),
+        &[("authorization", &bearer(ADMIN_KEY))],
+        "",
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    assert_eq!(
+        response.json()["points_forfeited"],
+        json!({"available": 0, "pending": 0})
+    );
 }
