@@ -57,6 +57,9 @@ pub const POINTS_VARIABLES: &[&str] = &[
 /// The variables the `segments` component reads.
 pub const SEGMENTS_VARIABLES: &[&str] = &[
     "api_keys",
+    // Sign the `unsubscribe_url` of each exported member.
+    "unsubscribe_secret",
+    "public_base_url",
     "shop_currency",
     "shop_timezone",
     "vip_threshold_minor",

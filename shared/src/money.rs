@@ -86,6 +86,23 @@ impl Currency {
         }
         Ok(minor)
     }
+
+    /// `minor` units as a decimal amount in major units, the inverse of
+    /// [`Currency::parse_amount`]: `1234` is `"1234"` in JPY and
+    /// `"12.34"` in USD (for spreadsheets, whose cells hold major units).
+    pub fn format_amount(self, minor: i64) -> String {
+        let exponent = self.exponent();
+        if exponent == 0 {
+            return minor.to_string();
+        }
+        let scale = 10_u64.pow(exponent);
+        let (whole, fraction) = (minor.unsigned_abs() / scale, minor.unsigned_abs() % scale);
+        let sign = if minor < 0 { "-" } else { "" };
+        format!(
+            "{sign}{whole}.{fraction:0width$}",
+            width = exponent as usize
+        )
+    }
 }
 
 impl std::fmt::Display for Currency {
@@ -118,6 +135,31 @@ mod tests {
                 Ok(want),
                 "case {currency} {text}"
             );
+        }
+    }
+
+    #[test]
+    fn formats_minor_units_as_major_amounts() {
+        let jpy = Currency::parse("JPY").unwrap();
+        let usd = Currency::parse("USD").unwrap();
+        let kwd = Currency::parse("KWD").unwrap();
+        for (currency, minor, want) in [
+            (jpy, 1234, "1234"),
+            (jpy, -300, "-300"),
+            (usd, 1234, "12.34"),
+            (usd, 5, "0.05"),
+            (usd, -5, "-0.05"),
+            (kwd, 1234, "1.234"),
+            (usd, i64::MIN, "-92233720368547758.08"),
+        ] {
+            assert_eq!(
+                currency.format_amount(minor),
+                want,
+                "case {currency} {minor}"
+            );
+            if minor != i64::MIN {
+                assert_eq!(currency.parse_amount(want), Ok(minor), "round trip {want}");
+            }
         }
     }
 

@@ -493,6 +493,35 @@ pub fn verify_unsubscribe_token(secret: &[u8], token: &str) -> Option<String> {
     Some(uuid.hyphenated().to_string())
 }
 
+/// The contact's one-click unsubscribe link under `public_base_url`: what
+/// `GET /v1/contacts/{id}/unsubscribe-link` answers and what a segment
+/// export puts in `unsubscribe_url`. A GET shows a confirmation page; a
+/// POST (RFC 8058 `List-Unsubscribe-Post`) unsubscribes.
+pub fn unsubscribe_url(
+    config: &crate::config::Config,
+    contact_id: &str,
+) -> anyhow::Result<(String, String)> {
+    let token = unsubscribe_token(config.unsubscribe_secret()?, contact_id)?;
+    warn_once_of_local_base_url(config);
+    let url = format!(
+        "{}/v1/forms/unsubscribe?token={token}",
+        config.public_base_url
+    );
+    Ok((token, url))
+}
+
+/// Logs [`Config::public_base_url_warning`](crate::config::Config) the
+/// first time this instance issues a link: once, so that an export of
+/// 10,000 members does not write 10,000 lines.
+fn warn_once_of_local_base_url(config: &crate::config::Config) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Some(warning) = config.public_base_url_warning()
+        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        eprintln!("warning: {warning}");
+    }
+}
+
 /// Withdraws email consent for the token's contact, inside the caller's
 /// transaction. Idempotent: a second click records nothing new.
 pub async fn unsubscribe(

@@ -88,6 +88,24 @@ pub fn month_key(at: OffsetDateTime, offset: UtcOffset) -> Option<String> {
     ))
 }
 
+/// `at` in shop time as `2026-11-22 07:05:00`, for CSV files: Excel (and
+/// LibreOffice, Google Sheets) reads this shape as a date and time in
+/// every locale, where an RFC 3339 string with `T`, fractions and an
+/// offset stays text. The zone is not written, so the file's header and
+/// the README say which it is; the fraction of a second is dropped.
+pub fn spreadsheet(at: OffsetDateTime, offset: UtcOffset) -> Option<String> {
+    let local = at.checked_to_offset(offset)?;
+    Some(format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        local.year(),
+        u8::from(local.month()),
+        local.day(),
+        local.hour(),
+        local.minute(),
+        local.second()
+    ))
+}
+
 /// A SQLite date modifier (`'+32400 seconds'`) that moves a stored UTC
 /// time into shop time, for `strftime` grouping in SQL.
 pub fn sqlite_modifier(offset: UtcOffset) -> String {
@@ -156,5 +174,23 @@ mod tests {
         assert_eq!(sqlite_modifier(tokyo), "+32400 seconds");
         assert_eq!(sqlite_modifier(offset!(-3:30)), "-12600 seconds");
         assert_eq!(sqlite_modifier(UtcOffset::UTC), "+0 seconds");
+    }
+
+    #[test]
+    fn spreadsheet_times_are_shop_local_without_zone_or_fraction() {
+        // 22:05:30.5 UTC on the 21st is 07:05:30 on the 22nd in Tokyo.
+        let at = datetime!(2026-11-21 22:05:30.5 UTC);
+        assert_eq!(
+            spreadsheet(at, offset!(+9)).as_deref(),
+            Some("2026-11-22 07:05:30")
+        );
+        assert_eq!(
+            spreadsheet(at, UtcOffset::UTC).as_deref(),
+            Some("2026-11-21 22:05:30")
+        );
+        assert_eq!(
+            spreadsheet(at, offset!(-3:30)).as_deref(),
+            Some("2026-11-21 18:35:30")
+        );
     }
 }

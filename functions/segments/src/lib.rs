@@ -24,8 +24,9 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let method = request.method();
     let authorize = |scope: Scope| ctx.config.api_keys.authorize(request.headers(), scope);
-    // Members with personal fields (email, phone, name) need
-    // `segments:export` on top of `segments:read`.
+    // Members with personal fields (email, phone, names, address,
+    // attributes, unsubscribe links) need `segments:export` on top of
+    // `segments:read`, in member lists and in delta sync alike.
     let may_export = || match authorize(Scope::SegmentsExport) {
         Ok(_) => Ok(()),
         Err(ApiError::Forbidden(_)) => Err(ApiError::Forbidden(format!(
@@ -92,7 +93,7 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
             match *view {
                 "contacts" => api::members(ctx, id, request, may_export).await,
                 "count" => api::count_segment(ctx, id).await,
-                "changes" => kizuna::segments::changes::changes(ctx, id, request).await,
+                "changes" => kizuna::segments::changes::changes(ctx, id, request, may_export).await,
                 _ => Err(ApiError::NotFound("no such route".into())),
             }
         }

@@ -4,16 +4,16 @@
 
 use super::compile::{Compiled, Env, compile_in};
 use super::definition::{self, Node};
+use super::members::{self, MemberField};
 use crate::Ctx;
 use crate::auth::Actor;
 use crate::db::transaction;
 use crate::error::{ApiError, FieldError};
 use crate::http::{
-    Request, Response, decode_cursor, encode_cursor, header_str, json_response, query_pairs,
-    query_param,
+    Request, Response, decode_cursor, header_str, json_response, query_pairs, query_param,
 };
 use crate::ids::{ContactId, new_id};
-use crate::ports::{Db, Kv, Row, Value};
+use crate::ports::{Db, Kv, Row};
 use crate::timestamp;
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -47,111 +47,19 @@ async fn env<D: Db, K: Kv>(
     Ok((Env { now, vip_threshold }, computed_at))
 }
 
-/// Member columns a caller may ask for.
-const FIELDS: &[&str] = &["id", "email", "phone", "name", "tags", "counters", "points"];
-
-/// Member columns that identify a person: asking for one (the default
-/// fields do) needs the `segments:export` scope, not only `segments:read`.
-pub const PERSONAL_FIELDS: &[&str] = &["email", "phone", "name"];
+pub use super::members::PERSONAL_FIELDS;
 
 /// The fields a request asks for, after `may_export` allowed the personal
 /// ones among them (it answers the 403 when the key lacks the scope).
-fn allowed_fields(
+pub(super) fn allowed_fields(
     text: Option<&str>,
     may_export: impl FnOnce() -> Result<(), ApiError>,
-) -> Result<Vec<&'static str>, ApiError> {
-    let fields = parse_fields(text)?;
-    if fields.iter().any(|f| PERSONAL_FIELDS.contains(f)) {
+) -> Result<Vec<MemberField>, ApiError> {
+    let fields = members::parse_fields(text)?;
+    if fields.iter().any(MemberField::is_personal) {
         may_export()?;
     }
     Ok(fields)
-}
-
-fn parse_fields(text: Option<&str>) -> Result<Vec<&'static str>, ApiError> {
-    let Some(text) = text else {
-        return Ok(vec!["id", "email", "phone", "name"]);
-    };
-    let mut fields = vec!["id"];
-    for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        let field = FIELDS.iter().find(|f| **f == name).ok_or_else(|| {
-            ApiError::invalid("fields", format!("each one of {}", FIELDS.join(", ")))
-        })?;
-        if !fields.contains(field) {
-            fields.push(field);
-        }
-    }
-    Ok(fields)
-}
-
-/// One page of members after `after` (a contact id), at most `limit`.
-async fn member_page(
-    db: &impl Db,
-    compiled: &Compiled,
-    env: &Env,
-    after: Option<&str>,
-    limit: usize,
-) -> anyhow::Result<(Vec<Json>, Option<String>)> {
-    let mut params = compiled.params.clone();
-    let n = params.len();
-    // `c.id > ''` on the first page keeps the cursor test sargable, so
-    // SQLite can walk the id index in order instead of sorting members.
-    params.push(after.unwrap_or("").into());
-    params.push(timestamp::format(env.now).into());
-    params.push(Value::Integer(i64::try_from(limit + 1).unwrap_or(i64::MAX)));
-    let sql = format!(
-        "SELECT c.id, c.email, c.phone, c.name, c.order_count, c.total_spent_minor, c.last_order_at,
-                (SELECT json_group_array(t.tag) FROM (SELECT tag FROM contact_tags WHERE contact_id = c.id ORDER BY tag) t) AS tags,
-                (SELECT COALESCE(SUM(p.remaining), 0) FROM points_lots p WHERE p.contact_id = c.id AND p.remaining > 0
-                   AND p.available_at <= ?{now} AND (p.expires_at IS NULL OR p.expires_at > ?{now})) AS points
-         FROM contacts c
-         WHERE {where_sql} AND c.id > ?{after}
-         ORDER BY c.id LIMIT ?{limit}",
-        where_sql = compiled.sql,
-        after = n + 1,
-        now = n + 2,
-        limit = n + 3,
-    );
-    let rows = db
-        .execute(&sql, &params)
-        .await
-        .context("failed to read segment members")?;
-    let mut members = Vec::new();
-    let mut next = None;
-    for (index, row) in rows.iter().enumerate() {
-        if index == limit {
-            next = members
-                .last()
-                .and_then(|m: &Json| m["id"].as_str())
-                .map(|id| encode_cursor(&[id]));
-            break;
-        }
-        members.push(member_json(row)?);
-    }
-    Ok((members, next))
-}
-
-fn member_json(row: Row<'_>) -> anyhow::Result<Json> {
-    Ok(json!({
-        "id": row.str("id")?,
-        "email": row.opt_str("email")?,
-        "phone": row.opt_str("phone")?,
-        "name": row.opt_str("name")?,
-        "tags": serde_json::from_str::<Json>(row.opt_str("tags")?.unwrap_or("[]")).context("tags")?,
-        "counters": {
-            "order_count": row.i64("order_count")?,
-            "total_spent_minor": row.i64("total_spent_minor")?,
-            "last_order_at": row.opt_str("last_order_at")?,
-        },
-        "points": { "available": row.i64("points")? },
-    }))
-}
-
-fn select(member: &Json, fields: &[&str]) -> Json {
-    let mut out = Map::new();
-    for field in fields {
-        out.insert((*field).to_owned(), member[*field].clone());
-    }
-    Json::Object(out)
 }
 
 async fn count(db: &impl Db, compiled: &Compiled) -> anyhow::Result<i64> {
@@ -221,8 +129,17 @@ pub async fn preview<D: Db, K: Kv>(
     let (env, computed_at) = env(ctx, &node).await?;
     let compiled = compile_in(&node, &env, purpose.is_some(), ctx.config.shop_offset);
     let total = count(ctx.db, &compiled).await?;
-    let (members, next) = member_page(ctx.db, &compiled, &env, None, limit).await?;
-    let items: Vec<Json> = members.iter().map(|m| select(m, &fields)).collect();
+    let (items, next) = members::page(
+        ctx.db,
+        ctx.config,
+        &compiled.sql,
+        &compiled.params,
+        &fields,
+        None,
+        env.now,
+        limit,
+    )
+    .await?;
     Ok(json_response(
         StatusCode::OK,
         &json!({ "count": total, "items": items, "next_cursor": next, "analytics_computed_at": computed_at, "as_of": timestamp::format(env.now) }),
@@ -532,9 +449,12 @@ pub async fn count_segment<D: Db, K: Kv>(
 }
 
 /// `GET /v1/segments/{id}/contacts`: JSON, or CSV with `Accept: text/csv`
-/// or `format=csv` (`bom=true` adds a UTF-8 BOM for Excel). The next
-/// page's cursor is in `next_cursor` (JSON) or the `Next-Cursor` header.
-/// `may_export` allows personal fields (see [`PERSONAL_FIELDS`]).
+/// or `format=csv` (`bom=true` adds a UTF-8 BOM for Excel; shop-time
+/// dates, money in major units and Japanese phone formats: see
+/// [`members`]), as an attachment named after the segment and the day.
+/// The next page's cursor is in `next_cursor` (JSON) or the
+/// `Next-Cursor` header. `may_export` allows personal fields (see
+/// [`PERSONAL_FIELDS`]).
 pub async fn members<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
     id: &str,
@@ -554,22 +474,44 @@ pub async fn members<D: Db, K: Kv>(
     let fields = allowed_fields(query_param(&pairs, "fields"), may_export)?;
     let after = cursor(&pairs)?;
     let (segment, compiled, env, computed_at) = compiled_segment(ctx, id).await?;
-    let (page, next) = member_page(ctx.db, &compiled, &env, after.as_deref(), limit).await?;
+    let (page, next) = members::page(
+        ctx.db,
+        ctx.config,
+        &compiled.sql,
+        &compiled.params,
+        &fields,
+        after.as_deref(),
+        env.now,
+        limit,
+    )
+    .await?;
     if !csv {
-        let items: Vec<Json> = page.iter().map(|m| select(m, &fields)).collect();
         return Ok(json_response(
             StatusCode::OK,
-            &json!({ "segment_id": segment["id"], "items": items, "next_cursor": next, "analytics_computed_at": computed_at }),
+            &json!({ "segment_id": segment["id"], "items": page, "next_cursor": next, "analytics_computed_at": computed_at }),
         ));
     }
     let bom = query_param(&pairs, "bom") == Some("true");
     // Pages are appended into one file: header and BOM open the first only.
-    let body = to_csv(&page, &fields, after.is_none(), bom && after.is_none());
+    let body = members::to_csv(
+        &page,
+        &fields,
+        ctx.config,
+        after.is_none(),
+        bom && after.is_none(),
+    );
     let mut response = http::Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, "text/csv; charset=utf-8")
         .body(Bytes::from(body))
         .expect("static headers are valid");
+    let disposition = members::content_disposition(
+        segment["name"].as_str().unwrap_or_default(),
+        segment["id"].as_str().unwrap_or_default(),
+        env.now,
+        ctx.config.shop_offset,
+    );
+    crate::http::set_header(&mut response, header::CONTENT_DISPOSITION, &disposition);
     if let Some(next) = next {
         crate::http::set_header(
             &mut response,
@@ -578,101 +520,4 @@ pub async fn members<D: Db, K: Kv>(
         );
     }
     Ok(response)
-}
-
-/// CSV columns per member field.
-fn csv_columns(field: &str) -> &'static [&'static str] {
-    match field {
-        "id" => &["id"],
-        "email" => &["email"],
-        "phone" => &["phone"],
-        "name" => &["name"],
-        "tags" => &["tags"],
-        "counters" => &["order_count", "total_spent_minor", "last_order_at"],
-        _ => &["points_available"],
-    }
-}
-
-fn csv_value(member: &Json, column: &str) -> String {
-    let value = match column {
-        "tags" => member["tags"]
-            .as_array()
-            .map(|tags| {
-                tags.iter()
-                    .filter_map(Json::as_str)
-                    .collect::<Vec<_>>()
-                    .join(";")
-            })
-            .unwrap_or_default(),
-        "order_count" | "total_spent_minor" | "last_order_at" => {
-            text_of(&member["counters"][column])
-        }
-        "points_available" => text_of(&member["points"]["available"]),
-        other => text_of(&member[other]),
-    };
-    csv_escape(&value)
-}
-
-fn text_of(value: &Json) -> String {
-    match value {
-        Json::Null => String::new(),
-        Json::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// RFC 4180 quoting, and a leading `'` on text a spreadsheet would run as
-/// a formula (`=`, `+`, `-`, `@`), since these files are opened in Excel.
-/// Phone numbers start with `+` by design and are numbers, not formulas,
-/// yet Excel would still evaluate them; they are quoted the same way.
-fn csv_escape(value: &str) -> String {
-    let guarded = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{value}")
-    } else {
-        value.to_owned()
-    };
-    if guarded.contains([',', '"', '\n', '\r']) || guarded != value {
-        format!("\"{}\"", guarded.replace('"', "\"\""))
-    } else {
-        guarded
-    }
-}
-
-fn to_csv(members: &[Json], fields: &[&str], header: bool, bom: bool) -> String {
-    let columns: Vec<&str> = fields
-        .iter()
-        .flat_map(|f| csv_columns(f).iter().copied())
-        .collect();
-    let mut out = String::new();
-    if bom {
-        out.push('\u{feff}');
-    }
-    if header {
-        out.push_str(&columns.join(","));
-        out.push_str("\r\n");
-    }
-    for member in members {
-        let values: Vec<String> = columns.iter().map(|c| csv_value(member, c)).collect();
-        out.push_str(&values.join(","));
-        out.push_str("\r\n");
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn csv_quotes_and_guards_formulas() {
-        assert_eq!(csv_escape("plain"), "plain");
-        assert_eq!(csv_escape("a,b"), "\"a,b\"");
-        assert_eq!(csv_escape("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(
-            csv_escape("=HYPERLINK(\"x\")"),
-            "\"'=HYPERLINK(\"\"x\"\")\""
-        );
-        assert_eq!(csv_escape("+819012345678"), "\"'+819012345678\"");
-        assert_eq!(csv_escape("line\nbreak"), "\"line\nbreak\"");
-    }
 }

@@ -20,11 +20,16 @@
 //!    new one, by contact id, a page at a time; `next_cursor` continues the
 //!    same listing without evaluating again.
 //!
+//! With `fields=` (the members' rules), `joined` and `left` hold member
+//! objects instead of ids, read in one statement per page as they are
+//! now, and each leaver says why it left ([`LeaveReason`]).
+//!
 //! Two syncs racing may both write the next version from what each saw;
 //! a contact whose change one of them missed is corrected by the next
 //! sync, as with any change made after a sync.
 
-use super::compile::Compiled;
+use super::compile::{Compiled, Env, LATEST_EMAIL_CONSENT, compile_in};
+use super::members::{self, MemberField};
 use crate::Ctx;
 use crate::db::{read_snapshot, transaction};
 use crate::error::ApiError;
@@ -35,7 +40,8 @@ use crate::ports::{Db, Kv};
 use crate::timestamp;
 use anyhow::Context as _;
 use http::StatusCode;
-use serde_json::json;
+use serde_json::{Value as Json, json};
+use std::collections::HashMap;
 
 /// Membership rows written per write transaction.
 pub const WRITE_BATCH: usize = 2_000;
@@ -43,14 +49,44 @@ pub const WRITE_BATCH: usize = 2_000;
 pub const PAGE_DEFAULT: usize = 1_000;
 pub const PAGE_MAX: usize = 10_000;
 
-/// `GET /v1/segments/{id}/changes?since=&limit=` or `?cursor=&limit=`.
+/// Why a contact left a segment, as it stands when the change is listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// The contact was erased: a mirror should delete its copy.
+    Erased,
+    /// An email segment's member withdrew email consent (and would match
+    /// otherwise): a mail tool should mark the address unsubscribed.
+    ConsentWithdrawn,
+    /// The definition no longer matches (a tag removed, an order
+    /// refunded, time passing; also a consent condition the definition
+    /// names itself).
+    NoLongerMatching,
+}
+
+impl LeaveReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaveReason::Erased => "erased",
+            LeaveReason::ConsentWithdrawn => "consent_withdrawn",
+            LeaveReason::NoLongerMatching => "no_longer_matching",
+        }
+    }
+}
+
+/// `GET /v1/segments/{id}/changes?since=&limit=[&fields=]` or
+/// `?cursor=&limit=[&fields=]`. `may_export` allows personal fields.
 pub async fn changes<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
     id: &str,
     request: &Request,
+    may_export: impl FnOnce() -> Result<(), ApiError>,
 ) -> Result<Response, ApiError> {
-    let pairs = query_pairs(request, &["since", "cursor", "limit"])?;
+    let pairs = query_pairs(request, &["since", "cursor", "limit", "fields"])?;
     let limit = crate::http::limit_between(&pairs, PAGE_DEFAULT, PAGE_MAX)?;
+    let fields = match query_param(&pairs, "fields") {
+        Some(text) => Some(super::api::allowed_fields(Some(text), may_export)?),
+        None => None,
+    };
     let (segment, compiled, env, _) = super::api::compiled_segment(ctx, id).await?;
     let segment_id = segment["id"].as_str().unwrap_or_default().to_owned();
     let (since, version, after) = match query_param(&pairs, "cursor") {
@@ -73,6 +109,10 @@ pub async fn changes<D: Db, K: Kv>(
         list_page(ctx.db, &segment_id, since, version, &after, limit).await?;
     let next_cursor = last
         .map(|last| encode_cursor(&[&segment_id, &since.to_string(), &version.to_string(), &last]));
+    let (joined, left) = match &fields {
+        Some(fields) => with_fields(ctx, &segment, &env, fields, &joined, &left).await?,
+        None => (json!(joined), json!(left)),
+    };
     Ok(json_response(
         StatusCode::OK,
         &json!({
@@ -84,6 +124,77 @@ pub async fn changes<D: Db, K: Kv>(
             "as_of": timestamp::format(env.now),
         }),
     ))
+}
+
+/// The page's joiners and leavers as member objects with `fields`, each
+/// leaver with its `reason`; one statement for the page. An erased
+/// contact has only its id and reason: its other fields are null.
+async fn with_fields<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    segment: &Json,
+    env: &Env,
+    fields: &[MemberField],
+    joined: &[String],
+    left: &[String],
+) -> Result<(Json, Json), ApiError> {
+    // Whether a leaver of an email segment still matches its definition
+    // is what tells a withdrawal from a change of the data.
+    let (extra, extra_params) = if segment["purpose"] == "email" && !left.is_empty() {
+        let node = super::definition::parse_in(&segment["definition"], ctx.config.shop_offset)?;
+        let base = compile_in(&node, env, false, ctx.config.shop_offset);
+        (
+            format!(
+                ", c.erased_at, {LATEST_EMAIL_CONSENT} AS email_consent, \
+                 COALESCE(({}), 0) AS matches_definition",
+                base.sql
+            ),
+            base.params,
+        )
+    } else {
+        (
+            ", c.erased_at, NULL AS email_consent, 0 AS matches_definition".to_owned(),
+            Vec::new(),
+        )
+    };
+    let ids: Vec<String> = joined.iter().chain(left).cloned().collect();
+    let rows = members::by_ids(ctx.db, fields, &ids, env.now, &extra, extra_params).await?;
+    let mut found: HashMap<String, (Json, LeaveReason)> = HashMap::new();
+    for row in rows.iter() {
+        let id = row.str("id")?.to_owned();
+        let (member, reason) = if row.opt_str("erased_at")?.is_some() {
+            (members::erased(&id, fields), LeaveReason::Erased)
+        } else {
+            let withdrawn = row.opt_str("email_consent")? == Some("withdrawn")
+                && row.i64("matches_definition")? != 0;
+            let reason = if withdrawn {
+                LeaveReason::ConsentWithdrawn
+            } else {
+                LeaveReason::NoLongerMatching
+            };
+            (members::to_json(row, fields, ctx.config)?, reason)
+        };
+        found.insert(id, (member, reason));
+    }
+    let mut take = |id: &String| -> Result<(Json, LeaveReason), ApiError> {
+        match found.remove(id) {
+            Some(entry) => Ok(entry),
+            // Contacts are never deleted (erasure keeps a tombstone).
+            None => Ok((members::erased(id, fields), LeaveReason::Erased)),
+        }
+    };
+    let mut joined_members = Vec::with_capacity(joined.len());
+    for id in joined {
+        joined_members.push(take(id)?.0);
+    }
+    let mut left_members = Vec::with_capacity(left.len());
+    for id in left {
+        let (mut member, reason) = take(id)?;
+        if let Json::Object(object) = &mut member {
+            object.insert("reason".to_owned(), reason.as_str().into());
+        }
+        left_members.push(member);
+    }
+    Ok((Json::Array(joined_members), Json::Array(left_members)))
 }
 
 fn parse_since(segment_id: &str, token: Option<&str>) -> Result<i64, ApiError> {

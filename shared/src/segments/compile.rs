@@ -60,8 +60,12 @@ pub fn compile_in(node: &Node, env: &Env, email_purpose: bool, offset: UtcOffset
     }
 }
 
-const LATEST_EMAIL_CONSENT: &str = "(SELECT k.status FROM consents k WHERE k.contact_id = c.id AND k.channel = 'email' \
+pub(super) const LATEST_EMAIL_CONSENT: &str = "(SELECT k.status FROM consents k WHERE k.contact_id = c.id AND k.channel = 'email' \
      ORDER BY k.recorded_at DESC, k.id DESC LIMIT 1)";
+
+/// An order that counts (paid, neither cancelled nor fully refunded),
+/// as `purchases::ingest::refresh_contact` counts it.
+const COUNTED: &str = "o.paid = 1 AND o.cancelled = 0 AND o.status <> 'refunded'";
 
 const COUNTED_ORDER: &str =
     "o.contact_id = c.id AND o.paid = 1 AND o.cancelled = 0 AND o.status <> 'refunded'";
@@ -197,6 +201,7 @@ impl Builder {
             ),
             Field::Tags => self.tags(*op, value),
             Field::Purchased => self.purchased(*op, value),
+            Field::Spent => self.spent(*op, value),
             Field::SubmittedForm => self.submitted_form(*op, value),
         }
     }
@@ -334,6 +339,34 @@ impl Builder {
         }
     }
 
+    /// The line condition of an SKU (exact: codes are case-sensitive) or
+    /// a category (`COLLATE NOCASE`: shops write "Tea", "tea" and "TEA"
+    /// for one category; Japanese has no case, and full-width Latin is
+    /// not folded). Each is served by its own index on `order_lines`
+    /// (`order_lines_sku_idx`, `order_lines_category_nocase_idx`).
+    fn item(&mut self, sku: Option<&str>, category: Option<&str>) -> Option<String> {
+        match (sku, category) {
+            (Some(sku), _) => Some(format!("l.sku = {}", self.p(sku))),
+            (None, Some(category)) => {
+                Some(format!("l.category = {} COLLATE NOCASE", self.p(category)))
+            }
+            (None, None) => None,
+        }
+    }
+
+    fn since(&mut self, within_days: Option<i64>) -> String {
+        match within_days {
+            Some(days) => format!(" AND o.placed_at >= {}", self.t(self.days_ago(days))),
+            None => String::new(),
+        }
+    }
+
+    /// `c.id IN (buyers)` rather than a correlated EXISTS: the buyers of
+    /// an item are found once, from the item's index on `order_lines`
+    /// (cost: the lines of that SKU or category, each joined to its order
+    /// by primary key), and each contact is then one probe into that set;
+    /// a correlated EXISTS would read every contact's orders and lines.
+    /// `o.contact_id IS NOT NULL` keeps `NOT IN` exact.
     fn purchased(&mut self, op: Op, value: &Operand) -> String {
         let Operand::Item {
             sku,
@@ -343,23 +376,52 @@ impl Builder {
         else {
             return "0".to_owned();
         };
-        let item = match (sku, category) {
-            (Some(sku), _) => format!("l.sku = {}", self.p(sku.as_str())),
-            (None, Some(category)) => format!("l.category = {}", self.p(category.as_str())),
-            (None, None) => return "0".to_owned(),
+        let Some(item) = self.item(sku.as_deref(), category.as_deref()) else {
+            return "0".to_owned();
         };
-        let window = match within_days {
-            Some(days) => format!(" AND o.placed_at >= {}", self.t(self.days_ago(*days))),
-            None => String::new(),
-        };
-        let exists = format!(
-            "EXISTS (SELECT 1 FROM orders o JOIN order_lines l ON l.order_id = o.id WHERE {COUNTED_ORDER} AND {item}{window})"
+        let window = self.since(*within_days);
+        let buyers = format!(
+            "(SELECT o.contact_id FROM order_lines l JOIN orders o ON o.id = l.order_id \
+             WHERE {item} AND o.contact_id IS NOT NULL AND {COUNTED}{window})"
         );
         if op == Op::Neq {
-            format!("NOT {exists}")
+            format!("c.id NOT IN {buyers}")
         } else {
-            exists
+            format!("c.id IN {buyers}")
         }
+    }
+
+    /// `spent`: net spend (order totals less refunds, as `total_spent`)
+    /// of counted orders in the window; on an SKU or a category, the sum
+    /// of its lines' totals (after line discounts) in counted orders.
+    /// Refunds are recorded per order, not per line, so a partial refund
+    /// does not lower a category's spend; a full refund removes the
+    /// order. A contact without such orders spent 0. Correlated per
+    /// contact through `orders_contact_idx` (contact, placed_at), so the
+    /// window bounds an index range.
+    fn spent(&mut self, op: Op, value: &Operand) -> String {
+        let Operand::Spend {
+            amount,
+            sku,
+            category,
+            within_days,
+        } = value
+        else {
+            return "0".to_owned();
+        };
+        let item = self.item(sku.as_deref(), category.as_deref());
+        let window = self.since(*within_days);
+        let expression = match item {
+            Some(item) => format!(
+                "(SELECT COALESCE(SUM(l.line_total_minor), 0) FROM orders o \
+                 JOIN order_lines l ON l.order_id = o.id WHERE {COUNTED_ORDER} AND {item}{window})"
+            ),
+            None => format!(
+                "(SELECT COALESCE(SUM(MAX(o.total_minor - o.refunded_minor, 0)), 0) FROM orders o \
+                 WHERE {COUNTED_ORDER}{window})"
+            ),
+        };
+        self.scalar(&expression, op, amount)
     }
 
     fn submitted_form(&mut self, op: Op, value: &Operand) -> String {
@@ -504,6 +566,8 @@ mod tests {
             definitions.push(
                 json!({"field": "purchased", "op": "eq", "value": {"sku": "A", "within_days": days}}),
             );
+            definitions.push(json!({"field": "spent", "op": "gte",
+                "value": {"amount": 1, "category": "A", "within_days": days}}));
         }
         let offsets = [
             UtcOffset::UTC,

@@ -25,6 +25,7 @@ pub enum FieldKind {
     Time,
     Tags,
     Purchased,
+    Spent,
     SubmittedForm,
     ExpiringDays,
 }
@@ -51,6 +52,7 @@ pub enum Field {
     LastOrderAt,
     DaysSinceLastOrder,
     Purchased,
+    Spent,
     SubmittedForm,
     PointsAvailable,
     PointsExpiringWithinDays,
@@ -60,9 +62,11 @@ pub enum Field {
     ChurnRisk,
 }
 
+/// The largest amount (minor units) a money condition compares with.
+const MONEY_MAX: i64 = 1_000_000_000_000_000;
 const MONEY: FieldKind = FieldKind::Int {
     min: 0,
-    max: 1_000_000_000_000_000,
+    max: MONEY_MAX,
 };
 const COUNT: FieldKind = FieldKind::Int {
     min: 0,
@@ -91,6 +95,7 @@ impl Field {
         "last_order_at",
         "days_since_last_order",
         "purchased",
+        "spent",
         "submitted_form",
         "points_available",
         "points_expiring_within_days",
@@ -120,6 +125,7 @@ impl Field {
             "last_order_at" => Field::LastOrderAt,
             "days_since_last_order" => Field::DaysSinceLastOrder,
             "purchased" => Field::Purchased,
+            "spent" => Field::Spent,
             "submitted_form" => Field::SubmittedForm,
             "points_available" => Field::PointsAvailable,
             "points_expiring_within_days" => Field::PointsExpiringWithinDays,
@@ -157,6 +163,7 @@ impl Field {
             },
             Field::TotalSpent | Field::AverageOrderValue => MONEY,
             Field::Purchased => FieldKind::Purchased,
+            Field::Spent => FieldKind::Spent,
             Field::SubmittedForm => FieldKind::SubmittedForm,
             Field::PointsExpiringWithinDays => FieldKind::ExpiringDays,
             Field::RfmRecency | Field::RfmFrequency | Field::RfmMonetary => SCORE,
@@ -222,6 +229,7 @@ impl Op {
             FieldKind::Time => &[Before, After, Between, WithinLastDays, Exists],
             FieldKind::Tags => &[Contains, In, NotIn, Exists],
             FieldKind::Purchased | FieldKind::SubmittedForm => &[Eq, Neq],
+            FieldKind::Spent => &[Gt, Gte, Lt, Lte, Between],
             FieldKind::ExpiringDays => &[Lte],
         }
     }
@@ -259,8 +267,18 @@ pub enum Operand {
     Time(OffsetDateTime),
     TimeRange(OffsetDateTime, OffsetDateTime),
     Days(i64),
-    /// `purchased`: an SKU or a category, bought within a window.
+    /// `purchased`: an SKU or a category (matched without regard to
+    /// ASCII case), bought within a window.
     Item {
+        sku: Option<String>,
+        category: Option<String>,
+        within_days: Option<i64>,
+    },
+    /// `spent`: what was spent within a window and/or on an SKU or a
+    /// category, compared with `amount` (an `Int`, or an `IntRange` for
+    /// `between`).
+    Spend {
+        amount: Box<Operand>,
         sku: Option<String>,
         category: Option<String>,
         within_days: Option<i64>,
@@ -711,6 +729,49 @@ fn parse_value(
             }
             let within_days = object.get("within_days").map(days).transpose()?;
             Ok(Operand::Item {
+                sku,
+                category,
+                within_days,
+            })
+        }
+        FieldKind::Spent => {
+            let object = value
+                .as_object()
+                .ok_or("an object {amount, within_days?, category? or sku?}")?;
+            if object
+                .keys()
+                .any(|k| !matches!(k.as_str(), "amount" | "sku" | "category" | "within_days"))
+            {
+                return Err("only amount, within_days, category and sku".to_owned());
+            }
+            let amount = object.get("amount").ok_or("amount is required")?;
+            let (min, max) = (0, MONEY_MAX);
+            let amount = match op {
+                Op::Between => {
+                    let (a, b) = pair(amount, |v| int(v, min, max)).map_err(|_| {
+                        format!("amount: a list [from, to] of whole numbers from {min} to {max}")
+                    })?;
+                    if a > b {
+                        return Err("amount: from must not be greater than to".to_owned());
+                    }
+                    Operand::IntRange(a, b)
+                }
+                _ => Operand::Int(int(amount, min, max).map_err(|e| format!("amount: {e}"))?),
+            };
+            let sku = object.get("sku").map(text).transpose()?;
+            let category = object.get("category").map(text).transpose()?;
+            if sku.is_some() && category.is_some() {
+                return Err("at most one of sku or category".to_owned());
+            }
+            let within_days = object.get("within_days").map(days).transpose()?;
+            if sku.is_none() && category.is_none() && within_days.is_none() {
+                return Err(
+                    "within_days, category or sku is required (lifetime spend is total_spent)"
+                        .to_owned(),
+                );
+            }
+            Ok(Operand::Spend {
+                amount: Box::new(amount),
                 sku,
                 category,
                 within_days,

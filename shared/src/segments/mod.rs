@@ -8,6 +8,8 @@
 //! - `analytics`: RFM scores, churn risk and the VIP threshold (cached in
 //!   SQLite with their computation time), summary, RFM grid, cross-sell.
 //! - `api`: preview, saved segments, members (JSON and CSV), counts.
+//! - `members`: the member fields a caller selects, the statement that
+//!   reads them, and their JSON and CSV (Excel-ready) forms.
 //! - `changes`: delta sync (who joined and left since a token), evaluated
 //!   outside the write lock and recorded in short batches.
 
@@ -16,3 +18,4 @@ pub mod api;
 pub mod changes;
 pub mod compile;
 pub mod definition;
+pub mod members;

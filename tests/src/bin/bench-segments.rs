@@ -100,6 +100,7 @@ use kizuna::auth::key_digest;
 use kizuna::ports::Value;
 use kizuna::segments::compile::{Compiled, Env, compile};
 use kizuna::segments::definition;
+use kizuna::segments::members::{self, MemberField};
 use kizuna::shop_time::DEFAULT as SHOP_OFFSET;
 use kizuna::timestamp;
 use kizuna_tests::bench::{
@@ -257,23 +258,10 @@ fn spend_threshold(connection: &Connection, since: &str, target: u64) -> anyhow:
     Ok((spend.unwrap_or(0) / 1_000 * 1_000).max(1_000))
 }
 
-/// The member query as `segments::api::member_page` builds it around the
-/// compiled condition: `after`, `now` and `limit` follow its parameters.
+/// The member statement Kizuna runs for a page of the default fields
+/// (`segments::members::page_query`, the builder `segments::api` uses).
 fn member_sql(compiled: &Compiled) -> String {
-    let n = compiled.params.len();
-    format!(
-        "SELECT c.id, c.email, c.phone, c.name, c.order_count, c.total_spent_minor, c.last_order_at,
-                (SELECT json_group_array(t.tag) FROM (SELECT tag FROM contact_tags WHERE contact_id = c.id ORDER BY tag) t) AS tags,
-                (SELECT COALESCE(SUM(p.remaining), 0) FROM points_lots p WHERE p.contact_id = c.id AND p.remaining > 0
-                   AND p.available_at <= ?{now} AND (p.expires_at IS NULL OR p.expires_at > ?{now})) AS points
-         FROM contacts c
-         WHERE {where_sql} AND (?{after} IS NULL OR c.id > ?{after})
-         ORDER BY c.id LIMIT ?{limit}",
-        where_sql = compiled.sql,
-        after = n + 1,
-        now = n + 2,
-        limit = n + 3,
-    )
+    member_query(compiled, None, PAGE).0
 }
 
 fn member_params(
@@ -281,11 +269,18 @@ fn member_params(
     after: Option<&str>,
     limit: usize,
 ) -> Vec<rusqlite::types::Value> {
-    let mut params = compiled.params.clone();
-    params.push(after.into());
-    params.push(timestamp::format(NOW).into());
-    params.push(Value::Integer(limit as i64 + 1));
-    sql_values(&params)
+    sql_values(&member_query(compiled, after, limit).1)
+}
+
+fn member_query(compiled: &Compiled, after: Option<&str>, limit: usize) -> (String, Vec<Value>) {
+    members::page_query(
+        &compiled.sql,
+        &compiled.params,
+        MemberField::DEFAULT,
+        after,
+        NOW,
+        limit,
+    )
 }
 
 fn count_sql(compiled: &Compiled) -> String {
@@ -320,7 +315,8 @@ fn baseline_page(
 }
 
 /// RFC 4180 quoting and the guard against spreadsheet formulas, as
-/// Kizuna's CSV writes them.
+/// Kizuna's CSV writes them (Japanese phones are written as in Japan
+/// first, by `members::phone_cell`).
 fn csv_escape(value: &str) -> String {
     let guarded = if value.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         format!("'{value}")
@@ -336,6 +332,7 @@ fn csv_escape(value: &str) -> String {
 
 fn csv_row(out: &mut String, member: &Member) {
     let (id, email, phone, name) = member;
+    let phone = phone.as_deref().map(members::phone_cell);
     let fields = [
         Some(id.as_str()),
         email.as_deref(),

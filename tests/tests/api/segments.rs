@@ -2534,7 +2534,7 @@ fn members_come_as_rfc_4180_csv_page_by_page() {
             "id",
             "tags",
             "order_count",
-            "total_spent_minor",
+            "total_spent_jpy",
             "last_order_at",
             "points_available"
         ]
@@ -3667,7 +3667,14 @@ fn personal_member_fields_need_the_segments_export_scope() {
         }
         app.request("GET", path, &headers, "")
     };
-    let personal = ["@example.jp", "+8190", "Plain", "Sato"];
+    let personal = [
+        "@example.jp",
+        "+8190",
+        "090-5555",
+        "Plain",
+        "Sato",
+        "token=",
+    ];
     let before = all_table_counts(&app);
 
     // Act: a segments:read key asking for personal fields
@@ -3685,6 +3692,33 @@ fn personal_member_fields_need_the_segments_export_scope() {
         (
             "preview, name",
             preview(SEGMENTS_READ_KEY, "?fields=id,name"),
+        ),
+        (
+            "JSON, kana",
+            read_only(&path("fields=family_name_kana"), None),
+        ),
+        (
+            "JSON, address",
+            read_only(&path("fields=postal_code,address"), None),
+        ),
+        (
+            "JSON, an attribute",
+            read_only(&path("fields=attributes.plan"), None),
+        ),
+        (
+            "JSON, attributes",
+            read_only(&path("fields=attributes"), None),
+        ),
+        (
+            "JSON, unsubscribe links",
+            read_only(&path("fields=unsubscribe_url"), None),
+        ),
+        (
+            "changes, email",
+            read_only(
+                &format!("/v1/segments/{segment}/changes?fields=email"),
+                None,
+            ),
         ),
     ];
 
@@ -3754,7 +3788,7 @@ fn personal_member_fields_need_the_segments_export_scope() {
         let csv = app.get(key, &path("format=csv&fields=id,phone"));
         assert_eq!(csv.status, 200, "{key}: {}", csv.text());
         assert!(
-            csv.text().contains("'+819055556666"),
+            csv.text().contains(",090-5555-6666\r\n"),
             "{key}: {}",
             csv.text()
         );
@@ -4056,5 +4090,681 @@ fn rfm_written_in_batches_equals_ntile_over_the_whole_base() {
     assert_eq!(
         app.count("SELECT count(*) FROM rfm_scores"),
         want.len() as i64
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Exports for a mail tool, a postal mailing and Excel (issue 10, item 13)
+// ---------------------------------------------------------------------------
+
+/// A member with every profile field, one with a foreign phone and a
+/// formula for a name, and one outside the segment; returns (data,
+/// segment id) of a segment named `name`.
+fn mailing_data(app: &TestApp, name: &str) -> (Data, String) {
+    let mut data = Data::default();
+    data.add(
+        "hanako",
+        app.create_contact(&json!({
+            "email": "hanako@example.jp", "phone": "090-1234-5678",
+            "family_name": "山田", "given_name": "花子",
+            "family_name_kana": "ヤマダ", "given_name_kana": "ハナコ",
+            "postal_code": "150-0001", "address": "東京都渋谷区神宮前1-2-3",
+            "attributes": {"plan": "gold", "size": "M", "visits": "3"},
+            "tags": ["mailing"]
+        })),
+    );
+    data.add(
+        "abroad",
+        app.create_contact(&json!({
+            "email": "abroad@example.com", "phone": "+1 415 555 2671",
+            "name": "=cmd|' /C calc'!A0", "tags": ["mailing"]
+        })),
+    );
+    data.add(
+        "out",
+        app.create_contact(&json!({"email": "out@example.jp", "family_name": "外"})),
+    );
+    let segment = segment_id(&create_segment(
+        app,
+        name,
+        &cond("tags", "contains", json!("mailing")),
+        None,
+    ));
+    (data, segment)
+}
+
+#[test]
+fn members_export_names_kana_address_attributes_and_unsubscribe_links() {
+    // Arrange
+    let app = TestApp::new();
+    let (data, segment) = mailing_data(&app, "Mailing");
+    let path = |query: &str| format!("/v1/segments/{segment}/contacts?{query}");
+    let fields = "fields=family_name,given_name,family_name_kana,given_name_kana,\
+                  postal_code,address,attributes.plan,attributes.visits,attributes.none,unsubscribe_url";
+    let before = all_table_counts(&app);
+
+    // Act
+    let json = app.get(SEGMENTS_KEY, &path(fields));
+    let all_attributes = app.get(SEGMENTS_KEY, &path("fields=attributes"));
+    let csv = get_csv(&app, &path(&format!("format=csv&{fields}")), None);
+    let unknown = app.get(SEGMENTS_KEY, &path("fields=id,prefecture"));
+    let empty_key = app.get(SEGMENTS_KEY, &path("fields=attributes."));
+    let link = app.get(
+        ADMIN_KEY,
+        &format!("/v1/contacts/{}/unsubscribe-link", data.id("hanako")),
+    );
+
+    // Assert: JSON, one object per member with exactly what was asked
+    assert_eq!(json.status, 200, "{}", json.text());
+    let json = json.json();
+    assert_eq!(item_ids(&json), data.ids_of("hanako abroad"));
+    let hanako = &json["items"][0];
+    let link = link.json();
+    assert_eq!(
+        *hanako,
+        json!({
+            "id": data.id("hanako"),
+            "family_name": "山田", "given_name": "花子",
+            "family_name_kana": "ヤマダ", "given_name_kana": "ハナコ",
+            "postal_code": "150-0001", "address": "東京都渋谷区神宮前1-2-3",
+            "attributes": {"plan": "gold", "visits": "3", "none": null},
+            "unsubscribe_url": link["url"],
+        })
+    );
+    let url = hanako["unsubscribe_url"].as_str().expect("a link");
+    assert!(
+        url.starts_with("https://crm.example.jp/v1/forms/unsubscribe?token="),
+        "{url}"
+    );
+    let abroad = &json["items"][1];
+    assert_eq!(abroad["family_name"], Json::Null);
+    assert_eq!(
+        abroad["attributes"],
+        json!({"plan": null, "visits": null, "none": null})
+    );
+    assert_ne!(abroad["unsubscribe_url"], hanako["unsubscribe_url"]);
+    assert_eq!(
+        all_attributes.json()["items"][0]["attributes"],
+        json!({"plan": "gold", "size": "M", "visits": "3"})
+    );
+
+    // Assert: CSV, one column per field and per attribute
+    assert_eq!(csv.status, 200, "{}", csv.text());
+    let rows = parse_csv(&csv.text());
+    assert_eq!(
+        rows[0],
+        [
+            "id",
+            "family_name",
+            "given_name",
+            "family_name_kana",
+            "given_name_kana",
+            "postal_code",
+            "address",
+            "attributes.plan",
+            "attributes.visits",
+            "attributes.none",
+            "unsubscribe_url"
+        ]
+    );
+    assert_eq!(
+        rows[1],
+        [
+            data.id("hanako").as_str(),
+            "山田",
+            "花子",
+            "ヤマダ",
+            "ハナコ",
+            "150-0001",
+            "東京都渋谷区神宮前1-2-3",
+            "gold",
+            "3",
+            "",
+            url
+        ]
+    );
+
+    // Assert: the link is the contact's own, and it works
+    assert_eq!(all_table_counts(&app), before, "reads store nothing");
+    let token_path = url.trim_start_matches("https://crm.example.jp");
+    let unsubscribed = app.request("POST", token_path, &[], "");
+    assert_eq!(unsubscribed.status, 200, "{}", unsubscribed.text());
+    let consents = app.count(&format!(
+        "SELECT count(*) FROM consents WHERE contact_id = '{}' AND channel = 'email' AND status = 'withdrawn'",
+        data.id("hanako")
+    ));
+    assert_eq!(consents, 1, "the member's link unsubscribed the member");
+
+    // Assert: an unknown field is a 422 listing the valid ones
+    for (case, response) in [("unknown", &unknown), ("empty attribute key", &empty_key)] {
+        let problem = response.assert_problem(422, case);
+        assert_eq!(problem["errors"][0]["field"], "fields", "{case}");
+        let message = problem["errors"][0]["message"].as_str().unwrap_or_default();
+        for name in [
+            "family_name_kana",
+            "postal_code",
+            "attributes.<key>",
+            "unsubscribe_url",
+        ] {
+            assert!(message.contains(name), "{case}: {message}");
+        }
+    }
+}
+
+#[test]
+fn csv_is_ready_for_excel_shop_time_yen_phones_and_a_file_name() {
+    // Arrange: an order at 22:05 UTC on the 21st, 07:05 on the 22nd in Tokyo
+    let app = TestApp::new();
+    let (data, segment) = mailing_data(&app, "春の お茶/便り");
+    order(
+        &app,
+        "X-1",
+        "hanako@example.jp",
+        "2026-11-21T22:05:00Z",
+        &[("TEA-1", "Tea", 3240)],
+    );
+    let ascii = segment_id(&create_segment(
+        &app,
+        "Spring tea",
+        &cond("tags", "contains", json!("mailing")),
+        None,
+    ));
+    let path = |segment: &str, query: &str| format!("/v1/segments/{segment}/contacts?{query}");
+    let today = app
+        .now()
+        .to_offset(time::UtcOffset::from_hms(9, 0, 0).expect("offset"))
+        .date()
+        .to_string();
+
+    // Act
+    let csv = get_csv(
+        &app,
+        &path(&segment, "format=csv&fields=phone,name,counters"),
+        None,
+    );
+    let json_answer = app.get(SEGMENTS_KEY, &path(&segment, "fields=phone,counters"));
+    let named = get_csv(&app, &path(&ascii, "format=csv&fields=id"), None);
+    let by_accept = get_csv(&app, &path(&ascii, "fields=id"), Some("text/csv"));
+
+    // Assert: shop-time dates Excel reads, yen, Japanese phones unguarded
+    assert_eq!(csv.status, 200, "{}", csv.text());
+    let text = csv.text();
+    let rows = parse_csv(&text);
+    assert_eq!(
+        rows[0],
+        [
+            "id",
+            "phone",
+            "name",
+            "order_count",
+            "total_spent_jpy",
+            "last_order_at",
+        ]
+    );
+    let row = |label: &str| {
+        rows.iter()
+            .find(|r| r[0] == data.id(label))
+            .unwrap_or_else(|| panic!("{label} in {text}"))
+            .clone()
+    };
+    assert_eq!(row("hanako")[1], "090-1234-5678");
+    assert_eq!(row("hanako")[3..], ["1", "3240", "2026-11-22 07:05:00"]);
+    assert!(
+        text.contains(",090-1234-5678,"),
+        "no apostrophe, no quotes: {text}"
+    );
+    assert_eq!(
+        row("abroad")[1],
+        "'+14155552671",
+        "a foreign number is guarded"
+    );
+    assert_eq!(
+        row("abroad")[2],
+        "'=cmd|' /C calc'!A0",
+        "a formula is defused"
+    );
+    assert_eq!(row("abroad")[3..], ["0", "0", ""]);
+
+    // Assert: JSON keeps E.164, minor units and RFC 3339 UTC
+    assert_eq!(
+        json_answer.header("content-disposition"),
+        None,
+        "JSON is not an attachment"
+    );
+    let json = json_answer.json();
+    assert_eq!(json["items"][0]["phone"], "+819012345678");
+    assert_eq!(
+        json["items"][0]["counters"],
+        json!({"order_count": 1, "total_spent_minor": 3240, "last_order_at": "2026-11-21T22:05:00.000000Z"})
+    );
+
+    // Assert: an attachment named after the segment and the shop's day
+    assert_eq!(
+        csv.header("content-disposition"),
+        Some(
+            format!(
+                "attachment; filename=\"segment-{segment}-{today}.csv\"; \
+                 filename*=UTF-8''%E6%98%A5%E3%81%AE%20%E3%81%8A%E8%8C%B6_%E4%BE%BF%E3%82%8A-{today}.csv"
+            )
+            .as_str()
+        )
+    );
+    for response in [&named, &by_accept] {
+        assert_eq!(response.status, 200, "{}", response.text());
+        assert_eq!(
+            response.header("content-disposition"),
+            Some(
+                format!(
+                    "attachment; filename=\"Spring tea-{today}.csv\"; \
+                     filename*=UTF-8''Spring%20tea-{today}.csv"
+                )
+                .as_str()
+            )
+        );
+    }
+}
+
+#[test]
+fn changes_carry_fields_and_why_each_member_left() {
+    // Arrange: an email segment of four consenting members
+    let app = TestApp::new();
+    let mut data = Data::default();
+    for label in ["stays", "withdraws", "untagged", "erased"] {
+        let id = app.create_contact(
+            &json!({"email": format!("{label}@example.jp"), "name": label, "tags": ["news"]}),
+        );
+        consent(&app, &id, "granted");
+        data.add(label, id);
+    }
+    let segment = segment_id(&create_segment(
+        &app,
+        "News",
+        &cond("tags", "contains", json!("news")),
+        Some("email"),
+    ));
+    let (joined, _, token) = delta(&app, &segment, None);
+    assert_eq!(joined, data.ids_of("stays withdraws untagged erased"));
+
+    // Act: each leaves its own way, and a new member joins
+    consent(&app, &data.id("withdraws"), "withdrawn");
+    set_tag(&app, &data.id("untagged"), "news", false);
+    erase(&app, &data.id("erased"));
+    let joiner = app
+        .create_contact(&json!({"email": "joiner@example.jp", "name": "joiner", "tags": ["news"]}));
+    consent(&app, &joiner, "granted");
+    data.add("joiner", joiner);
+    let base = format!("/v1/segments/{segment}/changes?since={token}");
+    let with_fields = app.get(
+        SEGMENTS_KEY,
+        &format!("{base}&fields=email,name,unsubscribe_url"),
+    );
+    let ids_only = app.get(SEGMENTS_KEY, &format!("{base}&fields=id"));
+    let plain = app.get(SEGMENTS_KEY, &base);
+    let version_rows = app.count("SELECT count(*) FROM segment_versions");
+
+    // Assert: members with the fields asked for, and each reason
+    assert_eq!(with_fields.status, 200, "{}", with_fields.text());
+    let body = with_fields.json();
+    let joined = body["joined"].as_array().expect("joined");
+    assert_eq!(joined.len(), 1, "{body}");
+    assert_eq!(joined[0]["id"], data.id("joiner"));
+    assert_eq!(joined[0]["email"], "joiner@example.jp");
+    assert_eq!(joined[0]["name"], "joiner");
+    assert!(
+        joined[0]["unsubscribe_url"]
+            .as_str()
+            .is_some_and(|u| u.contains("/v1/forms/unsubscribe?token=")),
+        "{body}"
+    );
+    let left: BTreeMap<String, Json> = body["left"]
+        .as_array()
+        .expect("left")
+        .iter()
+        .map(|m| (data.label(m["id"].as_str().expect("id")), m.clone()))
+        .collect();
+    assert_eq!(
+        left.keys().cloned().collect::<Vec<_>>(),
+        ["erased", "untagged", "withdraws"]
+    );
+    assert_eq!(left["withdraws"]["reason"], "consent_withdrawn");
+    assert_eq!(
+        left["withdraws"]["email"], "withdraws@example.jp",
+        "a mail tool finds the address to mark"
+    );
+    assert_eq!(left["untagged"]["reason"], "no_longer_matching");
+    assert_eq!(left["untagged"]["email"], "untagged@example.jp");
+    assert_eq!(
+        left["erased"],
+        json!({"id": data.id("erased"), "reason": "erased", "email": null, "name": null, "unsubscribe_url": null})
+    );
+
+    // Assert: `fields=id` gives objects without personal data; without
+    // `fields` the answer keeps its shape of ids
+    let ids_only = ids_only.json();
+    assert_eq!(ids_only["joined"], json!([{"id": data.id("joiner")}]));
+    assert!(
+        ids_only["left"]
+            .as_array()
+            .expect("left")
+            .iter()
+            .all(|m| m.as_object().map(|o| o.len()) == Some(2)),
+        "{ids_only}"
+    );
+    let plain = plain.json();
+    assert_eq!(plain["joined"], json!([data.id("joiner")]));
+    assert_eq!(plain["left"].as_array().map(Vec::len), Some(3));
+    assert!(plain["left"][0].is_string());
+    assert_eq!(
+        version_rows, 1,
+        "one version per segment, moved by each sync"
+    );
+}
+
+#[test]
+fn purchased_category_matches_without_regard_to_case() {
+    // Arrange: Shopify's product_type is usually "Tea"; a marketer types "tea"
+    let app = TestApp::new();
+    let mut data = Data::default();
+    order(
+        &app,
+        "C-1",
+        "title@example.jp",
+        "2026-11-01T01:00:00Z",
+        &[("T-1", "Tea", 1000)],
+    );
+    order(
+        &app,
+        "C-2",
+        "upper@example.jp",
+        "2026-11-01T01:00:00Z",
+        &[("T-2", "TEA", 1000)],
+    );
+    order(
+        &app,
+        "C-3",
+        "coffee@example.jp",
+        "2026-11-01T01:00:00Z",
+        &[("K-1", "Coffee", 1000)],
+    );
+    order(
+        &app,
+        "C-4",
+        "kana@example.jp",
+        "2026-11-01T01:00:00Z",
+        &[("M-1", "抹茶", 1000)],
+    );
+    for label in ["title", "upper", "coffee", "kana"] {
+        data.add(label, id_by_email(&app, &format!("{label}@example.jp")));
+    }
+    let category = |op: &str, category: &str| cond("purchased", op, json!({"category": category}));
+
+    // Act and assert
+    check(
+        &app,
+        &data,
+        &[
+            (category("eq", "tea"), "title upper"),
+            (category("eq", "Tea"), "title upper"),
+            (category("eq", "tEA"), "title upper"),
+            (category("neq", "tea"), "coffee kana"),
+            (category("eq", "抹茶"), "kana"),
+            (category("eq", "te"), ""),
+            // SKUs are codes: still exact
+            (cond("purchased", "eq", json!({"sku": "t-1"})), ""),
+            (cond("purchased", "eq", json!({"sku": "T-1"})), "title"),
+        ],
+    );
+}
+
+#[test]
+fn spent_counts_net_spend_in_a_jst_window_and_on_a_category() {
+    if skip_under_spin("needs the manual clock") {
+        return;
+    }
+    // Arrange: now 2026-11-22T03:00Z; within_days 30 starts at the start
+    // of the Tokyo day 30 days ago, 2026-10-22T15:00Z.
+    let app = TestApp::new();
+    set_clock(&app, datetime!(2026-11-22 03:00 UTC));
+    let mut data = Data::default();
+    order(
+        &app,
+        "S1-1",
+        "s1@example.jp",
+        "2026-11-20T01:00:00Z",
+        &[("TEA-1", "Tea", 6000), ("CUP-1", "Ware", 4000)],
+    );
+    order(
+        &app,
+        "S2-1",
+        "s2@example.jp",
+        "2026-10-22T14:59:59Z",
+        &[("TEA-1", "tea", 20000)],
+    );
+    order(
+        &app,
+        "S2-2",
+        "s2@example.jp",
+        "2026-10-22T15:00:00Z",
+        &[("CUP-1", "Ware", 3000)],
+    );
+    refunded_order(
+        &app,
+        "S3-1",
+        "s3@example.jp",
+        "2026-11-21T01:00:00Z",
+        &[("TEA-2", "Tea", 8000)],
+        3000,
+    );
+    cancelled_order(
+        &app,
+        "S4-1",
+        "s4@example.jp",
+        "2026-11-21T01:00:00Z",
+        &[("TEA-2", "Tea", 9000)],
+    );
+    for label in ["s1", "s2", "s3", "s4"] {
+        data.add(label, id_by_email(&app, &format!("{label}@example.jp")));
+    }
+    data.add("s5", app.create_contact(&json!({"email": "s5@example.jp"})));
+    let spent = |op: &str, value: Json| cond("spent", op, value);
+
+    // Act and assert: net of refunds per order; a partial refund is not
+    // taken from a category's lines; cancelled orders do not count
+    check(
+        &app,
+        &data,
+        &[
+            (
+                spent("gte", json!({"amount": 10000, "within_days": 30})),
+                "s1",
+            ),
+            (
+                spent("gte", json!({"amount": 5000, "within_days": 30})),
+                "s1 s3",
+            ),
+            (
+                spent("gte", json!({"amount": 3000, "within_days": 30})),
+                "s1 s2 s3",
+            ),
+            (
+                spent("lt", json!({"amount": 3000, "within_days": 30})),
+                "s4 s5",
+            ),
+            (
+                spent(
+                    "between",
+                    json!({"amount": [3000, 5000], "within_days": 30}),
+                ),
+                "s2 s3",
+            ),
+            (
+                spent("gte", json!({"amount": 6000, "category": "tea"})),
+                "s1 s2 s3",
+            ),
+            (
+                spent("gte", json!({"amount": 8000, "category": "TEA"})),
+                "s2 s3",
+            ),
+            (
+                spent(
+                    "gte",
+                    json!({"amount": 6000, "category": "tea", "within_days": 30}),
+                ),
+                "s1 s3",
+            ),
+            (spent("gt", json!({"amount": 0, "sku": "CUP-1"})), "s1 s2"),
+            (
+                spent(
+                    "lte",
+                    json!({"amount": 0, "category": "ware", "within_days": 1}),
+                ),
+                "s1 s2 s3 s4 s5",
+            ),
+            (
+                spent(
+                    "gt",
+                    json!({"amount": 0, "category": "ware", "within_days": 2}),
+                ),
+                "s1",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn bad_spent_conditions_get_a_pointer_and_store_nothing() {
+    // Arrange
+    let app = TestApp::new();
+    // The first request creates the schema: count tables after it.
+    assert_eq!(app.get(SEGMENTS_KEY, "/v1/segments").status, 200);
+    let before = all_table_counts(&app);
+    let spent = |op: &str, value: Json| json!({"definition": {"all": [cond("spent", op, value)]}});
+
+    // Act and assert
+    for (case, body, message) in [
+        (
+            "no amount",
+            spent("gte", json!({"within_days": 30})),
+            "amount",
+        ),
+        (
+            "no window or item",
+            spent("gte", json!({"amount": 1000})),
+            "total_spent",
+        ),
+        (
+            "sku and category",
+            spent("gte", json!({"amount": 1, "sku": "A", "category": "b"})),
+            "at most one",
+        ),
+        (
+            "negative",
+            spent("gte", json!({"amount": -1, "within_days": 3})),
+            "amount",
+        ),
+        (
+            "between needs two",
+            spent("between", json!({"amount": 5, "within_days": 3})),
+            "[from, to]",
+        ),
+        (
+            "reversed",
+            spent("between", json!({"amount": [5, 1], "within_days": 3})),
+            "greater",
+        ),
+        (
+            "eq",
+            spent("eq", json!({"amount": 1, "within_days": 3})),
+            "gt, gte, lt, lte, between",
+        ),
+        (
+            "unknown member",
+            spent("gte", json!({"amount": 1, "days": 3})),
+            "only",
+        ),
+        ("not an object", spent("gte", json!(1000)), "an object"),
+        (
+            "zero days",
+            spent("gte", json!({"amount": 1, "within_days": 0})),
+            "whole number",
+        ),
+    ] {
+        let response = app.send_json("POST", SEGMENTS_KEY, "/v1/segments/preview", &body);
+        let problem = response.assert_problem(422, case);
+        let pointer = problem["errors"][0]["field"].as_str().unwrap_or_default();
+        let expected = if case == "eq" {
+            "/definition/all/0/op"
+        } else {
+            "/definition/all/0/value"
+        };
+        assert_eq!(pointer, expected, "{case}");
+        let text = problem["errors"][0]["message"].as_str().unwrap_or_default();
+        assert!(text.contains(message), "{case}: {text}");
+    }
+    assert_eq!(all_table_counts(&app), before);
+}
+
+#[test]
+fn a_purchased_category_is_found_from_its_case_blind_index() {
+    // Arrange: the schema as the migrations leave it (first request)
+    let app = TestApp::new();
+    assert_eq!(app.get(SEGMENTS_KEY, "/v1/segments").status, 200);
+    let plan_of = |definition: Json| -> Vec<String> {
+        use kizuna::segments::compile::{Env, compile};
+        use kizuna::segments::members::{MemberField, page_query};
+        let node = kizuna::segments::definition::parse(&definition).expect("definition");
+        let env = Env {
+            now: datetime!(2026-11-22 03:00 UTC),
+            vip_threshold: 1,
+        };
+        let compiled = compile(&node, &env, false);
+        let (sql, params) = page_query(
+            &compiled.sql,
+            &compiled.params,
+            MemberField::DEFAULT,
+            None,
+            env.now,
+            50,
+        );
+        kizuna_tests::bench::query_plan(
+            &app.db(),
+            &sql,
+            rusqlite::params_from_iter(kizuna_tests::bench::sql_values(&params)),
+        )
+        .expect("plan")
+    };
+
+    // Act
+    let category = plan_of(cond(
+        "purchased",
+        "eq",
+        json!({"category": "tea", "within_days": 30}),
+    ));
+    let spent = plan_of(cond(
+        "spent",
+        "gte",
+        json!({"amount": 5000, "category": "tea"}),
+    ));
+
+    // Assert: the buyers come from the category's lines by the NOCASE
+    // index, once; each is then one look-up of a contact by id, so the
+    // cost is the lines of that category, not the whole shop.
+    let text = category.join("\n");
+    assert!(
+        text.contains("USING COVERING INDEX order_lines_category_nocase_idx (category=?)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("SEARCH c USING INDEX sqlite_autoindex_contacts_1 (id=?)"),
+        "{text}"
+    );
+    assert!(!text.contains("SCAN l"), "{text}");
+    let text = spent.join("\n");
+    assert!(text.contains("order_lines_category_nocase_idx"), "{text}");
+    // Spend is a correlated sum per contact: its orders by contact id,
+    // then that order's lines of the category by the same index.
+    assert!(
+        text.contains("SEARCH o USING INDEX") && text.contains("(contact_id=?"),
+        "{text}"
     );
 }
