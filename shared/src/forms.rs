@@ -7,7 +7,9 @@
 //! syncs the disk on every write), the honeypot, CORS, the redirect
 //! policy, and what a browser sees, accepted or refused (a thank-you or
 //! error URL, or a small page; scripts get JSON). A stored lead never
-//! depends on the caller being able to read the answer.
+//! depends on the caller being able to read the answer. Admins replace
+//! settings (`PUT`), merge-patch them (`PATCH`) and list every form with
+//! its latest submission (`GET /v1/forms`).
 
 use crate::Ctx;
 use crate::client_addr::{self, TrustedProxies};
@@ -66,6 +68,10 @@ pub struct FormSettings {
     pub error_url: Option<String>,
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Whether `allowed_origins` adds to the `allowed_origins` variable
+    /// (the default) or replaces it for this form.
+    #[serde(default)]
+    pub allowed_origins_mode: OriginsMode,
     #[serde(default)]
     pub required_fields: Vec<String>,
     #[serde(default)]
@@ -80,6 +86,19 @@ pub struct FormSettings {
     /// but a submitter cannot invent the proof.
     #[serde(default)]
     pub consent_texts: std::collections::BTreeMap<String, String>,
+}
+
+/// How a form's own `allowed_origins` combine with the variable's, for
+/// CORS, preflights and `_redirect`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OriginsMode {
+    /// The variable's origins and the form's: one landing-page host more.
+    #[default]
+    Add,
+    /// Only the form's: a form embedded on one site only, which other
+    /// sites the shop runs may neither script nor redirect through.
+    Replace,
 }
 
 impl FormSettings {
@@ -399,6 +418,185 @@ pub async fn put_settings<D: Db, K: Kv>(
     ))
 }
 
+/// The settings a `PATCH` may name: the fields of [`FormSettings`].
+const SETTINGS_FIELDS: &[&str] = &[
+    "thank_you_url",
+    "error_url",
+    "allowed_origins",
+    "allowed_origins_mode",
+    "required_fields",
+    "tags",
+    "consent_text_version",
+    "consent_texts",
+];
+
+/// RFC 7396: `patch`'s members replace `target`'s, `null` removes one,
+/// and objects merge member by member (so `consent_texts: {"v4": "…"}`
+/// adds a wording and `{"v2": null}` drops one); arrays are replaced.
+fn merge_patch(target: &mut Json, patch: &Json) {
+    let Json::Object(members) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Json::Object(Map::new());
+    }
+    if let Json::Object(object) = target {
+        for (key, value) in members {
+            if value.is_null() {
+                object.remove(key);
+            } else {
+                merge_patch(object.entry(key.clone()).or_insert(Json::Null), value);
+            }
+        }
+    }
+}
+
+/// `PATCH /v1/forms/{form_id}/settings`: a merge patch of the settings
+/// in force (a form without any starts from the defaults). Only the
+/// settings sent change, `null` returns one to its default, and an
+/// unknown setting is a 422 naming it; the result passes the same checks
+/// as a `PUT` body. Read, merge and save run in one write transaction,
+/// so two patches at once both land, one on top of the other.
+pub async fn patch_settings<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    actor: &crate::auth::Actor,
+    form_id: &str,
+    request: &Request,
+) -> Result<Response, ApiError> {
+    use crate::http::{API_BODY_LIMIT, parse_json, read_json};
+    // RFC 7396's own media type, or plain JSON as every other write takes.
+    let patch: Map<String, Json> =
+        if media_type(request.headers()).as_deref() == Some("application/merge-patch+json") {
+            check_size(request.body(), API_BODY_LIMIT)?;
+            parse_json(request.body())?
+        } else {
+            read_json(request)?
+        };
+    let unknown: Vec<FieldError> = patch
+        .keys()
+        .filter(|key| !SETTINGS_FIELDS.contains(&key.as_str()))
+        .map(|key| {
+            FieldError::new(
+                key.clone(),
+                format!(
+                    "not a form setting; they are {}",
+                    SETTINGS_FIELDS.join(", ")
+                ),
+            )
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Err(ApiError::Validation(unknown));
+    }
+    // Settings still only in the key-value store move to the table first
+    // (their own short transaction), so the patch applies on top of them.
+    load_stored_settings(ctx.db, ctx.kv, form_id).await?;
+    let updated_at = crate::timestamp::format(ctx.clock.now());
+    let stored = transaction(ctx.db, async || -> Result<StoredSettings, ApiError> {
+        let current = read_settings_row(ctx.db, form_id)
+            .await?
+            .map(|stored| stored.settings)
+            .unwrap_or_default();
+        let mut merged = serde_json::to_value(&current).context("form settings")?;
+        merge_patch(&mut merged, &Json::Object(patch.clone()));
+        // Through the same parser as a PUT body: a bad value is the same
+        // 422 naming the same field.
+        let settings: FormSettings = parse_json(&Bytes::from(merged.to_string()))?;
+        let stored = StoredSettings {
+            settings: settings.validate()?,
+            updated_at: updated_at.clone(),
+            updated_by: actor.label(),
+        };
+        save_settings(ctx.db, form_id, &stored).await?;
+        Ok(stored)
+    })
+    .await?;
+    Ok(crate::http::json_response(
+        StatusCode::OK,
+        &settings_json(form_id, Some(&stored)),
+    ))
+}
+
+/// `GET /v1/forms`: every form that has settings or took a submission,
+/// by form id, each with its settings (the defaults if it has none) and
+/// its latest submission on record (`last_submission_at`; an erased
+/// person's no longer counts). A post to a form id that nobody set up (a
+/// typo in a page's `action`) shows here as `configured: false`.
+///
+/// One statement per page, of seeks only: the ids that took submissions
+/// are found by jumping from one to the next in an index (a loose index
+/// scan), not by reading every submission, and each form's latest is the
+/// last entry of its range there.
+pub async fn list_forms(db: &impl Db, request: &Request) -> Result<Response, ApiError> {
+    use crate::http::{decode_cursor, encode_cursor, page_limit, query_pairs, query_param};
+    let pairs = query_pairs(request, &["limit", "cursor"])?;
+    let limit = page_limit(&pairs)?;
+    let after = match query_param(&pairs, "cursor") {
+        Some(cursor) => decode_cursor(cursor, 1)?.pop().unwrap_or_default(),
+        None => String::new(),
+    };
+    let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
+    let rows = db
+        .execute(
+            "WITH RECURSIVE submitted(form_id) AS (
+                 SELECT (SELECT min(json_extract(data, '$.form_id')) FROM interactions
+                         WHERE kind = 'form_submitted' AND json_extract(data, '$.form_id') > ?1)
+                 UNION ALL
+                 SELECT (SELECT min(json_extract(data, '$.form_id')) FROM interactions
+                         WHERE kind = 'form_submitted'
+                           AND json_extract(data, '$.form_id') > submitted.form_id)
+                 FROM submitted WHERE submitted.form_id IS NOT NULL
+                 LIMIT ?2
+             ),
+             ids(form_id) AS (
+                 SELECT form_id FROM submitted WHERE form_id IS NOT NULL
+                 UNION
+                 SELECT form_id FROM (SELECT form_id FROM form_settings WHERE form_id > ?1
+                                      ORDER BY form_id LIMIT ?2)
+             )
+             SELECT ids.form_id AS form_id, s.settings AS settings,
+                    s.updated_at AS updated_at, s.updated_by AS updated_by,
+                    (SELECT max(occurred_at) FROM interactions
+                     WHERE kind = 'form_submitted'
+                       AND json_extract(data, '$.form_id') = ids.form_id) AS last_submission_at
+             FROM ids LEFT JOIN form_settings s ON s.form_id = ids.form_id
+             ORDER BY ids.form_id LIMIT ?2",
+            &[after.into(), Value::Integer(fetch)],
+        )
+        .await
+        .context("failed to list forms")?;
+    let mut items = Vec::new();
+    let mut next_cursor = None;
+    for (index, row) in rows.iter().enumerate() {
+        let form_id = row.str("form_id")?;
+        if index == limit {
+            let last = items
+                .last()
+                .and_then(|item: &Json| item["form_id"].as_str())
+                .context("page boundary")?;
+            next_cursor = Some(encode_cursor(&[last]));
+            break;
+        }
+        let stored = match row.opt_str("settings")? {
+            Some(settings) => Some(StoredSettings {
+                settings: serde_json::from_str(settings)
+                    .context("stored form settings are not valid")?,
+                updated_at: row.str("updated_at")?.to_owned(),
+                updated_by: row.str("updated_by")?.to_owned(),
+            }),
+            None => None,
+        };
+        let mut item = settings_json(form_id, stored.as_ref());
+        item["last_submission_at"] = row.opt_str("last_submission_at")?.into();
+        items.push(item);
+    }
+    Ok(crate::http::json_response(
+        StatusCode::OK,
+        &json!({ "items": items, "next_cursor": next_cursor }),
+    ))
+}
+
 /// What the request says about its sender, beyond the body.
 #[derive(Debug, Clone, Default)]
 pub struct Sender {
@@ -635,9 +833,13 @@ pub enum Answer {
     Accepted,
 }
 
-/// The origins allowed for this form: the variable's plus the form's own.
+/// The origins allowed for this form: the variable's plus the form's
+/// own, or only the form's own (`allowed_origins_mode: replace`).
 fn allowed_origins(config_origins: &[String], settings: &FormSettings) -> Vec<String> {
-    let mut all = config_origins.to_vec();
+    let mut all = match settings.allowed_origins_mode {
+        OriginsMode::Add => config_origins.to_vec(),
+        OriginsMode::Replace => Vec::new(),
+    };
     all.extend(settings.allowed_origins.iter().cloned());
     all
 }
@@ -1499,6 +1701,7 @@ mod tests {
             thank_you_url: Some("https://lp.example.jp/thanks".into()),
             error_url: Some("https://lp.example.jp/エラー".into()),
             allowed_origins: vec!["https://LP.example.jp/".into()],
+            allowed_origins_mode: OriginsMode::Replace,
             required_fields: vec!["name".into()],
             tags: vec!["spring".into()],
             consent_text_version: Some("v3".into()),

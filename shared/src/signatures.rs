@@ -1,7 +1,10 @@
 //! Webhook signatures, checked over the raw body bytes before anything is
 //! parsed: Standard Webhooks (Kizuna's own event format), Shopify and
 //! WooCommerce. Each source takes a list of secrets so one can be rotated
-//! without dropping deliveries; every comparison is constant-time.
+//! without dropping deliveries; every comparison is constant-time. A
+//! refusal says which check failed (`SignatureError::reason`), so that an
+//! operator can tell a wrong secret from a clock or a sender's mistake;
+//! the sender is told none of it.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -12,17 +15,55 @@ use time::OffsetDateTime;
 
 /// Standard Webhooks' replay window, both ways.
 pub const TOLERANCE_SECONDS: i64 = 5 * 60;
+// The refusal's text names it.
+const _: () = assert!(TOLERANCE_SECONDS == 300);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
     #[error("missing header {0}")]
     MissingHeader(&'static str),
-    #[error("the signature does not match")]
+    /// The signature header holds no signature of the expected form.
+    #[error("{0}")]
+    Malformed(&'static str),
+    /// Signed with none of the configured secrets.
+    #[error("the signature matches none of the configured secrets")]
     Mismatch,
-    #[error("the timestamp is outside the {TOLERANCE_SECONDS}-second tolerance")]
-    Stale,
+    /// Signed with the secret's text as the HMAC key: the whole
+    /// `whsec_…` string, or the base64 after `whsec_` left undecoded.
+    #[error(
+        "signed with the secret's text as the key; the key is the bytes the base64 after whsec_ decodes to"
+    )]
+    SecretNotDecoded,
+    /// Correctly signed, at a time outside the tolerance (a replay, a
+    /// sender's clock, or a time not in seconds); the text says which.
+    #[error("{0}")]
+    Stale(&'static str),
     #[error("no secret is configured for this source")]
     NotConfigured,
+}
+
+impl SignatureError {
+    /// The closed set of reasons the deliveries log counts.
+    pub const REASONS: [&'static str; 6] = [
+        "missing_header",
+        "malformed_signature",
+        "wrong_secret",
+        "secret_not_decoded",
+        "stale_timestamp",
+        "not_configured",
+    ];
+
+    /// Which check failed, as the deliveries log counts it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SignatureError::MissingHeader(_) => "missing_header",
+            SignatureError::Malformed(_) => "malformed_signature",
+            SignatureError::Mismatch => "wrong_secret",
+            SignatureError::SecretNotDecoded => "secret_not_decoded",
+            SignatureError::Stale(_) => "stale_timestamp",
+            SignatureError::NotConfigured => "not_configured",
+        }
+    }
 }
 
 /// Secrets from a variable: comma- or space-separated, empty ones dropped.
@@ -61,9 +102,14 @@ fn verify_body_hmac(
     if secrets.is_empty() {
         return Err(SignatureError::NotConfigured);
     }
+    // A hex digest (64 characters) is valid base64 too, of 48 bytes.
     let signature = STANDARD
         .decode(signature_b64)
-        .map_err(|_| SignatureError::Mismatch)?;
+        .ok()
+        .filter(|s| s.len() == 32)
+        .ok_or(SignatureError::Malformed(
+            "the signature is not the base64 of an HMAC-SHA256 (32 bytes)",
+        ))?;
     let mut matched = false;
     for secret in secrets {
         let mut m = hmac_sha256(secret.as_bytes());
@@ -107,6 +153,12 @@ pub struct StandardWebhook {
 /// Standard Webhooks: `webhook-signature` holds space-separated
 /// `v1,<base64 HMAC-SHA256 of "id.timestamp.body">`; the secret is
 /// `whsec_<base64 key>`; timestamps beyond the tolerance are replays.
+///
+/// The signature is checked before the time, so that a refusal can tell
+/// a sender with the right secret and a wrong clock (or an old message
+/// replayed) from one with the wrong secret. A mismatch is checked once
+/// more against the secret's text as the key, the commonest mistake in a
+/// shop's own sender.
 pub fn verify_standard(
     headers: &HeaderMap,
     body: &[u8],
@@ -119,41 +171,70 @@ pub fn verify_standard(
     if secrets.is_empty() {
         return Err(SignatureError::NotConfigured);
     }
-    // Text beyond i64 (30 digits) is no timestamp; within i64, the
-    // distance is taken without overflow (i64::MIN − now does not fit).
-    let timestamp: i64 = timestamp_text.parse().map_err(|_| SignatureError::Stale)?;
-    if now.unix_timestamp().abs_diff(timestamp) > TOLERANCE_SECONDS.unsigned_abs() {
-        return Err(SignatureError::Stale);
-    }
     let candidates: Vec<Vec<u8>> = signatures
         .split(' ')
         .filter_map(|s| s.strip_prefix("v1,"))
         .filter_map(|s| STANDARD.decode(s).ok())
         .collect();
-    let mut matched = false;
-    for secret in secrets {
-        let key = secret.strip_prefix("whsec_").unwrap_or(secret);
-        let Ok(key) = STANDARD.decode(key) else {
-            continue;
-        };
-        let mut m = hmac_sha256(&key);
+    if candidates.is_empty() {
+        return Err(SignatureError::Malformed(
+            "webhook-signature holds no v1,<base64> signature",
+        ));
+    }
+    let signed_with = |key: &[u8]| {
+        let mut m = hmac_sha256(key);
         m.update(id.as_bytes());
         m.update(b".");
         m.update(timestamp_text.as_bytes());
         m.update(b".");
         m.update(body);
-        for candidate in &candidates {
-            matched |= m.clone().verify_slice(candidate).is_ok();
+        candidates.iter().fold(false, |matched, c| {
+            matched | m.clone().verify_slice(c).is_ok()
+        })
+    };
+    let mut matched = false;
+    for secret in secrets {
+        let key = secret.strip_prefix("whsec_").unwrap_or(secret);
+        if let Ok(key) = STANDARD.decode(key) {
+            matched |= signed_with(&key);
         }
     }
-    if matched {
-        Ok(StandardWebhook {
-            id: id.to_owned(),
-            timestamp,
-        })
-    } else {
-        Err(SignatureError::Mismatch)
+    if !matched {
+        let undecoded = secrets.iter().any(|secret| {
+            let text = secret.strip_prefix("whsec_").unwrap_or(secret);
+            signed_with(secret.as_bytes()) || (text != secret && signed_with(text.as_bytes()))
+        });
+        return Err(if undecoded {
+            SignatureError::SecretNotDecoded
+        } else {
+            SignatureError::Mismatch
+        });
     }
+    // Text beyond i64 (30 digits) is no timestamp; within i64, the
+    // distance is taken without overflow (i64::MIN − now does not fit).
+    let Ok(timestamp) = timestamp_text.parse::<i64>() else {
+        return Err(SignatureError::Stale(
+            "webhook-timestamp is not a Unix time in seconds",
+        ));
+    };
+    let distance = now.unix_timestamp().abs_diff(timestamp);
+    if distance > TOLERANCE_SECONDS.unsigned_abs() {
+        // A time a thousand times now is in milliseconds (JavaScript's
+        // `Date.now()`); anything else is a replay or a sender's clock.
+        let millis = now
+            .unix_timestamp()
+            .checked_mul(1000)
+            .is_some_and(|ms| ms.abs_diff(timestamp) <= 1000 * TOLERANCE_SECONDS.unsigned_abs());
+        return Err(SignatureError::Stale(if millis {
+            "webhook-timestamp is in milliseconds; send seconds"
+        } else {
+            "webhook-timestamp is more than 300 seconds from now (a replay, or the sender's clock)"
+        }));
+    }
+    Ok(StandardWebhook {
+        id: id.to_owned(),
+        timestamp,
+    })
 }
 
 /// Signs like a Standard Webhooks sender; for tests, fixtures and benches.
@@ -211,17 +292,96 @@ mod tests {
         );
         let later = now + time::Duration::seconds(TOLERANCE_SECONDS + 1);
         assert_eq!(
-            verify_standard(&headers, body, &secrets, later),
-            Err(SignatureError::Stale)
+            verify_standard(&headers, body, &secrets, later).map_err(|e| e.reason()),
+            Err("stale_timestamp")
         );
         let earlier = now - time::Duration::seconds(TOLERANCE_SECONDS + 1);
         assert_eq!(
-            verify_standard(&headers, body, &secrets, earlier),
-            Err(SignatureError::Stale)
+            verify_standard(&headers, body, &secrets, earlier).map_err(|e| e.reason()),
+            Err("stale_timestamp")
         );
         assert_eq!(
             verify_standard(&HeaderMap::new(), body, &secrets, now),
             Err(SignatureError::MissingHeader("webhook-id"))
+        );
+    }
+
+    #[test]
+    fn standard_refusals_tell_their_reasons_apart() {
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let body = br#"{"type":"order.paid"}"#;
+        let secrets = vec![SECRET.to_owned()];
+        let signed_with_key = |key: &[u8], timestamp: &str| {
+            let mut m = hmac_sha256(key);
+            m.update(format!("msg_1.{timestamp}.").as_bytes());
+            m.update(body);
+            format!("v1,{}", STANDARD.encode(m.finalize().into_bytes()))
+        };
+        let reason = |timestamp: &str, signature: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("webhook-id", "msg_1".parse().unwrap());
+            h.insert("webhook-timestamp", timestamp.parse().unwrap());
+            h.insert("webhook-signature", signature.parse().unwrap());
+            verify_standard(&h, body, &secrets, now).map_err(|e| e.reason())
+        };
+        let ts = "1700000000";
+        assert!(reason(ts, &sign_standard(SECRET, "msg_1", 1_700_000_000, body)).is_ok());
+        for (case, timestamp, signature, expected) in [
+            (
+                "the whole whsec_ string as the key",
+                ts,
+                signed_with_key(SECRET.as_bytes(), ts),
+                "secret_not_decoded",
+            ),
+            (
+                "the base64 undecoded",
+                ts,
+                signed_with_key(&SECRET.as_bytes()[6..], ts),
+                "secret_not_decoded",
+            ),
+            (
+                "another key",
+                ts,
+                signed_with_key(b"another key", ts),
+                "wrong_secret",
+            ),
+            (
+                "no v1 signature",
+                ts,
+                "v2,abc".to_owned(),
+                "malformed_signature",
+            ),
+            (
+                "an hour old, well signed",
+                "1699996400",
+                sign_standard(SECRET, "msg_1", 1_699_996_400, body),
+                "stale_timestamp",
+            ),
+            (
+                "milliseconds, well signed",
+                "1700000000000",
+                sign_standard_text(SECRET, "msg_1", "1700000000000", body),
+                "stale_timestamp",
+            ),
+            (
+                "an hour old, another key",
+                "1699996400",
+                signed_with_key(b"another key", "1699996400"),
+                "wrong_secret",
+            ),
+        ] {
+            assert_eq!(reason(timestamp, &signature), Err(expected), "case {case}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("webhook-id", "msg_1".parse().unwrap());
+        h.insert("webhook-timestamp", "1700000000000".parse().unwrap());
+        let signature = sign_standard_text(SECRET, "msg_1", "1700000000000", body);
+        h.insert("webhook-signature", signature.parse().unwrap());
+        let refused = verify_standard(&h, body, &secrets, now).unwrap_err();
+        assert!(refused.to_string().contains("milliseconds"), "{refused}");
+        assert_eq!(
+            verify_standard(&h, body, &[], now),
+            Err(SignatureError::NotConfigured)
         );
     }
 
@@ -250,8 +410,8 @@ mod tests {
                 crate::timestamp::MAX,
             ] {
                 assert_eq!(
-                    verify_standard(&h, body, &secrets, now),
-                    Err(SignatureError::Stale),
+                    verify_standard(&h, body, &secrets, now).map_err(|e| e.reason()),
+                    Err("stale_timestamp"),
                     "{timestamp}"
                 );
             }
@@ -270,6 +430,13 @@ mod tests {
         assert_eq!(
             verify_shopify(&h, b"{}", &["shpss_secret".into()]),
             Err(SignatureError::Mismatch)
+        );
+        // A hex digest where base64 belongs.
+        let mut hex_signed = HeaderMap::new();
+        hex_signed.insert("x-shopify-hmac-sha256", "ab".repeat(32).parse().unwrap());
+        assert_eq!(
+            verify_shopify(&hex_signed, body, &["shpss_secret".into()]).map_err(|e| e.reason()),
+            Err("malformed_signature")
         );
         assert_eq!(
             verify_shopify(&h, body, &[]),

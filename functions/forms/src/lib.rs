@@ -1,5 +1,6 @@
 //! Component `forms`: the public side of lead capture. Landing-page form
-//! posts (with CORS preflight), each form's settings, and the signed
+//! posts (with CORS preflight), the list of forms and each one's
+//! settings, and the signed
 //! unsubscribe link (a confirmation page, and RFC 8058 one-click). The
 //! staff contact API is the `contacts` component; the two share only the
 //! domain crate and the database.
@@ -17,7 +18,7 @@ use kizuna::forms;
 use kizuna::http::{Request, Response, error_response, path_segments};
 use kizuna::ports::{Db, Kv};
 
-/// Routes a request under `/v1/forms`.
+/// Routes `/v1/forms` and the requests under it.
 pub async fn handle<D: Db, K: Kv>(request: Request, ctx: &Ctx<'_, D, K>) -> Response {
     match route(&request, ctx).await {
         Ok(response) => response,
@@ -44,6 +45,15 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     let method = request.method();
     match segments.as_slice() {
+        ["v1", "forms"] => {
+            ctx.config
+                .api_keys
+                .authorize(request.headers(), Scope::FormsAdmin)?;
+            match *method {
+                Method::GET => forms::list_forms(ctx.db, request).await,
+                _ => Err(ApiError::MethodNotAllowed("GET")),
+            }
+        }
         ["v1", "forms", "unsubscribe"] => match *method {
             Method::POST => kizuna::privacy::unsubscribe_request(ctx, request).await,
             Method::GET => kizuna::privacy::unsubscribe_page(ctx, request),
@@ -66,7 +76,8 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
             match *method {
                 Method::GET => forms::get_settings(ctx, &form_id).await,
                 Method::PUT => forms::put_settings(ctx, &actor, &form_id, request).await,
-                _ => Err(ApiError::MethodNotAllowed("GET, PUT")),
+                Method::PATCH => forms::patch_settings(ctx, &actor, &form_id, request).await,
+                _ => Err(ApiError::MethodNotAllowed("GET, PUT, PATCH")),
             }
         }
         _ => Err(ApiError::NotFound("no such route".into())),

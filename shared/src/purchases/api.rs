@@ -1,7 +1,10 @@
 //! The orders read API (`orders:read`): one order with its lines and
-//! refunds, a contact's orders newest first, and the webhook deliveries
-//! log for operators.
+//! refunds, orders newest first (a contact's, or found by the shop's
+//! number or id), and the webhook deliveries log for operators, refused
+//! signatures included.
 
+use super::Source;
+use super::receive::Outcome;
 use crate::error::ApiError;
 use crate::http::{
     Request, Response, decode_cursor, encode_cursor, json_response, page_limit, query_pairs,
@@ -104,39 +107,88 @@ pub async fn load(db: &impl Db, id: &str) -> anyhow::Result<Option<Json>> {
     Ok(Some(order))
 }
 
-/// `GET /v1/orders?contact_id=…`: newest first, keyed by (placed_at, id).
+/// A shop's order number as a caller types it: Shopify names orders
+/// `#1002`, WooCommerce `1002`, and people type either. Both spellings
+/// are looked up.
+fn order_number_spellings(text: &str) -> Result<[String; 2], ApiError> {
+    let number = text.trim();
+    let bare = number.strip_prefix('#').unwrap_or(number);
+    if bare.is_empty() || number.chars().count() > 64 || number.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "number",
+            "the shop's order number, like #1002 or 1002 (percent-encode # as %23)",
+        ));
+    }
+    Ok([bare.to_owned(), format!("#{bare}")])
+}
+
+/// `GET /v1/orders?contact_id=&number=&external_id=&source=`: newest
+/// first, keyed by (placed_at, id). Each filter given adds its condition
+/// to the statement's text, so that SQLite plans each combination on its
+/// index (a contact's orders, the shop's number, the shop's id) rather
+/// than one plan for all.
 pub async fn list(db: &impl Db, request: &Request) -> Result<Response, ApiError> {
-    let pairs = query_pairs(request, &["limit", "cursor", "contact_id"])?;
+    let pairs = query_pairs(
+        request,
+        &[
+            "limit",
+            "cursor",
+            "contact_id",
+            "number",
+            "external_id",
+            "source",
+        ],
+    )?;
     let limit = page_limit(&pairs)?;
-    let contact_id = match query_param(&pairs, "contact_id") {
-        Some(text) => Some(
-            ContactId::parse(text)
-                .ok_or_else(|| ApiError::invalid("contact_id", "not a contact id"))?
-                .as_str()
-                .to_owned(),
-        ),
-        None => None,
+    // Anonymous `?`s, numbered by SQLite left to right: each condition's
+    // values are pushed in the order its text is joined.
+    let mut conditions: Vec<&str> = Vec::new();
+    let mut params: Vec<Value> = Vec::new();
+    let mut condition = |sql: &'static str, values: Vec<Value>| {
+        conditions.push(sql);
+        params.extend(values);
     };
-    let (after_at, after_id) = match query_param(&pairs, "cursor") {
-        Some(c) => {
-            let mut parts = decode_cursor(c, 2)?;
-            let id = parts.pop();
-            (parts.pop(), id)
+    if let Some(text) = query_param(&pairs, "contact_id") {
+        let id = ContactId::parse(text)
+            .ok_or_else(|| ApiError::invalid("contact_id", "not a contact id"))?;
+        condition("contact_id = ?", vec![id.as_str().into()]);
+    }
+    if let Some(text) = query_param(&pairs, "number") {
+        let [bare, hashed] = order_number_spellings(text)?;
+        condition("order_number IN (?, ?)", vec![bare.into(), hashed.into()]);
+    }
+    if let Some(text) = query_param(&pairs, "external_id") {
+        if text.is_empty() || text.chars().count() > 200 {
+            return Err(ApiError::invalid(
+                "external_id",
+                "the shop's own order id (1 to 200 characters), matched exactly",
+            ));
         }
-        None => (None, None),
+        condition("external_id = ?", vec![text.into()]);
+    }
+    if let Some(text) = query_param(&pairs, "source") {
+        let source = Source::parse(text)
+            .ok_or_else(|| ApiError::invalid("source", "one of kizuna, shopify, woocommerce"))?;
+        condition("source = ?", vec![source.as_str().into()]);
+    }
+    if let Some(cursor) = query_param(&pairs, "cursor") {
+        let mut parts = decode_cursor(cursor, 2)?;
+        let (id, at) = (parts.pop(), parts.pop());
+        condition(
+            "(placed_at < ? OR (placed_at = ? AND id < ?))",
+            vec![at.clone().into(), at.into(), id.into()],
+        );
+    }
+    params.push(Value::Integer(i64::try_from(limit + 1).unwrap_or(i64::MAX)));
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
     };
     let rows = db
         .execute(
-            "SELECT * FROM orders
-             WHERE (?1 IS NULL OR contact_id = ?1)
-               AND (?2 IS NULL OR placed_at < ?2 OR (placed_at = ?2 AND id < ?3))
-             ORDER BY placed_at DESC, id DESC LIMIT ?4",
-            &[
-                contact_id.into(),
-                after_at.into(),
-                after_id.into(),
-                Value::Integer(i64::try_from(limit + 1).unwrap_or(i64::MAX)),
-            ],
+            &format!("SELECT * FROM orders {filter} ORDER BY placed_at DESC, id DESC LIMIT ?"),
+            &params,
         )
         .await
         .context("failed to list orders")?;
@@ -156,22 +208,25 @@ pub async fn list(db: &impl Db, request: &Request) -> Result<Response, ApiError>
     ))
 }
 
-/// `GET /v1/webhook-deliveries?outcome=&source=`: newest first.
+/// `GET /v1/webhook-deliveries?outcome=&source=`: newest first. A
+/// delivery's row counts one (`attempts` 1); an `unauthorized` row
+/// counts a source's refused signatures in one minute, by reason (see
+/// `auth_failures`).
 pub async fn deliveries(db: &impl Db, request: &Request) -> Result<Response, ApiError> {
     let pairs = query_pairs(request, &["limit", "cursor", "outcome", "source"])?;
     let limit = page_limit(&pairs)?;
     let outcome = query_param(&pairs, "outcome");
     if let Some(o) = outcome
-        && !["applied", "duplicate", "ignored", "rejected"].contains(&o)
+        && Outcome::parse(o).is_none()
     {
         return Err(ApiError::invalid(
             "outcome",
-            "one of applied, duplicate, ignored, rejected",
+            "one of applied, duplicate, ignored, rejected, unauthorized",
         ));
     }
     let source = query_param(&pairs, "source");
     if let Some(s) = source
-        && !["kizuna", "shopify", "woocommerce"].contains(&s)
+        && Source::parse(s).is_none()
     {
         return Err(ApiError::invalid(
             "source",
@@ -214,6 +269,14 @@ pub async fn deliveries(db: &impl Db, request: &Request) -> Result<Response, Api
             "received_at": row.str("received_at")?,
             "outcome": row.str("outcome")?,
             "error": row.opt_str("error")?,
+            "attempts": row.i64("attempts")?,
+            "reasons": row
+                .opt_str("reasons")?
+                .map(serde_json::from_str::<Json>)
+                .transpose()
+                .context("reasons are not JSON")?,
+            "window_start": row.opt_str("window_start")?,
+            "last_received_at": row.opt_str("last_received_at")?.or(row.opt_str("received_at")?),
         }));
     }
     Ok(json_response(

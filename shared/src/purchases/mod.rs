@@ -12,11 +12,13 @@
 //!   on the buyer with its proof, never over a later change or the
 //!   suppression list.
 //! - `receivers`: signature checks and event identity per source.
+//! - `auth_failures`: refused signatures, counted per source and minute.
 //! - `receive`: a verified delivery end to end: de-duplication by event
 //!   identity, the deliveries log, the answer.
 //! - `api`: the orders and deliveries read API.
 
 pub mod api;
+pub mod auth_failures;
 pub mod checkout_consent;
 pub mod ingest;
 pub mod kizuna_format;

@@ -17,6 +17,13 @@ pub enum Source {
 }
 
 impl Source {
+    pub const ALL: [Source; 3] = [Source::Kizuna, Source::Shopify, Source::WooCommerce];
+
+    /// The source a query names (`kizuna`, `shopify`, `woocommerce`).
+    pub fn parse(text: &str) -> Option<Source> {
+        Source::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Kizuna => "kizuna",

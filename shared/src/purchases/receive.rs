@@ -35,16 +35,32 @@ pub enum Outcome {
     Duplicate,
     Ignored,
     Rejected,
+    /// Refused signatures, counted per source and minute
+    /// (`auth_failures`); never an answer.
+    Unauthorized,
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Applied,
+        Outcome::Duplicate,
+        Outcome::Ignored,
+        Outcome::Rejected,
+        Outcome::Unauthorized,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Applied => "applied",
             Outcome::Duplicate => "duplicate",
             Outcome::Ignored => "ignored",
             Outcome::Rejected => "rejected",
+            Outcome::Unauthorized => "unauthorized",
         }
+    }
+
+    pub fn parse(text: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == text)
     }
 }
 

@@ -4,20 +4,28 @@
 //! the payload to [`receive`].
 
 use super::receive::{Delivery, receive};
-use super::{Source, kizuna_format, shopify, woocommerce};
+use super::{Source, auth_failures, kizuna_format, shopify, woocommerce};
 use crate::Ctx;
 use crate::error::ApiError;
 use crate::http::{Request, Response, header_str, json_response, media_type};
 use crate::ports::{Db, Kv};
 use crate::signatures::{self, SignatureError};
 
-/// A failed signature is a 401 with nothing stored; which check failed is
-/// logged for the operator but not told to the sender.
-fn unauthorized(source: Source, error: SignatureError) -> ApiError {
+/// A failed signature is a 401 that stores nothing of the delivery;
+/// which check failed is counted for the operator (see `auth_failures`)
+/// but not told to the sender.
+async fn unauthorized<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    source: Source,
+    request: &Request,
+    error: SignatureError,
+) -> ApiError {
     eprintln!(
-        "webhook signature refused: source={} reason={error}",
-        source.as_str()
+        "webhook signature refused: source={} reason={}",
+        source.as_str(),
+        error.reason()
     );
+    auth_failures::record(ctx.db, source, &error, request.body(), ctx.clock.now()).await;
     ApiError::BadSignature
 }
 
@@ -34,13 +42,15 @@ pub async fn orders_webhook<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
 ) -> Result<Response, ApiError> {
     let source = Source::Kizuna;
-    let verified = signatures::verify_standard(
+    let verified = match signatures::verify_standard(
         request.headers(),
         request.body(),
         &ctx.config.orders_webhook_secrets,
         ctx.clock.now(),
-    )
-    .map_err(|e| unauthorized(source, e))?;
+    ) {
+        Ok(verified) => verified,
+        Err(e) => return Err(unauthorized(ctx, source, request, e).await),
+    };
     // Parsed inside `receive`, so a malformed body is logged as rejected.
     let envelope: Result<kizuna_format::Envelope, ApiError> =
         crate::http::parse_json(request.body());
@@ -67,12 +77,13 @@ pub async fn shopify_webhook<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
 ) -> Result<Response, ApiError> {
     let source = Source::Shopify;
-    signatures::verify_shopify(
+    if let Err(e) = signatures::verify_shopify(
         request.headers(),
         request.body(),
         &ctx.config.shopify_webhook_secrets,
-    )
-    .map_err(|e| unauthorized(source, e))?;
+    ) {
+        return Err(unauthorized(ctx, source, request, e).await);
+    }
     let topic = required(request, "x-shopify-topic")?.to_owned();
     let webhook_id = header_str(request.headers(), "x-shopify-webhook-id").map(str::to_owned);
     // One merchant action shares its event id across deliveries; without
@@ -111,12 +122,13 @@ pub async fn woocommerce_webhook<D: Db, K: Kv>(
             &serde_json::json!({ "status": "ping" }),
         ));
     }
-    signatures::verify_woocommerce(
+    if let Err(e) = signatures::verify_woocommerce(
         request.headers(),
         request.body(),
         &ctx.config.woocommerce_webhook_secrets,
-    )
-    .map_err(|e| unauthorized(source, e))?;
+    ) {
+        return Err(unauthorized(ctx, source, request, e).await);
+    }
     let topic = required(request, "x-wc-webhook-topic")?.to_owned();
     let delivery_id = header_str(request.headers(), "x-wc-webhook-delivery-id").map(str::to_owned);
     // WooCommerce has no event id: one order state (id and modification

@@ -1508,6 +1508,7 @@ fn form_settings_round_trip() {
             "thank_you_url": "https://lp.example.jp/thanks",
             "error_url": "https://lp.example.jp/form-error?lang=ja",
             "allowed_origins": ["https://shop.example.com"],
+            "allowed_origins_mode": "add",
             "required_fields": ["name"],
             "tags": ["spring-2026"],
             "consent_text_version": "v3",
@@ -1789,6 +1790,386 @@ fn settings_allowed_origins_make_a_redirect_to_that_origin_acceptable() {
     );
     assert_refusal_page(&other_form, 422, &["_redirect"], "another form's origin");
     assert_eq!(app.count("SELECT count(*) FROM contacts"), 1);
+}
+
+fn patch_settings(app: &TestApp, key: &str, form_id: &str, patch: &Json) -> TestResponse {
+    app.send_json(
+        "PATCH",
+        key,
+        &format!("/v1/forms/{form_id}/settings"),
+        patch,
+    )
+}
+
+#[test]
+fn a_settings_patch_changes_only_what_it_names() {
+    // Arrange
+    let app = TestApp::new();
+    let full = json!({
+        "thank_you_url": "https://lp.example.jp/thanks",
+        "error_url": "https://lp.example.jp/form-error",
+        "allowed_origins": ["https://shop.example.com"],
+        "required_fields": ["name"],
+        "tags": ["spring-2026"],
+        "consent_text_version": "v3",
+        "consent_texts": {"v2": "旧文言", "v3": "メールマガジンを受け取る"},
+    });
+    configure(&app, "spring", &full);
+
+    // Act: a new wording becomes current, the oldest goes, the tags are
+    // replaced and the error page is dropped
+    let patched = patch_settings(
+        &app,
+        FORMS_KEY,
+        "spring",
+        &json!({
+            "consent_texts": {"v4": "新商品とセールのお知らせを受け取る", "v2": null},
+            "consent_text_version": "v4",
+            "tags": ["autumn-2026"],
+            "error_url": null,
+        }),
+    );
+
+    // Assert
+    assert_eq!(patched.status, 200, "{}", patched.text());
+    let expected = json!({
+        "thank_you_url": "https://lp.example.jp/thanks",
+        "error_url": null,
+        "allowed_origins": ["https://shop.example.com"],
+        "allowed_origins_mode": "add",
+        "required_fields": ["name"],
+        "tags": ["autumn-2026"],
+        "consent_text_version": "v4",
+        "consent_texts": {"v3": "メールマガジンを受け取る", "v4": "新商品とセールのお知らせを受け取る"},
+    });
+    assert_eq!(patched.json()["settings"], expected);
+    assert_eq!(patched.json()["updated_by"], "key:forms");
+    let read = app.get(FORMS_KEY, "/v1/forms/spring/settings").json();
+    assert_eq!(read["settings"], expected);
+    let (stored, _, by) = settings_row(&app, "spring").expect("a row");
+    assert_eq!(stored, expected, "what is stored is what was answered");
+    assert_eq!(by, "key:forms");
+
+    // Act: the merge-patch media type, on a form nobody set up yet
+    let fresh = app.request(
+        "PATCH",
+        "/v1/forms/autumn/settings",
+        &[
+            ("authorization", &bearer(FORMS_KEY)),
+            ("content-type", "application/merge-patch+json"),
+        ],
+        json!({"tags": ["autumn"]}).to_string(),
+    );
+
+    // Assert: it starts from the defaults
+    assert_eq!(fresh.status, 200, "{}", fresh.text());
+    let fresh = fresh.json();
+    assert_eq!(fresh["configured"], true);
+    assert_eq!(fresh["settings"]["tags"], json!(["autumn"]));
+    assert_eq!(fresh["settings"]["thank_you_url"], Json::Null);
+    assert_eq!(fresh["settings"]["required_fields"], json!([]));
+}
+
+#[test]
+fn an_invalid_settings_patch_is_refused_and_changes_nothing() {
+    // Arrange
+    let app = TestApp::new();
+    configure(
+        &app,
+        "spring",
+        &json!({"thank_you_url": "https://lp.example.jp/thanks", "tags": ["spring"],
+                "consent_text_version": "v3", "consent_texts": {"v3": "メールマガジンを受け取る"}}),
+    );
+    let before = settings_row(&app, "spring");
+    // (case, content type, body, status, fields the problem names)
+    let cases: [(&str, &str, String, u16, &[&str]); 10] = [
+        (
+            "an unknown setting",
+            JSON,
+            json!({"thanks_url": "https://lp.example.jp/", "tags": ["x"]}).to_string(),
+            422,
+            &["thanks_url"],
+        ),
+        (
+            "two unknown settings",
+            JSON,
+            json!({"a": 1, "b": 2}).to_string(),
+            422,
+            &["a", "b"],
+        ),
+        (
+            "tags as a string",
+            JSON,
+            json!({"tags": "spring"}).to_string(),
+            422,
+            &["tags"],
+        ),
+        (
+            "an unknown origins mode",
+            JSON,
+            json!({"allowed_origins_mode": "only"}).to_string(),
+            422,
+            &["allowed_origins_mode"],
+        ),
+        (
+            "a javascript: thank-you URL",
+            JSON,
+            json!({"thank_you_url": "javascript:x"}).to_string(),
+            422,
+            &["thank_you_url"],
+        ),
+        (
+            "a current version without wording",
+            JSON,
+            json!({"consent_text_version": "v9"}).to_string(),
+            422,
+            &["consent_text_version"],
+        ),
+        (
+            "the current version's wording removed",
+            JSON,
+            json!({"consent_texts": {"v3": null, "v4": "新"}}).to_string(),
+            422,
+            &["consent_text_version"],
+        ),
+        ("not an object", JSON, "[1]".to_owned(), 422, &[]),
+        ("invalid JSON", JSON, "{\"tags\": [".to_owned(), 400, &[]),
+        (
+            "text/plain",
+            "text/plain",
+            json!({"tags": ["x"]}).to_string(),
+            415,
+            &[],
+        ),
+    ];
+
+    for (case, content_type, body, status, fields) in cases {
+        // Act
+        let response = app.request(
+            "PATCH",
+            "/v1/forms/spring/settings",
+            &[
+                ("authorization", &bearer(FORMS_KEY)),
+                ("content-type", content_type),
+            ],
+            body,
+        );
+
+        // Assert
+        let problem = response.assert_problem(status, case);
+        let named = error_fields(&problem);
+        for field in fields {
+            assert!(
+                named.iter().any(|f| f == field),
+                "case {case}: errors {named:?} lack {field}"
+            );
+        }
+        assert_eq!(
+            settings_row(&app, "spring"),
+            before,
+            "case {case}: settings changed"
+        );
+    }
+    for (case, key, status) in [
+        ("read key", READ_KEY, 403),
+        ("unknown key", "not-a-key", 401),
+    ] {
+        patch_settings(&app, key, "spring", &json!({"tags": ["x"]})).assert_problem(status, case);
+        assert_eq!(
+            settings_row(&app, "spring"),
+            before,
+            "case {case}: settings changed"
+        );
+    }
+}
+
+#[test]
+fn a_form_can_replace_the_global_origins_with_its_own() {
+    // Arrange: `spring` is embedded on the shop's own site only; the
+    // variable allows the landing-page host (LP_ORIGIN) for every form.
+    let app = TestApp::new();
+    let shop = "https://shop.example.com";
+    configure(
+        &app,
+        "spring",
+        &json!({"allowed_origins": [shop], "allowed_origins_mode": "replace"}),
+    );
+    let redirect_to = |form_id: &str, origin: &str, n: usize| {
+        app.post_form(
+            form_id,
+            &form_body(&[
+                ("email", &format!("origins{n}@example.jp")),
+                ("_redirect", &format!("{origin}/thanks")),
+            ]),
+            IP,
+        )
+    };
+
+    // Act
+    let own_preflight = preflight(&app, "spring", Some(shop));
+    let global_preflight = preflight(&app, "spring", Some(LP_ORIGIN));
+    let other_form_preflight = preflight(&app, "autumn", Some(LP_ORIGIN));
+    let own_redirect = redirect_to("spring", shop, 1);
+    let global_redirect = redirect_to("spring", LP_ORIGIN, 2);
+    let global_script = post_json_from_origin(
+        &app,
+        "spring",
+        &json!({"email": "origins3@example.jp"}),
+        LP_ORIGIN,
+    );
+
+    // Assert
+    assert_eq!(own_preflight.status, 204, "{}", own_preflight.text());
+    global_preflight.assert_problem(403, "the variable's origin, replaced");
+    assert_eq!(
+        other_form_preflight.status, 204,
+        "other forms keep the variable's"
+    );
+    assert_eq!(own_redirect.status, 303, "{}", own_redirect.text());
+    assert_eq!(
+        own_redirect.header("location"),
+        Some("https://shop.example.com/thanks")
+    );
+    assert_refusal_page(
+        &global_redirect,
+        422,
+        &["_redirect"],
+        "the variable's origin, replaced",
+    );
+    assert_eq!(global_script.status, 202, "a post is taken from anywhere");
+    assert_eq!(
+        global_script.header("access-control-allow-origin"),
+        None,
+        "but only the form's own origins may read the answer"
+    );
+    assert_eq!(app.count("SELECT count(*) FROM contacts"), 2);
+
+    // Act: back to adding, by removing the mode
+    let patched = patch_settings(
+        &app,
+        FORMS_KEY,
+        "spring",
+        &json!({"allowed_origins_mode": null}),
+    );
+
+    // Assert
+    assert_eq!(patched.json()["settings"]["allowed_origins_mode"], "add");
+    assert_eq!(preflight(&app, "spring", Some(LP_ORIGIN)).status, 204);
+}
+
+/// `GET /v1/forms` with `query`, as the forms key.
+fn list_forms(app: &TestApp, query: &str) -> TestResponse {
+    app.get(FORMS_KEY, &format!("/v1/forms{query}"))
+}
+
+#[test]
+fn the_forms_list_shows_every_form_with_its_settings_and_latest_submission() {
+    // Arrange: `autumn` is set up and took nothing; `spring` is set up and
+    // took two posts; `sprnig` (a typo in a page) took one, unconfigured.
+    let app = TestApp::new();
+    configure(&app, "autumn", &json!({"tags": ["autumn"]}));
+    configure(&app, "spring", &json!({"tags": ["spring"]}));
+    let post_to = |form_id: &str, email: &str| {
+        let response = app.post_form(form_id, &form_body(&[("email", email)]), IP);
+        assert_eq!(response.status, 200, "{}", response.text());
+        app.now()
+    };
+    post_to("spring", "first@example.jp");
+    if !app.under_spin() {
+        app.clock.advance(time::Duration::minutes(5));
+    }
+    let spring_latest = post_to("spring", "second@example.jp");
+    let typo_latest = post_to("sprnig", "typo@example.jp");
+
+    // Act
+    let all = list_forms(&app, "");
+
+    // Assert
+    assert_eq!(all.status, 200, "{}", all.text());
+    if let Some(statements) = app.statements_of_last_request() {
+        assert!(statements <= 1, "one statement per page: {statements}");
+    }
+    let all = all.json();
+    let items = all["items"].as_array().expect("items").clone();
+    let ids: Vec<&str> = items
+        .iter()
+        .map(|i| i["form_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["autumn", "spring", "sprnig"]);
+    assert_eq!(all["next_cursor"], Json::Null);
+    assert_eq!(items[0]["configured"], true);
+    assert_eq!(items[0]["settings"]["tags"], json!(["autumn"]));
+    assert_eq!(items[0]["last_submission_at"], Json::Null);
+    assert_eq!(items[0]["updated_by"], "key:forms");
+    assert_eq!(items[1]["settings"]["tags"], json!(["spring"]));
+    assert_eq!(items[2]["configured"], false);
+    assert_eq!(items[2]["settings"]["tags"], json!([]));
+    if !app.under_spin() {
+        let at = |t: time::OffsetDateTime| kizuna::timestamp::format(t);
+        assert_eq!(items[1]["last_submission_at"], at(spring_latest).as_str());
+        assert_eq!(items[2]["last_submission_at"], at(typo_latest).as_str());
+    } else {
+        assert!(
+            items[1]["last_submission_at"].is_string()
+                && items[2]["last_submission_at"].is_string()
+        );
+    }
+
+    // Act: page by page
+    let mut paged = Vec::new();
+    let mut query = "?limit=1".to_owned();
+    loop {
+        let page = list_forms(&app, &query);
+        assert_eq!(page.status, 200, "{}", page.text());
+        let page = page.json();
+        paged.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(cursor) => query = format!("?limit=1&cursor={cursor}"),
+            None => break,
+        }
+        assert!(paged.len() <= 3, "paging ends");
+    }
+
+    // Assert
+    assert_eq!(paged, items);
+
+    // Refused
+    list_forms(&app, "?form_id=spring").assert_problem(422, "an unknown parameter");
+    list_forms(&app, "?limit=0").assert_problem(422, "limit 0");
+    list_forms(&app, "?cursor=nope").assert_problem(422, "a bad cursor");
+    app.get(READ_KEY, "/v1/forms")
+        .assert_problem(403, "read key");
+    app.request("GET", "/v1/forms", &[], "")
+        .assert_problem(401, "no key");
+}
+
+#[test]
+fn an_erased_persons_submission_no_longer_dates_the_form() {
+    // Arrange
+    let app = TestApp::new();
+    let response = app.post_form("winter", &form_body(&[("email", "gone@example.jp")]), IP);
+    assert_eq!(response.status, 200, "{}", response.text());
+    let id = only_contact_id(&app);
+    assert!(list_forms(&app, "").json()["items"][0]["last_submission_at"].is_string());
+
+    // Act
+    let erased = app.request(
+        "DELETE",
+        &format!("/v1/contacts/{id}"),
+        &[("authorization", &bearer(ADMIN_KEY))],
+        "",
+    );
+
+    // Assert
+    assert_eq!(erased.status, 200, "{}", erased.text());
+    let items = list_forms(&app, "").json()["items"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        items.is_empty(),
+        "no trace of the erased person's form: {items:?}"
+    );
 }
 
 #[test]
@@ -2083,6 +2464,7 @@ fn settings_an_earlier_release_kept_in_the_key_value_store_are_honoured_and_move
         "thank_you_url": "https://lp.example.jp/legacy-thanks",
         "error_url": null,
         "allowed_origins": [],
+        "allowed_origins_mode": "add",
         "required_fields": ["name"],
         "tags": ["legacy"],
         "consent_text_version": "v1",
@@ -2373,8 +2755,20 @@ fn unknown_routes_and_methods_are_refused() {
     started(&app);
     let admin = format!("Bearer {ADMIN_KEY}");
     let cases: [(&str, &str, &str, u16, Option<&str>); 10] = [
-        ("forms without an id", "POST", "/v1/forms", 404, None),
-        ("forms with a slash", "POST", "/v1/forms/", 404, None),
+        (
+            "POST the list of forms",
+            "POST",
+            "/v1/forms",
+            405,
+            Some("GET"),
+        ),
+        (
+            "the list with a slash",
+            "POST",
+            "/v1/forms/",
+            405,
+            Some("GET"),
+        ),
         ("below a form", "POST", "/v1/forms/lp/extra", 404, None),
         (
             "below settings",
@@ -2411,7 +2805,7 @@ fn unknown_routes_and_methods_are_refused() {
             "DELETE",
             "/v1/forms/x/settings",
             405,
-            Some("GET, PUT"),
+            Some("GET, PUT, PATCH"),
         ),
     ];
 
