@@ -666,7 +666,7 @@ pub async fn unsubscribe_link<D: Db, K: Kv>(
     id: &str,
 ) -> Result<Response, ApiError> {
     require_contact(ctx.db, id).await?;
-    let (token, url) = crate::privacy::unsubscribe_url(ctx.config, id)?;
+    let (token, url) = crate::unsubscribe_link::url(ctx.config, id)?;
     let mut answer = json!({ "contact_id": id, "token": token, "url": url, "method": "POST" });
     if let Some(warning) = ctx.config.public_base_url_warning() {
         answer["warning"] = warning.into();

@@ -17,7 +17,8 @@
 //! - `contact`, `consent`, `timeline`, `tags`: the customer record.
 //! - `forms`: public lead capture, form settings, rate limits, CORS.
 //! - `contacts_api`: the staff-facing contact use cases.
-//! - `privacy`: export, erasure and unsubscribe links; `suppression`: the
+//! - `privacy`: export, erasure and the unsubscribe pages;
+//!   `unsubscribe_link`: the signed links to them; `suppression`: the
 //!   keyed list of withdrawn and erased addresses that nothing but the
 //!   person's own opt-in lifts.
 //! - `idempotency`: replaying a retried write's first answer.
@@ -54,6 +55,7 @@ pub mod tags;
 pub mod text;
 pub mod timeline;
 pub mod timestamp;
+pub mod unsubscribe_link;
 
 use config::Config;
 use ports::{Clock, Db, Kv};

@@ -1,6 +1,7 @@
 //! The person's rights over their data: a machine-readable export of
 //! everything stored (APPI disclosure), erasure that really removes it,
-//! and signed one-click unsubscribe links.
+//! and the pages behind signed one-click unsubscribe links (the links
+//! themselves: `unsubscribe_link`).
 //!
 //! Erasure keeps the contact row as an anonymous tombstone (id and
 //! timestamps only) so that what accounting must keep (orders, points,
@@ -22,11 +23,7 @@ use crate::ports::{Db, Kv};
 use crate::timeline;
 use crate::timestamp;
 use anyhow::Context as _;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use hmac::{Hmac, Mac};
 use serde_json::{Value as Json, json};
-use sha2::Sha256;
 use time::OffsetDateTime;
 
 /// What the erasure answer says of the bytes the storage may still hold,
@@ -461,67 +458,6 @@ pub async fn erase(
     }))
 }
 
-const UNSUBSCRIBE_CONTEXT: &[u8] = b"kizuna-unsubscribe-v1";
-
-fn unsubscribe_mac(secret: &[u8], contact: &uuid::Uuid) -> Hmac<Sha256> {
-    let mut mac = crate::signatures::hmac_sha256(secret);
-    mac.update(UNSUBSCRIBE_CONTEXT);
-    mac.update(contact.as_bytes());
-    mac
-}
-
-/// A token naming the contact, signed with the unsubscribe secret:
-/// base64url(contact uuid ‖ first 16 bytes of HMAC-SHA256).
-pub fn unsubscribe_token(secret: &[u8], contact_id: &str) -> anyhow::Result<String> {
-    let uuid = uuid::Uuid::parse_str(contact_id).context("contact id is not a UUID")?;
-    let tag = unsubscribe_mac(secret, &uuid).finalize().into_bytes();
-    let mut bytes = uuid.as_bytes().to_vec();
-    bytes.extend_from_slice(&tag[..16]);
-    Ok(URL_SAFE_NO_PAD.encode(bytes))
-}
-
-/// The contact a token names, if its signature holds (constant-time).
-pub fn verify_unsubscribe_token(secret: &[u8], token: &str) -> Option<String> {
-    let bytes = URL_SAFE_NO_PAD.decode(token.trim()).ok()?;
-    if bytes.len() != 32 {
-        return None;
-    }
-    let uuid = uuid::Uuid::from_slice(&bytes[..16]).ok()?;
-    unsubscribe_mac(secret, &uuid)
-        .verify_truncated_left(&bytes[16..])
-        .ok()?;
-    Some(uuid.hyphenated().to_string())
-}
-
-/// The contact's one-click unsubscribe link under `public_base_url`: what
-/// `GET /v1/contacts/{id}/unsubscribe-link` answers and what a segment
-/// export puts in `unsubscribe_url`. A GET shows a confirmation page; a
-/// POST (RFC 8058 `List-Unsubscribe-Post`) unsubscribes.
-pub fn unsubscribe_url(
-    config: &crate::config::Config,
-    contact_id: &str,
-) -> anyhow::Result<(String, String)> {
-    let token = unsubscribe_token(config.unsubscribe_secret()?, contact_id)?;
-    warn_once_of_local_base_url(config);
-    let url = format!(
-        "{}/v1/forms/unsubscribe?token={token}",
-        config.public_base_url
-    );
-    Ok((token, url))
-}
-
-/// Logs [`Config::public_base_url_warning`](crate::config::Config) the
-/// first time this instance issues a link: once, so that an export of
-/// 10,000 members does not write 10,000 lines.
-fn warn_once_of_local_base_url(config: &crate::config::Config) {
-    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if let Some(warning) = config.public_base_url_warning()
-        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
-    {
-        eprintln!("warning: {warning}");
-    }
-}
-
 /// Withdraws email consent for the token's contact, inside the caller's
 /// transaction. Idempotent: a second click records nothing new.
 pub async fn unsubscribe(
@@ -558,7 +494,7 @@ pub fn unsubscribe_page<D: Db, K: Kv>(
 ) -> Result<Response, ApiError> {
     let query = crate::http::all_query_pairs(request);
     let token = crate::http::query_param(&query, "token").unwrap_or("");
-    if verify_unsubscribe_token(ctx.config.unsubscribe_secret()?, token).is_none() {
+    if crate::unsubscribe_link::contact_of(ctx.config.unsubscribe_secret()?, token).is_none() {
         return Ok(crate::forms::html_response(
             http::StatusCode::BAD_REQUEST,
             "Invalid link",
@@ -594,7 +530,7 @@ pub async fn unsubscribe_request<D: Db, K: Kv>(
             .map(|(_, v)| v);
     }
     let token = token.ok_or_else(|| ApiError::invalid("token", "is required"))?;
-    let contact = verify_unsubscribe_token(ctx.config.unsubscribe_secret()?, &token)
+    let contact = crate::unsubscribe_link::contact_of(ctx.config.unsubscribe_secret()?, &token)
         .ok_or_else(|| ApiError::invalid("token", "this unsubscribe link is not valid"))?;
     let now = ctx.clock.now();
     crate::db::transaction(ctx.db, async || -> Result<(), ApiError> {
@@ -613,32 +549,5 @@ pub async fn unsubscribe_request<D: Db, K: Kv>(
             "Unsubscribed",
             "配信を停止しました。You have been unsubscribed.",
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_verify_only_with_their_secret_and_contact() {
-        let secret = b"0123456789abcdef0123456789abcdef";
-        let id = "0190f5d2-7c1e-7a4b-9f00-123456789abc";
-        let token = unsubscribe_token(secret, id).unwrap();
-        assert_eq!(
-            verify_unsubscribe_token(secret, &token).as_deref(),
-            Some(id)
-        );
-        assert_eq!(
-            verify_unsubscribe_token(b"another-secret-of-16+", &token),
-            None
-        );
-        let mut forged = URL_SAFE_NO_PAD.decode(&token).unwrap();
-        forged[0] ^= 1;
-        assert_eq!(
-            verify_unsubscribe_token(secret, &URL_SAFE_NO_PAD.encode(forged)),
-            None
-        );
-        assert_eq!(verify_unsubscribe_token(secret, "garbage"), None);
     }
 }

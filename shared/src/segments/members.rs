@@ -356,7 +356,7 @@ pub fn to_json(row: Row<'_>, fields: &[MemberField], config: &Config) -> anyhow:
                 );
             }
             MemberField::UnsubscribeUrl => {
-                let (_, url) = crate::privacy::unsubscribe_url(config, id)?;
+                let (_, url) = crate::unsubscribe_link::url(config, id)?;
                 out.insert("unsubscribe_url".to_owned(), url.into());
             }
             _ => {}
