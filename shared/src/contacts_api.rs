@@ -1,8 +1,10 @@
 //! The staff-facing contact use cases behind `/v1/contacts`: create or
-//! update, look-ups (email, any common phone format, prefix search),
-//! partial updates without mass assignment, tags, interactions, consent,
-//! export and erasure. Each write runs in one `BEGIN IMMEDIATE`
-//! transaction, with its `Idempotency-Key` answer saved alongside.
+//! update, look-ups (email, any common phone format, prefix search; each
+//! contact a `contact_summary::ContactSummary`), partial updates without
+//! mass assignment, tags, interactions (and their agent and status), the
+//! timeline, consent, export and erasure. Each write runs in one
+//! `BEGIN IMMEDIATE` transaction, with its `Idempotency-Key` answer saved
+//! alongside.
 
 use crate::Ctx;
 use crate::auth::Actor;
@@ -237,24 +239,13 @@ pub fn not_found() -> ApiError {
     ApiError::NotFound("no contact with this id".into())
 }
 
-fn summary(row: crate::ports::Row<'_>) -> anyhow::Result<Json> {
-    Ok(json!({
-        "id": row.str("id")?,
-        "email": row.opt_str("email")?,
-        "phone": row.opt_str("phone")?,
-        "name": row.opt_str("name")?,
-        "family_name_kana": row.opt_str("family_name_kana")?,
-        "given_name_kana": row.opt_str("given_name_kana")?,
-        "company": row.opt_str("company")?,
-        "lifecycle_stage": row.str("lifecycle_stage")?,
-        "created_at": row.str("created_at")?,
-    }))
-}
-
-const SUMMARY_COLUMNS: &str = "c.id, c.email, c.phone, c.name, c.family_name_kana, c.given_name_kana, c.company, c.lifecycle_stage, c.created_at";
+/// The page's contacts, before their summaries are read: their ids, in
+/// id order, `LIMIT`ed (see `contact_summary::page`).
+const PAGE_ID_COLUMN: &str = "c.id";
 
 /// `GET /v1/contacts?email=|phone=|q=`: keyset-paginated by id (creation
-/// order). Erased contacts are never listed.
+/// order), each contact a `contact_summary::ContactSummary`, the page in
+/// one statement. Erased contacts are never listed.
 pub async fn list<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
     request: &Request,
@@ -282,7 +273,7 @@ pub async fn list<D: Db, K: Kv>(
         let email = Email::parse(email).map_err(|e| ApiError::invalid("email", e.to_string()))?;
         (
             format!(
-                "SELECT {SUMMARY_COLUMNS} FROM contacts c WHERE c.email = ?1 AND (?2 IS NULL OR c.id > ?2) ORDER BY c.id LIMIT ?3"
+                "SELECT {PAGE_ID_COLUMN} FROM contacts c WHERE c.email = ?1 AND (?2 IS NULL OR c.id > ?2) ORDER BY c.id LIMIT ?3"
             ),
             vec![email.as_str().into(), after.into(), fetch.into()],
         )
@@ -296,7 +287,7 @@ pub async fn list<D: Db, K: Kv>(
             .map_err(|e| ApiError::invalid("phone", e.to_string()))?;
         (
             format!(
-                "SELECT {SUMMARY_COLUMNS} FROM contacts c WHERE c.phone = ?1 AND (?2 IS NULL OR c.id > ?2) ORDER BY c.id LIMIT ?3"
+                "SELECT {PAGE_ID_COLUMN} FROM contacts c WHERE c.phone = ?1 AND (?2 IS NULL OR c.id > ?2) ORDER BY c.id LIMIT ?3"
             ),
             vec![phone.as_str().into(), after.into(), fetch.into()],
         )
@@ -310,7 +301,7 @@ pub async fn list<D: Db, K: Kv>(
         let upper = format!("{term}\u{10FFFF}");
         (
             format!(
-                "SELECT {SUMMARY_COLUMNS} FROM contacts c WHERE c.id IN (
+                "SELECT {PAGE_ID_COLUMN} FROM contacts c WHERE c.id IN (
                      SELECT contact_id FROM contact_search WHERE term >= ?1 AND term < ?2)
                    AND (?3 IS NULL OR c.id > ?3) AND c.erased_at IS NULL
                  ORDER BY c.id LIMIT ?4"
@@ -320,27 +311,19 @@ pub async fn list<D: Db, K: Kv>(
     } else {
         (
             format!(
-                "SELECT {SUMMARY_COLUMNS} FROM contacts c WHERE c.erased_at IS NULL AND (?1 IS NULL OR c.id > ?1) ORDER BY c.id LIMIT ?2"
+                "SELECT {PAGE_ID_COLUMN} FROM contacts c WHERE c.erased_at IS NULL AND (?1 IS NULL OR c.id > ?1) ORDER BY c.id LIMIT ?2"
             ),
             vec![after.into(), fetch.into()],
         )
     };
-    let rows = ctx
-        .db
-        .execute(&sql, &params)
-        .await
-        .context("failed to list contacts")?;
-    let mut items = Vec::new();
+    let mut items = crate::contact_summary::page(ctx.db, &sql, params, ctx.clock.now()).await?;
     let mut next_cursor = None;
-    for (index, row) in rows.iter().enumerate() {
-        if index == limit {
-            next_cursor = items
-                .last()
-                .and_then(|last: &Json| last["id"].as_str())
-                .map(|id| encode_cursor(&[id]));
-            break;
-        }
-        items.push(summary(row)?);
+    if items.len() > limit {
+        items.truncate(limit);
+        next_cursor = items
+            .last()
+            .and_then(|last| last.id())
+            .map(|id| encode_cursor(&[id]));
     }
     Ok(json_response(
         StatusCode::OK,
@@ -495,10 +478,15 @@ struct InteractionInput {
     subject: Option<String>,
     body: Option<String>,
     occurred_at: Option<String>,
+    /// The staff member who handled it, in the shop's words.
+    agent: Option<String>,
+    status: Option<String>,
 }
 
 /// `POST /v1/contacts/{id}/interactions`: an inquiry, call, email, visit
-/// or note, at `occurred_at` (default now; not more than 5 minutes ahead).
+/// or note, at `occurred_at` (default now; not more than 5 minutes ahead),
+/// handled by `agent`, in `status` (default: an inquiry `open`, the rest
+/// `closed`); 201 with the entry as the timeline shows it and `contact_id`.
 pub async fn add_interaction<D: Db, K: Kv>(
     ctx: &Ctx<'_, D, K>,
     actor: &Actor,
@@ -508,9 +496,27 @@ pub async fn add_interaction<D: Db, K: Kv>(
     let input: InteractionInput = crate::http::read_json(request)?;
     let now = ctx.clock.now();
     let mut errors = Vec::new();
-    let kind = Kind::parse_recordable(&input.kind)
-        .map_err(|e| errors.push(FieldError::new("kind", e.to_string())))
-        .ok();
+    let kind = match Kind::parse_recordable(&input.kind) {
+        Ok(kind) => Some(kind),
+        Err(ApiError::Validation(found)) => {
+            errors.extend(found);
+            None
+        }
+        Err(other) => return Err(other),
+    };
+    let status = match input.status.as_deref().map(timeline::Status::parse) {
+        None => None,
+        Some(Ok(status)) => Some(status),
+        Some(Err(ApiError::Validation(found))) => {
+            errors.extend(found);
+            None
+        }
+        Some(Err(other)) => return Err(other),
+    };
+    let agent = input
+        .agent
+        .as_deref()
+        .and_then(|s| profile::check_text("agent", s, timeline::AGENT_MAX, &mut errors));
     let channel = match input.channel.as_deref() {
         None => None,
         Some(c) if timeline::CHANNELS.contains(&c) => Some(c),
@@ -550,6 +556,7 @@ pub async fn add_interaction<D: Db, K: Kv>(
     let (Some(kind), true) = (kind, errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
+    let status = status.or(kind.default_status());
     write(ctx, actor, request, async || {
         require_contact(ctx.db, id).await?;
         let entry = Entry {
@@ -560,29 +567,118 @@ pub async fn add_interaction<D: Db, K: Kv>(
             data: None,
             occurred_at,
         };
-        let entry_id = timeline::append(ctx.db, id, &entry, &actor.label(), now).await?;
+        let handling = timeline::Handling {
+            agent: agent.as_deref(),
+            status,
+        };
+        let mut answer =
+            timeline::record(ctx.db, id, &entry, handling, &actor.label(), now).await?;
+        answer["contact_id"] = id.into();
         Ok(WriteAnswer {
             status: StatusCode::CREATED,
-            body: json!({
-                "id": entry_id, "contact_id": id, "kind": kind.as_str(), "channel": channel,
-                "subject": subject, "body": body, "occurred_at": timestamp::format(occurred_at),
-            }),
+            body: answer,
             contact_id: Some(id.to_owned()),
         })
     })
     .await
 }
 
-/// `GET /v1/contacts/{id}/timeline`.
+/// The longest `note` on a change of an interaction.
+const INTERACTION_NOTE_MAX: usize = 1000;
+
+/// `PATCH /v1/contacts/{id}/interactions/{interaction_id}`: a new
+/// `status` and/or `agent` for a staff entry, with an optional `note`;
+/// 200 with the entry as the timeline shows it and `changed` (the fields
+/// whose value changed). Each change is also a timeline entry of kind
+/// `interaction_updated` with the old and new values and the note.
+pub async fn update_interaction<D: Db, K: Kv>(
+    ctx: &Ctx<'_, D, K>,
+    actor: &Actor,
+    id: &str,
+    interaction_id: &str,
+    request: &Request,
+) -> Result<Response, ApiError> {
+    // Read as a map, like `patch`: `agent: null` (clear) differs from no
+    // `agent` (keep), and any other field is named in the 422.
+    let body: Map<String, Json> = crate::http::read_json(request)?;
+    let mut errors = Vec::new();
+    let mut change = timeline::HandlingChange::default();
+    for (key, value) in &body {
+        match (key.as_str(), value) {
+            ("status", Json::String(text)) => match timeline::Status::parse(text) {
+                Ok(status) => change.status = Some(status),
+                Err(_) => errors.push(FieldError::new("status", timeline::Status::EXPECTED)),
+            },
+            ("agent", Json::Null) => change.agent = Some(None),
+            ("agent", Json::String(text)) => {
+                let before = errors.len();
+                let agent = profile::check_text("agent", text, timeline::AGENT_MAX, &mut errors);
+                if errors.len() == before {
+                    change.agent = Some(agent);
+                }
+            }
+            ("note", Json::String(text)) => {
+                change.note = profile::check_text("note", text, INTERACTION_NOTE_MAX, &mut errors);
+            }
+            ("note", Json::Null) => {}
+            ("status" | "agent" | "note", _) => {
+                errors.push(FieldError::new(key.clone(), "has the wrong type"));
+            }
+            _ => errors.push(FieldError::new(
+                key.clone(),
+                "cannot be changed: only status, agent and note",
+            )),
+        }
+    }
+    if !body.contains_key("status") && !body.contains_key("agent") && errors.is_empty() {
+        errors.push(FieldError::new(
+            "status",
+            "name a status (open, pending, closed) or an agent to change",
+        ));
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    write(ctx, actor, request, async || {
+        require_contact(ctx.db, id).await?;
+        let changed = timeline::change_handling(
+            ctx.db,
+            id,
+            interaction_id,
+            &change,
+            &actor.label(),
+            ctx.clock.now(),
+        )
+        .await?
+        .ok_or_else(|| ApiError::NotFound("this contact has no interaction with this id".into()))?;
+        let mut body = changed.entry;
+        body["contact_id"] = id.into();
+        body["changed"] = json!(changed.changed);
+        Ok(WriteAnswer {
+            status: StatusCode::OK,
+            body,
+            contact_id: Some(id.to_owned()),
+        })
+    })
+    .await
+}
+
+/// `GET /v1/contacts/{id}/timeline[?kind=inquiry,call]`: staff entries,
+/// Kizuna's own events and points ledger entries, newest first; `kind`
+/// keeps one kind or several (comma-separated).
 pub async fn timeline_page(
     db: &impl Db,
     id: &str,
     request: &Request,
 ) -> Result<Response, ApiError> {
-    let pairs = crate::http::query_pairs(request, &["limit", "cursor"])?;
+    let pairs = crate::http::query_pairs(request, &["limit", "cursor", "kind"])?;
     let limit = page_limit(&pairs)?;
     require_contact(db, id).await?;
-    let page = timeline::page(db, id, limit, query_param(&pairs, "cursor")).await?;
+    let kinds = match query_param(&pairs, "kind") {
+        Some(text) => Kind::parse_filter(text)?,
+        None => Vec::new(),
+    };
+    let page = timeline::page(db, id, &kinds, limit, query_param(&pairs, "cursor")).await?;
     Ok(json_response(StatusCode::OK, &page))
 }
 

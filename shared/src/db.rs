@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007_form_settings.sql"),
     include_str!("migrations/0008_rfm_computations.sql"),
     include_str!("migrations/0009_consent_proof.sql"),
+    include_str!("migrations/0010_interaction_handling.sql"),
     include_str!("migrations/0011_webhook_auth_failures_and_lookups.sql"),
     include_str!("migrations/0013_category_nocase_index.sql"),
 ];

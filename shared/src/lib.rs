@@ -15,6 +15,8 @@
 //! - `shop_time`: the shop's time zone and its day and month boundaries.
 //! - `answer_zone`: `?tz=shop`, answers with the shop's offset.
 //! - `contact`, `consent`, `timeline`, `tags`: the customer record.
+//! - `contact_summary`: the contact as every look-up answers it (one
+//!   statement per page), the shape the staff console shares.
 //! - `forms`: public lead capture, form settings, rate limits, CORS.
 //! - `contacts_api`: the staff-facing contact use cases.
 //! - `privacy`: export, erasure and the unsubscribe pages;
@@ -29,6 +31,7 @@ pub mod client_addr;
 pub mod config;
 pub mod consent;
 pub mod contact;
+pub mod contact_summary;
 pub mod contacts_api;
 pub mod db;
 pub mod email;

@@ -105,8 +105,8 @@ impl Section {
                  ORDER BY recorded_at, id LIMIT ?4"
             }
             Section::Timeline => {
-                "SELECT id, occurred_at AS k, kind, channel, subject, body, data, occurred_at,
-                        recorded_at, recorded_by
+                "SELECT id, occurred_at AS k, kind, channel, subject, body, data, agent, status,
+                        occurred_at, recorded_at, recorded_by, updated_at, updated_by
                  FROM interactions WHERE contact_id = ?1
                    AND (?2 IS NULL OR occurred_at > ?2 OR (occurred_at = ?2 AND id > ?3))
                  ORDER BY occurred_at, id LIMIT ?4"

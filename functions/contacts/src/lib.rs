@@ -89,6 +89,20 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
             }
             _ => Err(ApiError::MethodNotAllowed("POST")),
         },
+        ["v1", "contacts", id, "interactions", interaction_id] => match *method {
+            Method::PATCH => {
+                let actor = authorize(Scope::ContactsWrite)?;
+                contacts_api::update_interaction(
+                    ctx,
+                    &actor,
+                    &contact_id(id)?,
+                    interaction_id,
+                    request,
+                )
+                .await
+            }
+            _ => Err(ApiError::MethodNotAllowed("PATCH")),
+        },
         ["v1", "contacts", id, "timeline"] => match *method {
             Method::GET => {
                 authorize(Scope::ContactsRead)?;

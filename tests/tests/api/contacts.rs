@@ -734,6 +734,135 @@ fn search_folds_half_width_katakana() {
 }
 
 #[test]
+fn every_look_up_answers_the_summary_an_agent_starts_from() {
+    // Arrange: a customer with tags, email consent, one paid order (50
+    // points under the default program), an open inquiry and a pending
+    // callback; and a lead with nothing.
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({
+        "email": "yamada.summary@example.jp", "phone": "090-2222-3333",
+        "family_name": "山田", "given_name": "花子",
+        "family_name_kana": "ヤマダ", "given_name_kana": "ハナコ",
+        "company": "山田茶舗", "tags": ["vip", "gift"],
+    }));
+    let lead =
+        app.create_contact(&json!({"email": "lead.summary@example.jp", "name": "山本 一郎"}));
+    let consent = app.send_json(
+        "POST",
+        WRITE_KEY,
+        &format!("/v1/contacts/{id}/consents"),
+        &json!({"channel": "email", "status": "granted"}),
+    );
+    assert_eq!(consent.status, 201, "{}", consent.text());
+    let event = json!({
+        "type": "order.paid",
+        "timestamp": "2026-11-22T02:59:30Z",
+        "data": {
+            "id": "SUM-1", "number": "#1002", "currency": "JPY",
+            "placed_at": "2026-11-22T02:59:00Z", "updated_at": "2026-11-22T02:59:10Z",
+            "customer": {"email": "yamada.summary@example.jp"},
+            "subtotal": "5000", "shipping": "0", "tax": "400", "discount": "0",
+            "total": "5400", "points_used": 0,
+            "lines": [{"id": "L1", "sku": "TEA-1", "name": "煎茶", "quantity": 1,
+                       "unit_price": "5000", "total": "5000", "discount": "0", "tax": "400"}],
+            "refunds": []
+        }
+    });
+    let order = app.post_kizuna_event("msg_summary_1", event.to_string().into_bytes());
+    assert_eq!(order.status, 200, "{}", order.text());
+    record(
+        &app,
+        &id,
+        &json!({"kind": "inquiry", "body": "贈答用の包装は？"}),
+    );
+    record(
+        &app,
+        &id,
+        &json!({"kind": "call", "body": "折り返し", "status": "pending"}),
+    );
+    record(&app, &id, &json!({"kind": "call", "body": "済み"}));
+    let order_id: String = app
+        .db()
+        .query_row(
+            "SELECT id FROM orders WHERE external_id = 'SUM-1'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the order");
+    let mut expected = json!({
+        "id": id,
+        "name": "山田 花子", "family_name": "山田", "given_name": "花子",
+        "family_name_kana": "ヤマダ", "given_name_kana": "ハナコ",
+        "company": "山田茶舗",
+        "email": "yamada.summary@example.jp", "phone": "+819022223333", "external_id": null,
+        "lifecycle_stage": "customer",
+        "tags": ["gift", "vip"],
+        "consents": {"email": "granted"},
+        "points": {"available": 50, "pending": 0, "debt": 0},
+        "orders": {
+            "count": 1, "total_spent_minor": 5400,
+            "first_order_at": "2026-11-22T02:59:00.000000Z",
+            "last_order_at": "2026-11-22T02:59:00.000000Z",
+            "last": {"id": order_id, "source": "kizuna", "external_id": "SUM-1", "number": "#1002",
+                     "status": "paid", "placed_at": "2026-11-22T02:59:00.000000Z",
+                     "total_minor": 5400, "currency": "JPY"},
+        },
+        "interactions": {"open": 1, "pending": 1},
+    });
+    let whole = fetch(&app, &id);
+    expected["created_at"] = whole["created_at"].clone();
+    expected["updated_at"] = whole["updated_at"].clone();
+    let look_ups = [
+        ("phone", format!("phone={}", enc("090-2222-3333"))),
+        (
+            "email",
+            format!("email={}", enc("yamada.summary@example.jp")),
+        ),
+        ("q, kana", format!("q={}", enc("やまだ"))),
+        ("q, full name", format!("q={}", enc("山田 花子"))),
+        ("the whole list", String::new()),
+    ];
+
+    for (case, query) in look_ups {
+        // Act
+        let (ids, body) = list(&app, &query);
+
+        // Assert
+        let item = body["items"]
+            .as_array()
+            .and_then(|items| items.iter().find(|i| i["id"] == id.as_str()))
+            .unwrap_or_else(|| panic!("case {case}: {ids:?}"));
+        assert_eq!(item, &expected, "case {case}");
+    }
+    let (_, everyone) = list(&app, "");
+    let lead_item = everyone["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|i| i["id"] == lead.as_str()))
+        .expect("the lead is listed")
+        .clone();
+    assert_eq!(
+        (
+            &lead_item["tags"],
+            &lead_item["consents"],
+            &lead_item["points"],
+            &lead_item["orders"]["count"],
+            &lead_item["orders"]["last"],
+            &lead_item["interactions"],
+            &lead_item["lifecycle_stage"],
+        ),
+        (
+            &json!([]),
+            &json!({}),
+            &json!({"available": 0, "pending": 0, "debt": 0}),
+            &json!(0),
+            &Json::Null,
+            &json!({"open": 0, "pending": 0}),
+            &json!("lead"),
+        )
+    );
+}
+
+#[test]
 fn list_pages_with_a_keyset_cursor() {
     // Arrange: five contacts, created one second apart.
     let app = TestApp::new();
@@ -1515,6 +1644,797 @@ fn an_idempotency_key_reused_with_another_body_is_422() {
             .expect("rows")
     };
     assert_eq!(bodies, ["one"]);
+}
+
+/// `POST /v1/contacts/{id}/interactions`, which must succeed; returns its answer.
+fn record(app: &TestApp, id: &str, body: &Json) -> Json {
+    let response = app.send_json(
+        "POST",
+        WRITE_KEY,
+        &format!("/v1/contacts/{id}/interactions"),
+        body,
+    );
+    assert_eq!(response.status, 201, "{body}: {}", response.text());
+    response.json()
+}
+
+/// The stored (agent, status, updated_by) of an interaction.
+fn handling(
+    app: &TestApp,
+    interaction_id: &str,
+) -> (Option<String>, Option<String>, Option<String>) {
+    app.db()
+        .query_row(
+            "SELECT agent, status, updated_by FROM interactions WHERE id = ?1",
+            [interaction_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("the interaction")
+}
+
+/// Every page of `/v1/contacts/{id}/timeline?{query}` at `limit`.
+fn timeline_pages(app: &TestApp, id: &str, query: &str, limit: usize) -> Vec<Vec<Json>> {
+    let mut pages = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/contacts/{id}/timeline?limit={limit}");
+        if !query.is_empty() {
+            path.push_str(&format!("&{query}"));
+        }
+        if let Some(cursor) = &cursor {
+            path.push_str(&format!("&cursor={}", enc(cursor)));
+        }
+        let response = app.get(READ_KEY, &path);
+        assert_eq!(response.status, 200, "{path}: {}", response.text());
+        let page = response.json();
+        pages.push(page["items"].as_array().expect("items").clone());
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+        assert!(pages.len() <= 20, "pagination does not end");
+    }
+    pages
+}
+
+fn kinds_of(entries: &[Json]) -> Vec<&str> {
+    entries
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or(""))
+        .collect()
+}
+
+#[test]
+fn an_interaction_keeps_its_agent_beside_the_key_and_starts_in_its_kinds_status() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "agent@example.jp"}));
+    let cases = [
+        (
+            "an inquiry starts open",
+            json!({"kind": "inquiry", "channel": "phone", "subject": "配送について", "agent": "佐藤"}),
+            Some("open"),
+            Some("佐藤"),
+        ),
+        (
+            "a call records something done",
+            json!({"kind": "call", "channel": "phone", "body": "折り返し済み"}),
+            Some("closed"),
+            None,
+        ),
+        (
+            "a call waiting for a callback",
+            json!({"kind": "call", "body": "明日かけ直す", "status": "pending", "agent": "  田中  "}),
+            Some("pending"),
+            Some("田中"),
+        ),
+        (
+            "a note closed unless told",
+            json!({"kind": "note", "body": "ギフト包装を好む"}),
+            Some("closed"),
+            None,
+        ),
+    ];
+
+    for (case, body, status, agent) in cases {
+        // Act
+        let answer = record(&app, &id, &body);
+
+        // Assert
+        assert_eq!(answer["status"], json!(status), "case {case}");
+        assert_eq!(answer["agent"], json!(agent), "case {case}");
+        assert_eq!(answer["recorded_by"], "key:writer", "case {case}");
+        let entry_id = answer["id"].as_str().expect("id");
+        assert_eq!(
+            handling(&app, entry_id),
+            (agent.map(str::to_owned), status.map(str::to_owned), None),
+            "case {case}: stored"
+        );
+    }
+    let timeline = app
+        .get(
+            READ_KEY,
+            &format!("/v1/contacts/{id}/timeline?kind=inquiry"),
+        )
+        .json();
+    let inquiry = &timeline["items"][0];
+    assert_eq!(
+        (
+            &inquiry["agent"],
+            &inquiry["status"],
+            &inquiry["recorded_by"]
+        ),
+        (&json!("佐藤"), &json!("open"), &json!("key:writer"))
+    );
+    assert_eq!(inquiry["updated_at"], Json::Null);
+}
+
+#[test]
+fn an_interactions_status_and_agent_change_by_patch_and_each_change_is_logged() {
+    if skip_under_spin("needs the manual clock") {
+        return;
+    }
+    // Arrange: an open inquiry taken by 佐藤.
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "queue@example.jp"}));
+    let inquiry = record(
+        &app,
+        &id,
+        &json!({"kind": "inquiry", "subject": "返品したい", "agent": "佐藤"}),
+    );
+    let inquiry_id = inquiry["id"].as_str().expect("id").to_owned();
+    let path = format!("/v1/contacts/{id}/interactions/{inquiry_id}");
+    tick(&app);
+
+    // Act: waiting for the customer, then handed to 田中 who closes it
+    // (the second sent twice with one Idempotency-Key).
+    let pending = app.send_json(
+        "PATCH",
+        WRITE_KEY,
+        &path,
+        &json!({"status": "pending", "note": "写真を依頼"}),
+    );
+    tick(&app);
+    let close = json!({"status": "closed", "agent": "田中", "note": "返金で合意"});
+    let headers = [("idempotency-key", "close-inquiry-1")];
+    let closed = send_json_with(&app, "PATCH", WRITE_KEY, &path, &headers, &close);
+    let retried = send_json_with(&app, "PATCH", WRITE_KEY, &path, &headers, &close);
+
+    // Assert
+    assert_eq!(pending.status, 200, "{}", pending.text());
+    assert_eq!(pending.json()["status"], "pending");
+    assert_eq!(pending.json()["changed"], json!(["status"]));
+    assert_eq!(closed.status, 200, "{}", closed.text());
+    assert_eq!(
+        retried.body, closed.body,
+        "a retry answers the first result"
+    );
+    let answer = closed.json();
+    assert_eq!(answer["id"], inquiry_id.as_str());
+    assert_eq!(answer["contact_id"], id.as_str());
+    assert_eq!(answer["kind"], "inquiry");
+    assert_eq!(answer["subject"], "返品したい");
+    assert_eq!(
+        (&answer["status"], &answer["agent"]),
+        (&json!("closed"), &json!("田中"))
+    );
+    assert_eq!(answer["changed"], json!(["status", "agent"]));
+    assert_eq!(answer["recorded_by"], "key:writer", "who recorded it stays");
+    assert_eq!(answer["updated_at"], "2026-11-22T03:00:02.000000Z");
+    assert_eq!(
+        handling(&app, &inquiry_id),
+        (
+            Some("田中".to_owned()),
+            Some("closed".to_owned()),
+            Some("key:writer".to_owned())
+        )
+    );
+    let log = app
+        .get(
+            READ_KEY,
+            &format!("/v1/contacts/{id}/timeline?kind=interaction_updated"),
+        )
+        .json();
+    let log = log["items"].as_array().expect("items").clone();
+    assert_eq!(
+        log.len(),
+        2,
+        "one entry per change, none for the retry: {log:?}"
+    );
+    assert_eq!(
+        log[0]["data"],
+        json!({"interaction_id": inquiry_id, "interaction_kind": "inquiry",
+               "status": {"from": "pending", "to": "closed"},
+               "agent": {"from": "佐藤", "to": "田中"}})
+    );
+    assert_eq!(log[0]["body"], "返金で合意");
+    assert_eq!(log[0]["agent"], "田中");
+    assert_eq!(
+        log[1]["data"],
+        json!({"interaction_id": inquiry_id, "interaction_kind": "inquiry",
+               "status": {"from": "open", "to": "pending"}})
+    );
+    assert_eq!(log[1]["body"], "写真を依頼");
+    assert_eq!(log[1]["occurred_at"], "2026-11-22T03:00:01.000000Z");
+    let export = app
+        .get(READ_KEY, &format!("/v1/contacts/{id}/export"))
+        .json();
+    let exported = export["timeline"]
+        .as_array()
+        .and_then(|entries| entries.iter().find(|e| e["id"] == inquiry_id.as_str()))
+        .expect("the inquiry is exported")
+        .clone();
+    assert_eq!(
+        (
+            &exported["agent"],
+            &exported["status"],
+            &exported["updated_by"]
+        ),
+        (&json!("田中"), &json!("closed"), &json!("key:writer")),
+        "the export holds who handled it and where it stands"
+    );
+}
+
+#[test]
+fn concurrent_changes_of_one_interaction_each_log_what_they_replaced() {
+    // Arrange: an open inquiry, and eight agents changing it at once.
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "busy.line@example.jp"}));
+    let inquiry = record(&app, &id, &json!({"kind": "inquiry", "body": "至急"}));
+    let inquiry_id = inquiry["id"].as_str().expect("id").to_owned();
+    let server = app.serve(8);
+    let url = format!(
+        "{}/v1/contacts/{id}/interactions/{inquiry_id}",
+        server.url()
+    );
+    let statuses = [
+        "pending", "closed", "open", "closed", "pending", "open", "closed", "pending",
+    ];
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let barrier = std::sync::Barrier::new(statuses.len());
+
+    // Act
+    let answers: Vec<(u16, String)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = statuses
+            .iter()
+            .enumerate()
+            .map(|(n, status)| {
+                let (agent, barrier, url) = (&agent, &barrier, &url);
+                scope.spawn(move || {
+                    let body = json!({"status": status, "agent": format!("担当{n}"), "note": format!("変更{n}")});
+                    barrier.wait();
+                    match agent
+                        .patch(url)
+                        .header("authorization", &bearer(WRITE_KEY))
+                        .header("content-type", "application/json")
+                        .send(body.to_string())
+                    {
+                        Ok(mut response) => (
+                            response.status().as_u16(),
+                            response.body_mut().read_to_string().unwrap_or_default(),
+                        ),
+                        Err(error) => (0, error.to_string()),
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client thread"))
+            .collect()
+    });
+    server.stop();
+
+    // Assert: every change applied once, one after another, and the log
+    // chains: each change starts from the value the one before it left.
+    for (status, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+    }
+    let log: Vec<Json> = timeline_pages(&app, &id, "kind=interaction_updated", 50)
+        .concat()
+        .into_iter()
+        .rev()
+        .collect();
+    assert_eq!(log.len(), statuses.len(), "one entry per change: {log:?}");
+    let mut notes: Vec<&str> = log
+        .iter()
+        .map(|e| e["body"].as_str().unwrap_or(""))
+        .collect();
+    notes.sort_unstable();
+    let mut expected_notes: Vec<String> = (0..statuses.len()).map(|n| format!("変更{n}")).collect();
+    expected_notes.sort_unstable();
+    assert_eq!(notes, expected_notes, "every note kept");
+    let mut agent_now = Json::Null;
+    let mut status_now = json!("open");
+    for entry in &log {
+        let data = &entry["data"];
+        // Each request names a new agent, so every change moves the agent.
+        assert_eq!(data["agent"]["from"], agent_now, "{entry}");
+        agent_now = data["agent"]["to"].clone();
+        if !data["status"].is_null() {
+            assert_eq!(data["status"]["from"], status_now, "{entry}");
+            status_now = data["status"]["to"].clone();
+        }
+    }
+    let (agent_stored, status_stored, _) = handling(&app, &inquiry_id);
+    assert_eq!(
+        json!(agent_stored),
+        agent_now,
+        "the row holds the last change"
+    );
+    assert_eq!(json!(status_stored), status_now);
+}
+
+#[test]
+fn a_patch_that_changes_nothing_writes_nothing_unless_it_carries_a_note() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "same@example.jp"}));
+    let call = record(
+        &app,
+        &id,
+        &json!({"kind": "call", "body": "x", "agent": "佐藤"}),
+    );
+    let path = format!(
+        "/v1/contacts/{id}/interactions/{}",
+        call["id"].as_str().expect("id")
+    );
+    let counts = app.table_counts();
+
+    // Act
+    let same = app.send_json(
+        "PATCH",
+        WRITE_KEY,
+        &path,
+        &json!({"status": "closed", "agent": "佐藤"}),
+    );
+    let unchanged_counts = app.table_counts();
+    let noted = app.send_json(
+        "PATCH",
+        WRITE_KEY,
+        &path,
+        &json!({"status": "closed", "note": "念のため再確認済み"}),
+    );
+
+    // Assert
+    assert_eq!(same.status, 200, "{}", same.text());
+    assert_eq!(same.json()["changed"], json!([]));
+    assert_eq!(same.json()["updated_at"], Json::Null);
+    assert_eq!(unchanged_counts, counts, "nothing written");
+    assert_eq!(noted.status, 200, "{}", noted.text());
+    assert_eq!(noted.json()["changed"], json!([]));
+    assert_eq!(
+        app.count(
+            "SELECT count(*) FROM interactions WHERE kind = 'interaction_updated'
+             AND body = '念のため再確認済み'"
+        ),
+        1,
+        "the note is kept"
+    );
+}
+
+#[test]
+fn invalid_interaction_changes_are_refused_and_change_nothing() {
+    // Arrange: an inquiry, a system entry, and another contact's inquiry.
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "guard@example.jp"}));
+    let other = app.create_contact(&json!({"email": "other.guard@example.jp"}));
+    let inquiry = record(&app, &id, &json!({"kind": "inquiry", "body": "x"}));
+    let inquiry_id = inquiry["id"].as_str().expect("id").to_owned();
+    let theirs = record(&app, &other, &json!({"kind": "inquiry", "body": "y"}));
+    let theirs_id = theirs["id"].as_str().expect("id").to_owned();
+    let created_id: String = app
+        .db()
+        .query_row(
+            "SELECT id FROM interactions WHERE contact_id = ?1 AND kind = 'contact_created'",
+            [&id],
+            |r| r.get(0),
+        )
+        .expect("contact_created entry");
+    let counts = app.table_counts();
+    let mine = format!("/v1/contacts/{id}/interactions/{inquiry_id}");
+    let cases = [
+        (
+            "unknown status",
+            mine.clone(),
+            json!({"status": "done"}),
+            422,
+            "status",
+        ),
+        (
+            "status of the wrong type",
+            mine.clone(),
+            json!({"status": 1}),
+            422,
+            "status",
+        ),
+        (
+            "agent too long",
+            mine.clone(),
+            json!({"agent": "a".repeat(101)}),
+            422,
+            "agent",
+        ),
+        (
+            "agent with a control character",
+            mine.clone(),
+            json!({"agent": "佐\u{7}藤"}),
+            422,
+            "agent",
+        ),
+        (
+            "note too long",
+            mine.clone(),
+            json!({"status": "closed", "note": "n".repeat(1001)}),
+            422,
+            "note",
+        ),
+        ("nothing to change", mine.clone(), json!({}), 422, "status"),
+        (
+            "a note alone",
+            mine.clone(),
+            json!({"note": "x"}),
+            422,
+            "status",
+        ),
+        (
+            "a field that cannot change",
+            mine.clone(),
+            json!({"status": "closed", "kind": "call"}),
+            422,
+            "kind",
+        ),
+        (
+            "recorded_by cannot be forged",
+            mine.clone(),
+            json!({"status": "closed", "recorded_by": "key:admin"}),
+            422,
+            "recorded_by",
+        ),
+        (
+            "a system entry has no status",
+            format!("/v1/contacts/{id}/interactions/{created_id}"),
+            json!({"status": "closed"}),
+            422,
+            "status",
+        ),
+        (
+            "another contact's interaction",
+            format!("/v1/contacts/{id}/interactions/{theirs_id}"),
+            json!({"status": "closed"}),
+            404,
+            "",
+        ),
+        (
+            "an unknown interaction",
+            format!("/v1/contacts/{id}/interactions/{UNKNOWN_ID}"),
+            json!({"status": "closed"}),
+            404,
+            "",
+        ),
+        (
+            "an unknown contact",
+            format!("/v1/contacts/{UNKNOWN_ID}/interactions/{inquiry_id}"),
+            json!({"status": "closed"}),
+            404,
+            "",
+        ),
+    ];
+
+    for (case, path, body, status, field) in cases {
+        // Act
+        let response = app.send_json("PATCH", WRITE_KEY, &path, &body);
+
+        // Assert
+        let problem = response.assert_problem(status, case);
+        if status == 422 {
+            assert!(
+                error_fields(&problem).iter().any(|f| f == field),
+                "case {case}: {problem}"
+            );
+        }
+    }
+    let get = app.get(READ_KEY, &mine);
+    assert_eq!(get.status, 405, "PATCH only: {}", get.text());
+    let read_only = app.send_json("PATCH", READ_KEY, &mine, &json!({"status": "closed"}));
+    read_only.assert_problem(403, "contacts:read cannot change an interaction");
+    assert_eq!(app.table_counts(), counts, "nothing stored");
+    assert_eq!(
+        handling(&app, &inquiry_id),
+        (None, Some("open".to_owned()), None)
+    );
+    assert_eq!(
+        handling(&app, &theirs_id),
+        (None, Some("open".to_owned()), None)
+    );
+}
+
+#[test]
+fn a_bad_kind_channel_or_status_is_422_listing_the_valid_ones() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "lists@example.jp"}));
+    let path = format!("/v1/contacts/{id}/interactions");
+    let counts = app.table_counts();
+    let cases = [
+        (
+            "kind",
+            json!({"kind": "meeting", "body": "x"}),
+            vec!["inquiry", "call", "email", "visit", "note"],
+        ),
+        (
+            "channel",
+            json!({"kind": "call", "body": "x", "channel": "fax"}),
+            vec![
+                "phone",
+                "email",
+                "web",
+                "in_person",
+                "chat",
+                "sms",
+                "post",
+                "other",
+            ],
+        ),
+        (
+            "status",
+            json!({"kind": "call", "body": "x", "status": "done"}),
+            vec!["open", "pending", "closed"],
+        ),
+    ];
+
+    for (field, body, valid) in cases {
+        // Act
+        let response = app.send_json("POST", WRITE_KEY, &path, &body);
+
+        // Assert
+        let problem = response.assert_problem(422, field);
+        let message = problem["errors"]
+            .as_array()
+            .and_then(|errors| errors.iter().find(|e| e["field"] == field))
+            .and_then(|e| e["message"].as_str())
+            .unwrap_or_else(|| panic!("no error for {field}: {problem}"))
+            .to_owned();
+        for name in valid {
+            assert!(message.contains(name), "{field}: `{message}` lacks {name}");
+        }
+    }
+    let long_agent = app.send_json(
+        "POST",
+        WRITE_KEY,
+        &path,
+        &json!({"kind": "call", "body": "x", "agent": "a".repeat(101)}),
+    );
+    let problem = long_agent.assert_problem(422, "agent too long");
+    assert_eq!(error_fields(&problem), ["agent"]);
+    assert_eq!(app.table_counts(), counts, "nothing stored");
+}
+
+#[test]
+fn the_timeline_filters_by_one_or_several_kinds_with_full_pages() {
+    if skip_under_spin("needs the manual clock") {
+        return;
+    }
+    // Arrange: inquiries and calls among notes, one second apart.
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "filter@example.jp"}));
+    let mut inquiries = Vec::new();
+    let mut calls = Vec::new();
+    for i in 0..4 {
+        tick(&app);
+        inquiries.push(
+            record(
+                &app,
+                &id,
+                &json!({"kind": "inquiry", "body": format!("問い合わせ {i}")}),
+            )["id"]
+                .clone(),
+        );
+        tick(&app);
+        record(
+            &app,
+            &id,
+            &json!({"kind": "note", "body": format!("メモ {i}")}),
+        );
+        tick(&app);
+        calls.push(
+            record(
+                &app,
+                &id,
+                &json!({"kind": "call", "body": format!("電話 {i}")}),
+            )["id"]
+                .clone(),
+        );
+    }
+    inquiries.reverse();
+    calls.reverse();
+
+    // Act
+    let only_inquiries = timeline_pages(&app, &id, "kind=inquiry", 3);
+    let both = timeline_pages(&app, &id, &format!("kind={}", enc("inquiry, call")), 3);
+
+    // Assert
+    assert_eq!(
+        only_inquiries.iter().map(Vec::len).collect::<Vec<_>>(),
+        [3, 1]
+    );
+    let ids: Vec<Json> = only_inquiries
+        .concat()
+        .iter()
+        .map(|e| e["id"].clone())
+        .collect();
+    assert_eq!(ids, inquiries, "every inquiry once, newest first");
+    assert_eq!(both.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 2]);
+    let both = both.concat();
+    assert!(
+        kinds_of(&both)
+            .iter()
+            .all(|k| *k == "inquiry" || *k == "call")
+    );
+    let mut expected = Vec::new();
+    for (inquiry, call) in inquiries.iter().zip(&calls) {
+        expected.push(call.clone());
+        expected.push(inquiry.clone());
+    }
+    let ids: Vec<Json> = both.iter().map(|e| e["id"].clone()).collect();
+    assert_eq!(ids, expected);
+    let all = timeline_pages(&app, &id, "kind=inquiry,call,note,contact_created", 50);
+    assert_eq!(all.concat().len(), 13);
+}
+
+#[test]
+fn an_unknown_timeline_kind_is_422_listing_the_valid_ones() {
+    // Arrange
+    let app = TestApp::new();
+    let id = app.create_contact(&json!({"email": "kinds@example.jp"}));
+    let cases = [
+        ("unknown kind", "kind=meeting"),
+        ("one unknown among known", "kind=inquiry,meeting"),
+        ("empty", "kind="),
+        ("a trailing comma", "kind=inquiry,"),
+    ];
+
+    for (case, query) in cases {
+        // Act
+        let response = app.get(READ_KEY, &format!("/v1/contacts/{id}/timeline?{query}"));
+
+        // Assert
+        let problem = response.assert_problem(422, case);
+        assert_eq!(error_fields(&problem), ["kind"], "case {case}");
+        let message = problem["errors"][0]["message"].as_str().unwrap_or("");
+        for kind in [
+            "inquiry",
+            "note",
+            "interaction_updated",
+            "order_placed",
+            "points_earned",
+            "points_redeemed",
+            "points_expired",
+        ] {
+            assert!(
+                message.contains(kind),
+                "case {case}: `{message}` lacks {kind}"
+            );
+        }
+    }
+    app.get(
+        READ_KEY,
+        &format!("/v1/contacts/{id}/timeline?kinds=inquiry"),
+    )
+    .assert_problem(422, "a misspelt parameter");
+}
+
+#[test]
+fn points_earned_redeemed_and_expired_are_on_the_timeline() {
+    if skip_under_spin("needs the manual clock") {
+        return;
+    }
+    // Arrange: a 5,000-yen order earns 50 points (the default program:
+    // 1 per 100 yen, expiring after 365 days); 10 are spent at the till.
+    let app = TestApp::new();
+    let event = json!({
+        "type": "order.paid",
+        "timestamp": "2026-11-22T02:59:30Z",
+        "data": {
+            "id": "TL-1", "number": "#1002", "currency": "JPY",
+            "placed_at": "2026-11-22T02:59:00Z", "updated_at": "2026-11-22T02:59:10Z",
+            "customer": {"email": "points.tl@example.jp"},
+            "subtotal": "5000", "shipping": "0", "tax": "400", "discount": "0",
+            "total": "5400", "points_used": 0,
+            "lines": [{"id": "L1", "sku": "TEA-1", "name": "煎茶", "quantity": 1,
+                       "unit_price": "5000", "total": "5000", "discount": "0", "tax": "400"}],
+            "refunds": []
+        }
+    });
+    let order = app.post_kizuna_event("msg_tl_1", event.to_string().into_bytes());
+    assert_eq!(order.status, 200, "{}", order.text());
+    let id: String = app
+        .db()
+        .query_row(
+            "SELECT id FROM contacts WHERE email = 'points.tl@example.jp'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the buyer");
+    tick(&app);
+    let redeem = app.request(
+        "POST",
+        "/v1/points/redeem",
+        &[
+            ("authorization", &bearer(POINTS_KEY)),
+            ("content-type", "application/json"),
+            ("idempotency-key", "tl-redeem-1"),
+        ],
+        json!({"contact_id": id, "points": 10, "reason": "店頭で利用", "order_ref": "POS-77"})
+            .to_string(),
+    );
+    assert_eq!(redeem.status, 201, "{}", redeem.text());
+    app.clock.advance(time::Duration::days(366));
+    let sweep = app.send_json(
+        "POST",
+        POINTS_ADMIN_KEY,
+        "/v1/points/expire-due",
+        &json!({}),
+    );
+    assert_eq!(sweep.status, 200, "{}", sweep.text());
+
+    // Act
+    let points = timeline_pages(
+        &app,
+        &id,
+        "kind=points_earned,points_redeemed,points_expired",
+        2,
+    );
+    let whole = timeline_pages(&app, &id, "", 50).concat();
+
+    // Assert
+    assert_eq!(points.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1]);
+    let points = points.concat();
+    assert_eq!(
+        kinds_of(&points),
+        ["points_expired", "points_redeemed", "points_earned"]
+    );
+    let data: Vec<(&Json, &Json)> = points
+        .iter()
+        .map(|e| (&e["data"]["points"], &e["data"]["balance_after"]))
+        .collect();
+    assert_eq!(
+        data,
+        [
+            (&json!(-40), &json!(0)),
+            (&json!(-10), &json!(40)),
+            (&json!(50), &json!(50))
+        ]
+    );
+    assert_eq!(points[0]["data"]["reason"], "expired");
+    assert_eq!(points[0]["recorded_by"], "key:points-admin");
+    assert_eq!(points[1]["data"]["reason"], "店頭で利用");
+    assert_eq!(points[1]["data"]["order_ref"], "POS-77");
+    assert_eq!(points[2]["data"]["order_number"], "#1002");
+    assert_eq!(points[2]["data"]["order_external_id"], "TL-1");
+    assert!(points[2]["data"]["order_id"].is_string());
+    assert_eq!(points[2]["occurred_at"], "2026-11-22T03:00:00.000000Z");
+    assert_eq!(points[2]["status"], Json::Null);
+    let whole_kinds = kinds_of(&whole);
+    for kind in [
+        "points_expired",
+        "points_redeemed",
+        "points_earned",
+        "order_placed",
+    ] {
+        assert!(
+            whole_kinds.contains(&kind),
+            "unfiltered: {whole_kinds:?} lacks {kind}"
+        );
+    }
+    assert_eq!(
+        whole_kinds[..2],
+        ["points_expired", "points_redeemed"],
+        "newest first"
+    );
 }
 
 // ---------------------------------------------------------------------------

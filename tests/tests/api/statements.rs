@@ -216,3 +216,59 @@ fn a_server_timing_setting_other_than_true_or_false_is_refused() {
     let response = app.get(READ_KEY, "/healthz");
     assert_eq!(response.status, 500);
 }
+
+#[test]
+fn a_look_up_page_is_one_statement_however_many_contacts_it_holds() {
+    if skip_under_spin("counts statements in the native host") {
+        return;
+    }
+    // Arrange: twelve customers named 山田, each with tags, an order
+    // (which earns points) and an open inquiry: everything a summary
+    // reads, for every row of the page.
+    let app = TestApp::new();
+    for n in 1..=12u32 {
+        let email = format!("yamada{n}@example.jp");
+        let id = app.create_contact(&json!({
+            "email": email, "phone": format!("090-1111-{n:04}"),
+            "family_name": "山田", "family_name_kana": "ヤマダ", "tags": ["vip", "gift"],
+        }));
+        assert_eq!(five_line_order(&app, n, &email).status, 200);
+        let inquiry = app.send_json(
+            "POST",
+            WRITE_KEY,
+            &format!("/v1/contacts/{id}/interactions"),
+            &json!({"kind": "inquiry", "body": "在庫は？"}),
+        );
+        assert_eq!(inquiry.status, 201, "{}", inquiry.text());
+    }
+    let read = |path: &str| {
+        let mut items = 0;
+        let (status, statements) = counted(&app, || {
+            let response = app.get(READ_KEY, path);
+            items = response.json()["items"].as_array().map_or(0, Vec::len);
+            response
+        });
+        assert_eq!(status, 200, "{path}");
+        (items, statements)
+    };
+
+    // Act
+    let looks = [
+        ("list", read("/v1/contacts?limit=50")),
+        ("q", read("/v1/contacts?q=%E3%82%84%E3%81%BE%E3%81%A0")),
+        (
+            "q, a page of 5",
+            read("/v1/contacts?q=%E5%B1%B1%E7%94%B0&limit=5"),
+        ),
+        ("email", read("/v1/contacts?email=yamada7%40example.jp")),
+        ("phone", read("/v1/contacts?phone=09011110007")),
+    ];
+
+    // Assert
+    println!("statements per look-up page: {looks:?}");
+    let items: Vec<usize> = looks.iter().map(|(_, (items, _))| *items).collect();
+    assert_eq!(items, [12, 12, 5, 1, 1], "{looks:?}");
+    for (case, (_, statements)) in looks {
+        assert_eq!(statements, 1, "{case}: one statement per page");
+    }
+}
