@@ -430,28 +430,6 @@ const SETTINGS_FIELDS: &[&str] = &[
     "consent_texts",
 ];
 
-/// RFC 7396: `patch`'s members replace `target`'s, `null` removes one,
-/// and objects merge member by member (so `consent_texts: {"v4": "…"}`
-/// adds a wording and `{"v2": null}` drops one); arrays are replaced.
-fn merge_patch(target: &mut Json, patch: &Json) {
-    let Json::Object(members) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Json::Object(Map::new());
-    }
-    if let Json::Object(object) = target {
-        for (key, value) in members {
-            if value.is_null() {
-                object.remove(key);
-            } else {
-                merge_patch(object.entry(key.clone()).or_insert(Json::Null), value);
-            }
-        }
-    }
-}
-
 /// `PATCH /v1/forms/{form_id}/settings`: a merge patch of the settings
 /// in force (a form without any starts from the defaults). Only the
 /// settings sent change, `null` returns one to its default, and an
@@ -499,7 +477,7 @@ pub async fn patch_settings<D: Db, K: Kv>(
             .map(|stored| stored.settings)
             .unwrap_or_default();
         let mut merged = serde_json::to_value(&current).context("form settings")?;
-        merge_patch(&mut merged, &Json::Object(patch.clone()));
+        json_patch::merge(&mut merged, &Json::Object(patch.clone()));
         // Through the same parser as a PUT body: a bad value is the same
         // 422 naming the same field.
         let settings: FormSettings = parse_json(&Bytes::from(merged.to_string()))?;

@@ -180,28 +180,6 @@ pub const FIELDS: &[&str] = &[
     "point_value_minor",
 ];
 
-/// Applies a JSON merge patch (RFC 7396) to `target`: objects merge key
-/// by key, `null` removes a key, anything else replaces.
-fn merge(target: &mut serde_json::Value, patch: &serde_json::Value) {
-    use serde_json::Value;
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(serde_json::Map::new());
-    }
-    if let Value::Object(target) = target {
-        for (key, value) in patch {
-            if value.is_null() {
-                target.remove(key);
-            } else {
-                merge(target.entry(key.clone()).or_insert(Value::Null), value);
-            }
-        }
-    }
-}
-
 impl Rules {
     /// These rules with a merge patch applied (`PATCH /v1/points/program`):
     /// what the patch leaves out stays, `null` puts a setting back to its
@@ -238,7 +216,7 @@ impl Rules {
                     object.insert(key.clone(), whole.clone());
                 }
                 (_, value, Some(object)) => {
-                    merge(
+                    json_patch::merge(
                         object.entry(key.clone()).or_insert(serde_json::Value::Null),
                         value,
                     );
