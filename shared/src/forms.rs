@@ -442,15 +442,8 @@ pub async fn patch_settings<D: Db, K: Kv>(
     form_id: &str,
     request: &Request,
 ) -> Result<Response, ApiError> {
-    use crate::http::{API_BODY_LIMIT, parse_json, read_json};
-    // RFC 7396's own media type, or plain JSON as every other write takes.
-    let patch: Map<String, Json> =
-        if media_type(request.headers()).as_deref() == Some("application/merge-patch+json") {
-            check_size(request.body(), API_BODY_LIMIT)?;
-            parse_json(request.body())?
-        } else {
-            read_json(request)?
-        };
+    use crate::http::parse_json;
+    let patch = crate::http::read_merge_patch(request)?;
     let unknown: Vec<FieldError> = patch
         .keys()
         .filter(|key| !SETTINGS_FIELDS.contains(&key.as_str()))

@@ -107,6 +107,20 @@ pub fn body_text(body: &Bytes) -> Result<&str, ApiError> {
         .map_err(|_| ApiError::BadRequest("the body is not valid UTF-8".into()))
 }
 
+/// Reads the body of a `PATCH` that is a JSON merge patch (RFC 7396):
+/// one object, sent as RFC 7396's own `application/merge-patch+json` or
+/// as plain JSON like every other write, checked as [`read_json`] checks.
+pub fn read_merge_patch(
+    request: &Request,
+) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    if media_type(request.headers()).as_deref() == Some("application/merge-patch+json") {
+        check_size(request.body(), API_BODY_LIMIT)?;
+        parse_json(request.body())
+    } else {
+        read_json(request)
+    }
+}
+
 /// Reads a JSON API body into `T`: size, content type, UTF-8, syntax
 /// (400), then shape (422, naming the field where serde can).
 pub fn read_json<T: DeserializeOwned>(request: &Request) -> Result<T, ApiError> {

@@ -473,15 +473,7 @@ pub async fn patch_program<D: Db, K: Kv>(
     actor: &Actor,
     request: &Request,
 ) -> Result<Response, ApiError> {
-    use crate::http::{API_BODY_LIMIT, check_size, media_type, parse_json, read_json};
-    // RFC 7396's own media type, or plain JSON as every other write takes.
-    let patch: Map<String, Json> =
-        if media_type(request.headers()).as_deref() == Some("application/merge-patch+json") {
-            check_size(request.body(), API_BODY_LIMIT)?;
-            parse_json(request.body())?
-        } else {
-            read_json(request)?
-        };
+    let patch = crate::http::read_merge_patch(request)?;
     let now = ctx.clock.now();
     let saved = transaction(ctx.db, async || -> Result<program::Program, ApiError> {
         let rules = program::current(ctx.db).await?.rules.patched(&patch)?;
