@@ -298,6 +298,12 @@ pub fn query_pairs(
     }
 }
 
+/// Refuses any query parameter (but [`COMMON_QUERY_PARAMS`]) on a list or
+/// report that takes none, as [`query_pairs`] does for those that do.
+pub fn takes_no_query(request: &Request) -> Result<(), ApiError> {
+    query_pairs(request, &[]).map(|_| ())
+}
+
 /// Every pair of the query string, unchecked: for public pages whose links
 /// pass through mail tools and browsers that add their own (`utm_*`).
 pub fn all_query_pairs(request: &Request) -> Vec<(String, String)> {
@@ -446,6 +452,108 @@ mod tests {
         );
         assert!(decode_cursor("!!!", 2).is_err());
         assert!(decode_cursor(&c, 1).is_err());
+    }
+
+    proptest::proptest! {
+        /// On bodies a client could send (any nesting of objects, arrays,
+        /// escaped keys and strings with brackets in them, any layout),
+        /// the path found from where serde_json stopped is the one
+        /// `serde_path_to_error` named before it was replaced.
+        #[test]
+        fn the_path_found_is_the_one_serde_path_to_error_names(
+            body in body_strategy(),
+            pretty in proptest::bool::ANY,
+        ) {
+            #[derive(Debug, serde::Deserialize)]
+            #[allow(dead_code)]
+            struct Inner {
+                n: u8,
+                s: String,
+                #[serde(default)]
+                list: Vec<u8>,
+            }
+            #[derive(Debug, serde::Deserialize)]
+            #[allow(dead_code)]
+            struct Outer {
+                a: Inner,
+                #[serde(default)]
+                items: Vec<Inner>,
+                #[serde(default)]
+                map: std::collections::BTreeMap<String, u8>,
+            }
+            let text = if pretty {
+                serde_json::to_string_pretty(&body).unwrap()
+            } else {
+                body.to_string()
+            };
+            if let Err(error) = serde_json::from_str::<Outer>(&text) {
+                let mut deserializer = serde_json::Deserializer::from_str(&text);
+                let wrapped = serde_path_to_error::deserialize::<_, Outer>(&mut deserializer)
+                    .expect_err("both refuse");
+                let expected = wrapped.path().to_string();
+                let found = json_path_at(&text, error.line(), error.column());
+                // serde_path_to_error names an unknown field's parent
+                // object; parse_json takes that name from the message.
+                proptest::prop_assert_eq!(found, expected, "{}", text);
+            }
+        }
+    }
+
+    /// Bodies shaped like the test's `Outer`, each part sometimes of the
+    /// wrong type or missing, with keys that need escaping beside them.
+    fn body_strategy() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        use serde_json::{Value, json};
+        let odd_key = "[a-z\\\\\"{}\\[\\],: ]{1,4}";
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            (-2i64..300).prop_map(Value::from),
+            "[a-z{}\\[\\],:\"]{0,6}".prop_map(Value::from),
+        ];
+        let small = prop_oneof![4 => (0i64..256).prop_map(Value::from), 1 => leaf.clone()];
+        let text = prop_oneof![4 => "[a-z\"{}]{0,5}".prop_map(Value::from), 1 => leaf.clone()];
+        let inner = (
+            proptest::option::weighted(0.9, small.clone()),
+            proptest::option::weighted(0.9, text),
+            proptest::option::of(proptest::collection::vec(small.clone(), 0..4)),
+            proptest::option::weighted(0.2, (odd_key, leaf.clone())),
+        )
+            .prop_map(|(n, s, list, extra)| {
+                let mut object = serde_json::Map::new();
+                if let Some(extra) = extra {
+                    object.insert(extra.0, extra.1);
+                }
+                if let Some(n) = n {
+                    object.insert("n".into(), n);
+                }
+                if let Some(s) = s {
+                    object.insert("s".into(), s);
+                }
+                if let Some(list) = list {
+                    object.insert("list".into(), Value::from(list));
+                }
+                Value::Object(object)
+            });
+        let inner = prop_oneof![9 => inner, 1 => leaf.clone()];
+        (
+            proptest::option::weighted(0.95, inner.clone()),
+            proptest::option::of(proptest::collection::vec(inner, 0..4)),
+            proptest::option::of(proptest::collection::btree_map(odd_key, small, 0..3)),
+        )
+            .prop_map(|(a, items, map)| {
+                let mut object = json!({});
+                if let Some(a) = a {
+                    object["a"] = a;
+                }
+                if let Some(items) = items {
+                    object["items"] = Value::from(items);
+                }
+                if let Some(map) = map {
+                    object["map"] = Value::Object(map.into_iter().collect());
+                }
+                object
+            })
     }
 
     #[test]

@@ -44,6 +44,7 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
         ["v1", "points", "liability"] => match *method {
             Method::GET => {
                 authorize(Scope::PointsRead)?;
+                kizuna::http::takes_no_query(request)?;
                 api::liability(ctx).await
             }
             _ => Err(ApiError::MethodNotAllowed("GET")),

@@ -48,8 +48,14 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
             get_only(method)?;
             authorize(Scope::SegmentsRead)?;
             match *report {
-                "summary" => analytics::summary(ctx).await,
-                "rfm" => analytics::rfm_grid(ctx).await,
+                "summary" => {
+                    kizuna::http::takes_no_query(request)?;
+                    analytics::summary(ctx).await
+                }
+                "rfm" => {
+                    kizuna::http::takes_no_query(request)?;
+                    analytics::rfm_grid(ctx).await
+                }
                 "cross-sell" => analytics::cross_sell(ctx, request).await,
                 _ => Err(ApiError::NotFound("no such report".into())),
             }
@@ -57,6 +63,7 @@ async fn route<D: Db, K: Kv>(request: &Request, ctx: &Ctx<'_, D, K>) -> Result<R
         ["v1", "segments"] => match *method {
             Method::GET => {
                 authorize(Scope::SegmentsRead)?;
+                kizuna::http::takes_no_query(request)?;
                 api::list(ctx.db).await
             }
             Method::POST => {

@@ -90,6 +90,25 @@ fn every_list_refuses_a_parameter_it_does_not_take() {
             "sku=TEA-1&skus=TEA-2",
             "skus",
         ),
+        (SEGMENTS_KEY, "/v1/segments".to_owned(), "limit=5", "limit"),
+        (
+            SEGMENTS_KEY,
+            "/v1/analytics/summary".to_owned(),
+            "from=2026-01-01",
+            "from",
+        ),
+        (
+            SEGMENTS_KEY,
+            "/v1/analytics/rfm".to_owned(),
+            "segment=x",
+            "segment",
+        ),
+        (
+            POINTS_ADMIN_KEY,
+            "/v1/points/liability".to_owned(),
+            "month=2026-12",
+            "month",
+        ),
     ];
     for (key, path, query, unknown) in lists {
         let before = app.table_counts();
