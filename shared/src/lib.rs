@@ -24,6 +24,7 @@
 //!   keyed list of withdrawn and erased addresses that nothing but the
 //!   person's own opt-in lifts.
 //! - `idempotency`: replaying a retried write's first answer.
+//! - `events`: the topics of events out, the outbox and webhook endpoints.
 
 pub mod answer_zone;
 pub mod auth;
@@ -36,6 +37,7 @@ pub mod contacts_api;
 pub mod db;
 pub mod email;
 pub mod error;
+pub mod events;
 pub mod forms;
 pub mod http;
 pub mod idempotency;
