@@ -622,16 +622,38 @@ fn time(value: &Json, offset: time::UtcOffset) -> Result<OffsetDateTime, String>
     if let Some(t) = timestamp::parse(text) {
         return Ok(t);
     }
-    let date = time::Date::parse(
-        text,
-        time::macros::format_description!("[year]-[month]-[day]"),
-    )
-    .map_err(|_| message())?;
+    let date = parse_date(text).ok_or_else(message)?;
     date.with_time(time::Time::MIDNIGHT)
         .assume_offset(offset)
         .checked_to_offset(time::UtcOffset::UTC)
         .filter(|t| timestamp::in_range(*t))
         .ok_or_else(message)
+}
+
+/// A date `YYYY-MM-DD` as `time`'s format description `[year]-[month]-[day]`
+/// reads it: an optional `+` or `-`, exactly four digits, then two for the
+/// month and two for the day, nothing after; `time::Date` checks the
+/// calendar. Split by hand because `time`'s format-description parser is
+/// about 20 KB of Wasm in every component that reads a segment
+/// definition; a test holds this to the crate's answer.
+fn parse_date(text: &str) -> Option<time::Date> {
+    let (sign, rest) = match text.as_bytes() {
+        [b'-', rest @ ..] => (-1, rest),
+        [b'+', rest @ ..] => (1, rest),
+        rest => (1, rest),
+    };
+    let [y0, y1, y2, y3, b'-', m0, m1, b'-', d0, d1] = *rest else {
+        return None;
+    };
+    let number = |digits: &[u8]| {
+        digits.iter().try_fold(0u16, |n, d| {
+            d.is_ascii_digit().then(|| n * 10 + u16::from(d - b'0'))
+        })
+    };
+    let year = sign * i32::from(number(&[y0, y1, y2, y3])?);
+    let month = time::Month::try_from(u8::try_from(number(&[m0, m1])?).ok()?).ok()?;
+    let day = u8::try_from(number(&[d0, d1])?).ok()?;
+    time::Date::from_calendar_date(year, month, day).ok()
 }
 
 fn pair<T>(value: &Json, one: impl Fn(&Json) -> Result<T, String>) -> Result<(T, T), String> {
@@ -805,6 +827,77 @@ fn parse_value(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// `time`'s own reading of `[year]-[month]-[day]`, which `parse_date`
+    /// stands in for.
+    fn crate_date(text: &str) -> Option<time::Date> {
+        time::Date::parse(
+            text,
+            time::macros::format_description!("[year]-[month]-[day]"),
+        )
+        .ok()
+    }
+
+    #[test]
+    fn dates_read_as_the_time_crate_reads_them() {
+        let mut cases: Vec<String> = [
+            "",
+            "2026-11-22",
+            "2026-02-29",
+            "2024-02-29",
+            "2026-04-31",
+            "2026-00-10",
+            "2026-13-01",
+            "2026-12-00",
+            "2026-12-32",
+            "0000-01-01",
+            "-0000-01-01",
+            "+2026-11-22",
+            "-2026-11-22",
+            "+-2026-11-22",
+            "++2026-11-22",
+            "9999-12-31",
+            "0001-01-01",
+            " 2026-11-22",
+            "2026-11-22 ",
+            "2026-11-22T00:00",
+            "20261122",
+            "2026-1-22",
+            "2026-11-2",
+            "202-11-22",
+            "20266-11-22",
+            "2026/11/22",
+            "２０２６-11-22",
+            "2026-11-22\n",
+            "+",
+            "-",
+            "2026-11-2a",
+            "a026-11-22",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        for year in ["0000", "0001", "1900", "2000", "2023", "2024", "9999"] {
+            for month in 0..=13 {
+                for day in 0..=32 {
+                    for sign in ["", "+", "-"] {
+                        cases.push(format!("{sign}{year}-{month:02}-{day:02}"));
+                    }
+                }
+            }
+        }
+        for case in &cases {
+            assert_eq!(parse_date(case), crate_date(case), "{case:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn generated_dates_read_as_the_time_crate_reads_them(
+            text in "[+-]{0,2}[0-9]{3,5}-[0-9]{1,3}-[0-9]{1,3}|\\PC{0,14}"
+        ) {
+            proptest::prop_assert_eq!(parse_date(&text), crate_date(&text));
+        }
+    }
 
     fn pointer_of(definition: Json) -> String {
         match parse(&definition) {
