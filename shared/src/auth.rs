@@ -28,6 +28,8 @@ pub enum Scope {
     SegmentsWrite,
     /// Personal fields (email, phone, name) of segment members.
     SegmentsExport,
+    /// Webhook endpoints (events out): create, change, rotate secrets.
+    WebhooksAdmin,
 }
 
 impl Scope {
@@ -45,6 +47,7 @@ impl Scope {
         Scope::SegmentsRead,
         Scope::SegmentsWrite,
         Scope::SegmentsExport,
+        Scope::WebhooksAdmin,
     ];
 
     pub fn parse(text: &str) -> Option<Scope> {
@@ -65,6 +68,7 @@ impl Scope {
             Scope::SegmentsRead => "segments:read",
             Scope::SegmentsWrite => "segments:write",
             Scope::SegmentsExport => "segments:export",
+            Scope::WebhooksAdmin => "webhooks:admin",
         }
     }
 }

@@ -66,6 +66,15 @@ pub const SEGMENTS_VARIABLES: &[&str] = &[
     "server_timing",
 ];
 
+/// The variables the `events` component reads.
+pub const EVENTS_VARIABLES: &[&str] = &[
+    "api_keys",
+    // Encrypts webhook endpoint secrets at rest (`events::endpoints`).
+    "webhook_secret_key",
+    "webhook_allowed_hosts",
+    "server_timing",
+];
+
 /// `public_base_url` when the variable is not set: `spin up`'s own
 /// address, right for trying Kizuna on one machine and wrong in any link
 /// a customer receives.
@@ -106,6 +115,12 @@ pub struct Config {
     /// ("within the last 7 days"), points month ends, the liability
     /// report's months.
     pub shop_offset: time::UtcOffset,
+    /// Encrypts webhook endpoint secrets at rest; read through
+    /// [`Config::webhook_secret_key`], which fails loudly without it.
+    webhook_secret_key: Option<String>,
+    /// Where webhook endpoints may point (`events::endpoints::AllowList`
+    /// parses it); empty: any public HTTPS host.
+    pub webhook_allowed_hosts: String,
     /// Whether answers carry a `Server-Timing` header with the stages of
     /// the request (for benchmarks and diagnosis; off by default, since
     /// timings can help an attacker tell cases apart).
@@ -178,7 +193,13 @@ impl Config {
             "false" | "" => false,
             _ => anyhow::bail!("variable `server_timing` must be true or false"),
         };
+        let webhook_secret_key = get("webhook_secret_key").map(str::to_owned);
+        if webhook_secret_key.as_ref().is_some_and(|k| k.len() < 32) {
+            anyhow::bail!("variable `webhook_secret_key` must be at least 32 characters");
+        }
         Ok(Config {
+            webhook_secret_key,
+            webhook_allowed_hosts: get("webhook_allowed_hosts").unwrap_or("").to_owned(),
             server_timing,
             api_keys,
             unsubscribe_secret,
@@ -206,6 +227,13 @@ impl Config {
                 }
             },
         })
+    }
+
+    /// The text webhook endpoint secrets are encrypted with.
+    pub fn webhook_secret_key(&self) -> anyhow::Result<&str> {
+        self.webhook_secret_key
+            .as_deref()
+            .context("variable `webhook_secret_key` is not set for this component")
     }
 
     /// The key that signs unsubscribe links.

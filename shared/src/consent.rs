@@ -240,6 +240,27 @@ pub async fn record(
         now,
     )
     .await?;
+    // What a mail or LINE tool needs to start or stop sending; the page
+    // URL and the truncated address stay with the proof, not the event.
+    let (topic, kind) = match change.status {
+        Status::Granted => ("consent.granted", "granted"),
+        Status::Withdrawn => ("consent.withdrawn", "withdrawn"),
+    };
+    let payload = json!({
+        "contact_id": contact_id,
+        "consent_id": id,
+        "channel": change.channel.as_str(),
+        "status": kind,
+        "reason": change.reason.as_str(),
+        "source": change.source,
+        "form_id": change.form_id,
+        "order_id": change.order_id,
+        "opt_in_level": change.opt_in_level,
+        "text_version": change.text_version,
+        "occurred_at": crate::timestamp::format(occurred_at),
+    });
+    let event = crate::events::outbox::Event::new(topic, Some(contact_id), payload);
+    crate::events::outbox::record(db, now, &[event]).await?;
     Ok(id)
 }
 

@@ -9,6 +9,7 @@
 //! guarantee one record per identity even if a path forgot the lock.
 
 use crate::error::ApiError;
+use crate::events::outbox::{self, Event};
 use crate::ports::{Db, DbError, Row, Value};
 use crate::profile::{MAX_ATTRIBUTES_PER_CONTACT, Profile, TEXT_FIELDS};
 use crate::text::search_fold;
@@ -164,6 +165,9 @@ pub async fn insert(
         other => profile.text(other).unwrap_or(""),
     });
     insert_search_terms(db, id, terms).await?;
+    let created = json!({"contact_id": id, "source": touch.source, "form_id": touch.form_id});
+    let now = crate::timestamp::parse(now).context("the write's own timestamp")?;
+    outbox::record(db, now, &[Event::new("contact.created", Some(id), created)]).await?;
     Ok(())
 }
 
@@ -263,7 +267,22 @@ pub async fn update(
     {
         refresh_search_terms(db, id).await?;
     }
+    record_updated(db, id, &changed, now).await?;
     Ok(changed)
+}
+
+/// The `contact.updated` event of fields just changed (at `now`, the
+/// write's stored timestamp): their names only, as the values are
+/// personal data that a delivery renders from the row.
+pub async fn record_updated(
+    db: &impl Db,
+    id: &str,
+    fields: &[String],
+    now: &str,
+) -> anyhow::Result<()> {
+    let updated = json!({"contact_id": id, "fields": fields});
+    let now = crate::timestamp::parse(now).context("the write's own timestamp")?;
+    outbox::record(db, now, &[Event::new("contact.updated", Some(id), updated)]).await
 }
 
 /// Whether setting `field` to `value` on contact `id` would collide with

@@ -430,7 +430,10 @@ pub async fn patch<D: Db, K: Kv>(
                 return Err(ApiError::invalid("email", "a contact keeps at least an email, a phone or an external_id"));
             }
             contact::refresh_search_terms(ctx.db, id).await?;
-            changed.extend(clear.iter().map(|f| (*f).to_owned()));
+            // `contact::update` told of the fields it set; these it did not see.
+            let cleared: Vec<String> = clear.iter().map(|f| (*f).to_owned()).collect();
+            contact::record_updated(ctx.db, id, &cleared, &at).await?;
+            changed.extend(cleared);
         }
         if !changed.is_empty() {
             let entry = Entry::event(Kind::ContactUpdated, Some(json!({ "fields": changed })), now);

@@ -27,6 +27,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0010_interaction_handling.sql"),
     include_str!("migrations/0011_webhook_auth_failures_and_lookups.sql"),
     include_str!("migrations/0013_category_nocase_index.sql"),
+    include_str!("migrations/0014_events_outbox.sql"),
+    include_str!("migrations/0015_webhook_endpoints.sql"),
 ];
 
 /// The schema version this build expects.

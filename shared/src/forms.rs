@@ -1050,6 +1050,18 @@ async fn store_submission(
         occurred_at: now,
     };
     timeline::append(db, &id, &entry, &actor, now).await?;
+    // No page, UTM or extra fields: any of them may carry what a person
+    // typed. A receiver reads the form's id and what the post recorded.
+    let submitted = json!({
+        "contact_id": id,
+        "form_id": form_id,
+        "contact_created": created,
+        "consent_email": submission.consent_email,
+        "consent_recorded": grant,
+        "suppression_lifted": suppression_lifted,
+    });
+    let event = crate::events::outbox::Event::new("form.submitted", Some(&id), submitted);
+    crate::events::outbox::record(db, now, &[event]).await?;
     if grant {
         let ip = sender.client_ip.as_deref().and_then(consent::truncate_ip);
         let version = settings.consent_version(submission.consent_text_version.as_deref());

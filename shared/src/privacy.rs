@@ -17,6 +17,7 @@
 use crate::Ctx;
 use crate::consent::{self, ConsentChange};
 use crate::error::ApiError;
+use crate::events::outbox::{self, Event};
 use crate::http::{Request, Response, json_response};
 use crate::ids::new_id;
 use crate::ports::{Db, Kv};
@@ -452,6 +453,12 @@ pub async fn erase(
     )
     .await
     .context("failed to record the erasure")?;
+    // The id only. The contact's earlier events keep ids, amounts and
+    // statuses (a delivery renders personal fields from this row, now
+    // emptied); the one field that may hold someone's words goes.
+    outbox::scrub_contact(db, id).await?;
+    let event = Event::new("contact.erased", Some(id), json!({"contact_id": id}));
+    outbox::record(db, now, &[event]).await?;
     Ok(Some(Erased {
         erased_at: at,
         points_forfeited,

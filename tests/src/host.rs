@@ -56,6 +56,7 @@ async fn call_component(
         "purchases" => Some(kizuna_purchases::handle(request, ctx).await),
         "points" => Some(kizuna_points::handle(request, ctx).await),
         "segments" => Some(kizuna_segments::handle(request, ctx).await),
+        "events" => Some(kizuna_events::handle(request, ctx).await),
         _ => None,
     }
 }

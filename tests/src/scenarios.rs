@@ -612,6 +612,10 @@ pub fn variables() -> Vec<(String, String)> {
             "woocommerce_webhook_secrets",
             "bench-spin-unused-woo-secret".into(),
         ),
+        (
+            "webhook_secret_key",
+            "bench-spin-webhook-secret-key-0123456789".into(),
+        ),
         // The form posts play many clients behind one proxy (the bench),
         // each from its own address: none is rate limited.
         ("trusted_proxies", "127.0.0.0/8".into()),

@@ -4,6 +4,9 @@
 //! same transaction as the fact) and the webhook endpoints that receive
 //! events build on it.
 
+pub mod endpoints;
+pub mod outbox;
+
 /// Every topic an event can have, and so every topic a webhook endpoint
 /// may subscribe to. `points.expiring`, `segment.joined` and
 /// `segment.left` are computed by the scheduler, not on a write path.

@@ -38,6 +38,18 @@ impl Kind {
         }
     }
 
+    /// The event an entry of this kind is (`events::TOPICS`). A
+    /// cancelled order's earn taken back is a reversal, as is a refund's.
+    pub fn topic(self) -> &'static str {
+        match self {
+            Kind::Earn => "points.earned",
+            Kind::Redeem => "points.redeemed",
+            Kind::Expire => "points.expired",
+            Kind::Cancel | Kind::Reverse => "points.reversed",
+            Kind::Adjust => "points.adjusted",
+        }
+    }
+
     /// The lifetime total an entry of this kind moves.
     fn total_column(self, points: i64) -> (&'static str, i64) {
         match self {
@@ -165,7 +177,60 @@ pub async fn credit(
     .await
     .context("failed to open a points lot")?;
     pay_debt(db, contact_id, debt, now).await?;
+    record_events(db, contact_id, &[(&entry_id, kind_of(entry)?)], now).await?;
     Ok(entry_id)
+}
+
+fn kind_of(entry: &NewEntry<'_>) -> anyhow::Result<Kind> {
+    entry.kind.context("an entry needs a kind")
+}
+
+/// The events of entries just written for one contact, in one statement,
+/// after the lots have moved: each payload, built by SQLite, carries the
+/// entry (points, kind, order, related entry; not its reason or order
+/// reference, which are free text) and the contact's balance after the
+/// call (available, pending, debt, the next expiry and its points), so a
+/// receiver can act without calling back.
+async fn record_events(
+    db: &impl Db,
+    contact_id: &str,
+    entries: &[(&str, Kind)],
+    now: OffsetDateTime,
+) -> anyhow::Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|(entry_id, kind)| serde_json::json!([new_id(now), entry_id, kind.topic()]))
+        .collect();
+    let [at, horizon] = balance_params(now);
+    db.execute(
+        &format!(
+            "WITH b AS ({BALANCE_SQL})
+             {} SELECT json_extract(j.value, '$[0]') AS id, json_extract(j.value, '$[2]') AS topic,
+                 ?2 AS occurred_at, ?1 AS contact_id,
+                 json_object('contact_id', ?1, 'entry_id', e.id, 'kind', e.kind, 'points', e.points,
+                     'order_id', e.order_id, 'refund_id', e.refund_id,
+                     'related_entry_id', e.related_entry_id, 'program_version', e.program_version,
+                     'ledger_balance', e.balance_after, 'available', b.available,
+                     'pending', b.pending, 'debt', COALESCE(b.debt, 0),
+                     'next_expiry_at', b.expiring_earliest_at,
+                     'next_expiry_points', b.expiring_earliest_points) AS payload
+             FROM json_each(?4) AS j JOIN points_entries e ON e.id = json_extract(j.value, '$[1]'), b
+             ORDER BY j.key",
+            crate::events::outbox::INSERT_INTO
+        ),
+        &[
+            contact_id.into(),
+            at,
+            horizon,
+            serde_json::Value::Array(list).to_string().into(),
+        ],
+    )
+    .await
+    .context("failed to record points events")?;
+    Ok(())
 }
 
 /// An open lot, as read for spending.
@@ -304,6 +369,7 @@ pub async fn debit(
         .await
         .context("failed to record debt")?;
     }
+    record_events(db, contact_id, &[(&entry_id, kind_of(entry)?)], now).await?;
     Ok(entry_id)
 }
 
@@ -350,6 +416,7 @@ pub async fn redeem(
         .context("failed to record an allocation")?;
         missing -= take;
     }
+    record_events(db, contact_id, &[(&entry_id, Kind::Redeem)], now).await?;
     Ok(entry_id)
 }
 
@@ -465,6 +532,7 @@ pub async fn restore_for_order(
         }
         left -= give;
     }
+    let mut reversals = Vec::with_capacity(per_redeem.len());
     for (redeem_id, given) in &per_redeem {
         let entry = NewEntry {
             reason: Some("points that paid for a refunded order"),
@@ -473,9 +541,14 @@ pub async fn restore_for_order(
             related_entry_id: Some(redeem_id),
             ..NewEntry::new(Kind::Reverse, *given)
         };
-        append(db, contact_id, &entry, actor, now).await?;
+        reversals.push(append(db, contact_id, &entry, actor, now).await?.id);
     }
     settle_debt(db, contact_id, now).await?;
+    let events: Vec<(&str, Kind)> = reversals
+        .iter()
+        .map(|id| (id.as_str(), Kind::Reverse))
+        .collect();
+    record_events(db, contact_id, &events, now).await?;
     Ok(points - left)
 }
 
@@ -525,6 +598,8 @@ pub async fn expire_due(
         }
     }
     .context("failed to find expired lots")?;
+    // Per owner, so each event carries its owner's balance after the sweep.
+    let mut expired: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
     for row in rows.iter() {
         let (lot_id, owner, remaining) = (
             row.str("id")?,
@@ -537,7 +612,12 @@ pub async fn expire_due(
             related_entry_id: Some(row.str("entry_id")?),
             ..NewEntry::new(Kind::Expire, -remaining)
         };
-        append(db, owner, &entry, actor, now).await?;
+        let id = append(db, owner, &entry, actor, now).await?.id;
+        expired.entry(owner).or_default().push(id);
+    }
+    for (owner, ids) in &expired {
+        let events: Vec<(&str, Kind)> = ids.iter().map(|id| (id.as_str(), Kind::Expire)).collect();
+        record_events(db, owner, &events, now).await?;
     }
     Ok(rows.len())
 }
@@ -569,6 +649,7 @@ pub async fn forfeit_all(
         .await
         .context("failed to read lots to forfeit")?;
     let mut forfeited = Forfeited::default();
+    let mut closed = Vec::with_capacity(rows.len());
     for row in rows.iter() {
         let remaining = row.i64("remaining")?;
         take_from_lot(db, row.str("id")?, remaining).await?;
@@ -577,13 +658,18 @@ pub async fn forfeit_all(
             related_entry_id: Some(row.str("entry_id")?),
             ..NewEntry::new(Kind::Expire, -remaining)
         };
-        append(db, contact_id, &entry, actor, now).await?;
+        closed.push(append(db, contact_id, &entry, actor, now).await?.id);
         if row.i64("available")? != 0 {
             forfeited.available += remaining;
         } else {
             forfeited.pending += remaining;
         }
     }
+    let events: Vec<(&str, Kind)> = closed
+        .iter()
+        .map(|id| (id.as_str(), Kind::Expire))
+        .collect();
+    record_events(db, contact_id, &events, now).await?;
     Ok(forfeited)
 }
 

@@ -33,8 +33,69 @@ pub struct Applied {
     pub new_refunds: Vec<(String, i64)>,
 }
 
-/// Applies `event`; call inside a transaction.
+/// Applies `event` and records the order events it caused (none for a
+/// repeat: only what changed is an event); call inside a transaction.
 pub async fn apply(
+    db: &impl Db,
+    source: Source,
+    event: &Event,
+    now: OffsetDateTime,
+) -> Result<Applied, ApiError> {
+    let applied = apply_event(db, source, event, now).await?;
+    record_events(db, &applied, now).await?;
+    Ok(applied)
+}
+
+/// `order.paid`, `order.cancelled` and one `order.refunded` per new
+/// refund, in that order, in one statement. Each payload is built by
+/// SQLite from the order as it now stands (the refund's own id and
+/// amount added), so a receiver sees the same totals as `GET` would.
+/// A refund whose order has not arrived yet becomes an event when the
+/// order does (`apply_order` reports early refunds as new).
+async fn record_events(db: &impl Db, applied: &Applied, now: OffsetDateTime) -> anyhow::Result<()> {
+    let Some(order_id) = &applied.order_id else {
+        return Ok(());
+    };
+    let mut events = Vec::new();
+    if applied.newly_paid {
+        events.push(json!([new_id(now), "order.paid", {}]));
+    }
+    if applied.newly_cancelled {
+        events.push(json!([new_id(now), "order.cancelled", {}]));
+    }
+    for (refund_id, amount) in &applied.new_refunds {
+        let refund = json!({"refund_id": refund_id, "refund_minor": amount});
+        events.push(json!([new_id(now), "order.refunded", refund]));
+    }
+    if events.is_empty() {
+        return Ok(());
+    }
+    db.execute(
+        &format!(
+            "{} SELECT json_extract(j.value, '$[0]') AS id, json_extract(j.value, '$[1]') AS topic,
+                 ?2 AS occurred_at, o.contact_id AS contact_id,
+                 json_patch(json_object('order_id', o.id, 'contact_id', o.contact_id,
+                     'source', o.source, 'external_id', o.external_id, 'number', o.order_number,
+                     'status', o.status, 'currency', o.currency, 'total_minor', o.total_minor,
+                     'refunded_minor', o.refunded_minor, 'points_used', o.points_used,
+                     'placed_at', o.placed_at,
+                     'line_count', (SELECT count(*) FROM order_lines WHERE order_id = o.id)),
+                   json_extract(j.value, '$[2]')) AS payload
+             FROM json_each(?3) AS j, orders o WHERE o.id = ?1 ORDER BY j.key",
+            crate::events::outbox::INSERT_INTO
+        ),
+        &[
+            order_id.as_str().into(),
+            timestamp::format(now).into(),
+            serde_json::Value::Array(events).to_string().into(),
+        ],
+    )
+    .await
+    .context("failed to record order events")?;
+    Ok(())
+}
+
+async fn apply_event(
     db: &impl Db,
     source: Source,
     event: &Event,

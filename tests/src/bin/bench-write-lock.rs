@@ -96,6 +96,10 @@ fn variables() -> Vec<(String, String)> {
             "woocommerce_webhook_secrets",
             "bench-unused-woo-secret".into(),
         ),
+        (
+            "webhook_secret_key",
+            "bench-unused-webhook-secret-key-0123456789".into(),
+        ),
         // The writers play many clients behind one proxy (the bench).
         ("trusted_proxies", "127.0.0.0/8".into()),
         ("form_rate_limit_per_minute", "1000000".into()),

@@ -43,6 +43,13 @@ pub const POINTS_AWARD_KEY: &str = "test-points-award-key-9999";
 /// An analytics dashboard: `segments:read` only (ids, counts, analytics).
 pub const SEGMENTS_READ_KEY: &str = "test-segments-read-key-aaaa";
 
+/// Manages webhook endpoints, without `segments:export`.
+pub const WEBHOOKS_KEY: &str = "test-webhooks-key-bbbb";
+/// Manages webhook endpoints that may carry personal data.
+pub const WEBHOOKS_EXPORT_KEY: &str = "test-webhooks-export-key-cccc";
+/// Encrypts webhook endpoint secrets at rest.
+pub const WEBHOOK_SECRET_KEY: &str = "test-webhook-secret-key-0123456789abcdef";
+
 pub fn api_keys_variable() -> String {
     serde_json::json!([
         {"name": "admin", "sha256": key_digest(ADMIN_KEY), "scopes": ["*"]},
@@ -56,6 +63,8 @@ pub fn api_keys_variable() -> String {
         {"name": "till", "sha256": key_digest(POINTS_REDEEM_KEY), "scopes": ["points:read", "points:redeem"]},
         {"name": "campaigns", "sha256": key_digest(POINTS_AWARD_KEY), "scopes": ["points:award"]},
         {"name": "dashboard", "sha256": key_digest(SEGMENTS_READ_KEY), "scopes": ["segments:read"]},
+        {"name": "webhooks", "sha256": key_digest(WEBHOOKS_KEY), "scopes": ["webhooks:admin"]},
+        {"name": "webhooks-export", "sha256": key_digest(WEBHOOKS_EXPORT_KEY), "scopes": ["webhooks:admin", "segments:export"]},
     ])
     .to_string()
 }
@@ -135,6 +144,7 @@ fn base_variables() -> Vec<(String, String)> {
         ("orders_webhook_secrets", ORDERS_SECRET.to_owned()),
         ("shopify_webhook_secrets", SHOPIFY_SECRET.to_owned()),
         ("woocommerce_webhook_secrets", WOO_SECRET.to_owned()),
+        ("webhook_secret_key", WEBHOOK_SECRET_KEY.to_owned()),
         // Tests reach the app from loopback, as a load balancer would, and
         // name the client they play in `X-Forwarded-For`.
         ("trusted_proxies", TEST_PROXY.to_owned()),
@@ -458,6 +468,7 @@ impl TestApp {
             "contact_search",
             "idempotency_keys",
             "erasures",
+            "events",
         ]
         .iter()
         .map(|t| {

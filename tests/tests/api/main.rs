@@ -3,6 +3,7 @@
 
 mod answers;
 mod contacts;
+mod events;
 mod forms;
 mod helpers;
 mod points;
@@ -13,3 +14,4 @@ mod segments;
 mod segments_properties;
 mod statements;
 mod storage;
+mod webhook_endpoints;

@@ -98,6 +98,19 @@ fn the_frequent_writes_stay_within_their_statement_budgets() {
         )
     });
     assert_eq!(status, 201);
+    let (status, award_statements) = counted(&app, || {
+        app.request(
+            "POST",
+            "/v1/points/award",
+            &[
+                ("authorization", &format!("Bearer {POINTS_KEY}")),
+                ("content-type", "application/json"),
+                ("idempotency-key", "award-1"),
+            ],
+            json!({"contact_id": contact_id, "points": 10, "reason": "campaign"}).to_string(),
+        )
+    });
+    assert_eq!(status, 201);
     let (status, consent_order_statements) = counted(&app, || {
         five_line_order_with_consent(&app, 3, "buyer3@example.jp")
     });
@@ -112,22 +125,30 @@ fn the_frequent_writes_stay_within_their_statement_budgets() {
     );
     println!(
         "statements: form post {form_statements}, order webhook (5 lines, earning) {order_statements}, \
-         with a checkout consent {consent_order_statements}, redeem {redeem_statements}"
+         with a checkout consent {consent_order_statements}, redeem {redeem_statements}, \
+         award {award_statements}"
     );
     // Before issue 9 these were 24 (a form post with consent), 43 and 20,
     // five of them the pragmas and the schema check of a new connection.
     // The form post's twelfth is the read of its settings, which moved
     // from the key-value store (a cache that may be lost) to SQLite.
-    assert!(form_statements <= 12, "form post: {form_statements}");
-    assert!(order_statements <= 24, "order webhook: {order_statements}");
-    // A checkout consent adds three: one read of the buyer's addresses,
-    // latest consent per channel and suppression, then the consent row
-    // and its timeline entry (a withdrawal adds the suppression).
+    // Issue 11 (the outbox) adds one statement per fact, each writing
+    // that fact's events in the fact's transaction: a new lead's post
+    // 12 -> 15 (contact.created, form.submitted, consent.granted), a new
+    // buyer's order 24 -> 27 (contact.created, order.paid, points.earned),
+    // a redeem 13 -> 14, an award 11 -> 12.
+    assert!(form_statements <= 15, "form post: {form_statements}");
+    assert!(order_statements <= 27, "order webhook: {order_statements}");
+    // A checkout consent adds four: one read of the buyer's addresses,
+    // latest consent per channel and suppression, then the consent row,
+    // its timeline entry and its event (a withdrawal adds the
+    // suppression).
     assert!(
-        consent_order_statements <= order_statements + 3,
+        consent_order_statements <= order_statements + 4,
         "order webhook with a checkout consent: {consent_order_statements}"
     );
-    assert!(redeem_statements <= 13, "redeem: {redeem_statements}");
+    assert!(redeem_statements <= 14, "redeem: {redeem_statements}");
+    assert!(award_statements <= 12, "award: {award_statements}");
 }
 
 #[test]
