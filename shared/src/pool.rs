@@ -59,6 +59,10 @@ const BUSY_RETRY_PAUSE: Duration = Duration::from_millis(2);
 /// How long settings read from variables are trusted before re-reading.
 pub const SETTINGS_REFRESH: Duration = Duration::from_secs(10);
 
+/// How many times [`Pool::run`] tries a request the database failed
+/// before any of it was stored.
+pub const TRIES: usize = 3;
+
 /// The idle, prepared connections of one instance.
 pub struct Pool<C> {
     idle: Mutex<Vec<(C, Backend, Instant)>>,
@@ -99,23 +103,25 @@ impl<C: Db> Pool<C> {
     /// the database failed the request before any of it was stored
     /// ([`Lease::may_run_again`]: libSQL took the write lock back from
     /// its transaction, or a restarted server forgot the pooled stream),
-    /// the work runs once more on a fresh connection, so a caller sees a
-    /// 503 only when the second try fails too.
+    /// the work runs again on a fresh connection, up to [`TRIES`] times in
+    /// all, so a caller sees a 503 only when every try failed. (A loaded
+    /// sqld has been seen to interrupt a plain read twice in a row.)
     pub async fn run<T>(
         &self,
         open: impl AsyncFn() -> anyhow::Result<C>,
         work: impl AsyncFn(&Lease<C>) -> T,
     ) -> anyhow::Result<(T, Lease<C>)> {
-        let lease = self.lease(async || open().await).await?;
-        let answer = work(&lease).await;
-        if !lease.may_run_again() {
-            return Ok((answer, lease));
+        let mut tries = 1;
+        loop {
+            let lease = self.lease(async || open().await).await?;
+            let answer = work(&lease).await;
+            if tries == TRIES || !lease.may_run_again() {
+                return Ok((answer, lease));
+            }
+            // Closed, and the pool's other connections with it.
+            self.give_back(lease);
+            tries += 1;
         }
-        // Closed, and the pool's other connections with it.
-        self.give_back(lease);
-        let lease = self.lease(async || open().await).await?;
-        let answer = work(&lease).await;
-        Ok((answer, lease))
     }
 
     fn take_idle(&self) -> Option<(C, Backend)> {
@@ -668,7 +674,7 @@ mod tests {
                     ran: Rc::clone(&ran),
                     ..Fake::default()
                 };
-                if opened.get() == 1 {
+                if opened.get() < TRIES {
                     fake.gone.borrow_mut().push("UPDATE one");
                 }
                 Ok(fake)
@@ -684,8 +690,8 @@ mod tests {
             },
         ))
         .expect("a lease");
-        assert!(answer, "the second try succeeded");
-        assert_eq!(tries.get(), 2);
+        assert!(answer, "the last try succeeded");
+        assert_eq!(tries.get(), TRIES);
         assert!(!lease.may_run_again());
     }
 
