@@ -154,7 +154,14 @@ impl SpinApp {
             if let Some(status) = self.child.try_wait().context("failed to poll spin")? {
                 bail!("spin up exited with {status}: {}", self.log_text());
             }
-            if answers_http(self.addr) {
+            // Another test's server may hold the port and answer (it was
+            // free when chosen): only ours, which says it is serving this
+            // address in its own log, counts.
+            let log = self.log_text();
+            if log.contains("is already in use") {
+                bail!("the port was taken before spin up bound it: {log}");
+            }
+            if log.contains(&format!("Serving http://{}", self.addr)) && answers_http(self.addr) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(25));
