@@ -65,8 +65,8 @@ pub async fn page(
     params.push(timestamp::format(now).into());
     let now = format!("?{}", params.len());
     // `json(…)` keeps each subquery's object an object, not a string, in
-    // the outer one. The lots that count are `points::ledger::BALANCE_SQL`'s:
-    // unexpired at `now`, available once `available_at` has passed.
+    // the outer one. The lots that count are the ledger's open ones,
+    // available once `available_at` has passed.
     let sql = format!(
         "SELECT json_object(
              'id', c.id, 'name', c.name, 'family_name', c.family_name, 'given_name', c.given_name,
@@ -81,9 +81,7 @@ pub async fn page(
                      'available', COALESCE(SUM(CASE WHEN available_at <= {now} THEN remaining END), 0),
                      'pending', COALESCE(SUM(CASE WHEN available_at > {now} THEN remaining END), 0),
                      'debt', COALESCE((SELECT debt FROM points_accounts WHERE contact_id = c.id), 0))
-                 FROM points_lots
-                 WHERE contact_id = c.id AND remaining > 0
-                   AND (expires_at IS NULL OR expires_at > {now}))),
+                 FROM points_lots p WHERE p.contact_id = c.id AND {open_lot})),
              'orders', json_object(
                  'count', c.order_count, 'total_spent_minor', c.total_spent_minor,
                  'first_order_at', c.first_order_at, 'last_order_at', c.last_order_at,
@@ -102,6 +100,7 @@ pub async fn page(
          FROM ({ids_sql}) AS page JOIN contacts c ON c.id = page.id
          ORDER BY c.id",
         consents = crate::consent::CURRENT_JSON_SQL,
+        open_lot = crate::points::ledger::open_lot_sql("p", &now),
     );
     let rows = db
         .execute(&sql, &params)

@@ -708,11 +708,11 @@ pub async fn balance_and_lots_of_live_contact(
                          'created_at', x.created_at, 'available_at', x.available_at,
                          'expires_at', x.expires_at))
                      FROM (SELECT l.*, e.kind FROM points_lots l JOIN points_entries e ON e.id = l.entry_id
-                           WHERE l.contact_id = ?1 AND l.remaining > 0
-                             AND (l.expires_at IS NULL OR l.expires_at > ?2)
+                           WHERE l.contact_id = ?1 AND {open}
                            ORDER BY l.expires_at IS NULL, l.expires_at, l.available_at, l.entry_id
                            LIMIT ?4) AS x) AS lots_json
-                 FROM b"
+                 FROM b",
+                open = open_lot_sql("l", "?2"),
             ),
             &[
                 contact_id.into(),
@@ -816,6 +816,14 @@ pub const BALANCE_SQL: &str = "
     FROM (SELECT *, (expires_at IS NULL OR expires_at > ?2) AS live FROM points_lots
           WHERE contact_id = ?1 AND remaining > 0)) AS l
     LEFT JOIN points_accounts a ON a.contact_id = ?1";
+
+/// The SQL condition a lot of `points_lots` (aliased `lot`) meets while
+/// it still holds points at `now` (a parameter such as `?2`): what
+/// [`BALANCE_SQL`] calls `live`, for the queries that read lots beside it
+/// (the balance's lot list, look-up summaries, segment members' points).
+pub fn open_lot_sql(lot: &str, now: &str) -> String {
+    format!("{lot}.remaining > 0 AND ({lot}.expires_at IS NULL OR {lot}.expires_at > {now})")
+}
 
 /// `?2` and `?3` of [`BALANCE_SQL`]: now, and the end of the 30 days
 /// whose expiries are "expiring".

@@ -198,8 +198,8 @@ fn select_list(fields: &[MemberField], now: &str) -> String {
             }
             MemberField::Points => add(format!(
                 "(SELECT COALESCE(SUM(p.remaining), 0) FROM points_lots p WHERE p.contact_id = c.id \
-                 AND p.remaining > 0 AND p.available_at <= {now} \
-                 AND (p.expires_at IS NULL OR p.expires_at > {now})) AS points"
+                 AND p.available_at <= {now} AND {open}) AS points",
+                open = crate::points::ledger::open_lot_sql("p", now),
             )),
             _ => {}
         }
